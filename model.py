@@ -1,0 +1,567 @@
+"""The Qwen2 / Qwen3 decoder-only transformer, and Hugging Face checkpoint I/O.
+
+A reader can learn the whole architecture from this file:
+
+    ids [B,T] -> embed -> N x Block -> RMSNorm -> lm_head -> logits [B,T,V]
+    Block(x) = x + Attention(RMSNorm(x));  x = x + SwiGLU(RMSNorm(x))
+
+Attention is grouped-query (n_kv_heads <= n_heads) with rotary position embeddings.
+The two families differ only inside Attention:
+  * Qwen2 (Qwen2.5, DeepSeek-R1-Distill-Qwen): q/k/v projections carry a bias.
+  * Qwen3 (dense): no biases; an RMSNorm over each head of q and k before RoPE; head_dim is explicit
+    (Qwen3-0.6B has 16 heads x 128 = 2048 > hidden 1024).
+
+`load(path)` reads an official folder (config.json + one or many .safetensors) through one explicit
+key map; `save(model, path)` writes one that transformers and vLLM read back. No loss, no
+distributed code here: those live in sft.py / grpo.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# ----------------------------------------------------------------------------------------------
+# Config
+
+
+@dataclass
+class Config:
+    arch: str  # "qwen2" or "qwen3"
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    rope_theta: float
+    rms_norm_eps: float
+    tie_word_embeddings: bool
+    max_position_embeddings: int
+    dtype: str = "bfloat16"  # the dtype the checkpoint was written in
+    hf: dict = field(default_factory=dict, repr=False)  # the original config.json, written back by save
+
+    @property
+    def qkv_bias(self) -> bool:  # Qwen2 has biases on q, k, v (not o); Qwen3 has none
+        return self.arch == "qwen2"
+
+    @property
+    def qk_norm(self) -> bool:  # Qwen3 normalises each q and k head before RoPE
+        return self.arch == "qwen3"
+
+    @classmethod
+    def from_hf(cls, d: dict, where: str = "config.json") -> "Config":
+        """Build from a checkpoint's config.json, refusing anything this model does not implement.
+
+        >>> Config.from_hf({"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "vocab_size": 151936,
+        ...   "hidden_size": 1536, "intermediate_size": 8960, "num_hidden_layers": 28, "num_attention_heads": 12,
+        ...   "num_key_value_heads": 2, "rope_theta": 1e6, "rms_norm_eps": 1e-6, "tie_word_embeddings": True,
+        ...   "max_position_embeddings": 32768}).head_dim
+        128
+        """
+
+        def refuse(name, value, why):
+            raise ValueError(f"{where}: unsupported {name}={value!r} ({why})")
+
+        archs = d.get("architectures") or []
+        known = {"Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3"}
+        if len(archs) != 1 or archs[0] not in known:
+            refuse("architectures", archs, "only Qwen2ForCausalLM and Qwen3ForCausalLM are implemented")
+        arch = known[archs[0]]
+        if d.get("model_type", arch) != arch:
+            refuse("model_type", d.get("model_type"), f"{archs[0]} needs model_type {arch!r}")
+        if d.get("hidden_act", "silu") != "silu":
+            refuse("hidden_act", d["hidden_act"], "the SwiGLU MLP here uses silu")
+        if d.get("use_sliding_window", False):
+            refuse("use_sliding_window", d["use_sliding_window"], "sliding-window attention is not implemented")
+        for i, kind in enumerate(d.get("layer_types") or []):
+            if kind != "full_attention":
+                refuse(f"layer_types[{i}]", kind, "only full attention is implemented")
+        if d.get("rope_scaling") is not None:
+            refuse("rope_scaling", d["rope_scaling"], "only plain RoPE is implemented")
+        # transformers >= 5 writes rope_theta inside rope_parameters; older configs write it at the top.
+        rope = d.get("rope_parameters") or {}
+        if rope.get("rope_type", "default") != "default":
+            refuse("rope_parameters.rope_type", rope["rope_type"], "only plain RoPE is implemented")
+        extra = set(rope) - {"rope_type", "rope_theta"}
+        if extra:
+            refuse("rope_parameters", rope, f"keys {sorted(extra)} imply a RoPE variant not implemented")
+        theta = rope.get("rope_theta", d.get("rope_theta", 10000.0))
+        if arch == "qwen3" and d.get("attention_bias", False):
+            refuse("attention_bias", d["attention_bias"], "no official Qwen3 checkpoint uses it")
+        if d.get("attention_dropout", 0.0) != 0.0:
+            refuse("attention_dropout", d["attention_dropout"], "dropout is not implemented")
+        if "quantization_config" in d:
+            refuse("quantization_config", d["quantization_config"].get("quant_method", "?"), "quantized weights")
+        try:
+            n_heads = d["num_attention_heads"]
+            cfg = cls(
+                arch=arch,
+                vocab_size=d["vocab_size"],
+                hidden_size=d["hidden_size"],
+                intermediate_size=d["intermediate_size"],
+                n_layers=d["num_hidden_layers"],
+                n_heads=n_heads,
+                n_kv_heads=d.get("num_key_value_heads") or n_heads,
+                head_dim=d.get("head_dim") or d["hidden_size"] // n_heads,
+                rope_theta=float(theta),
+                rms_norm_eps=d["rms_norm_eps"],
+                tie_word_embeddings=d.get("tie_word_embeddings", False),
+                max_position_embeddings=d.get("max_position_embeddings", 32768),
+                dtype=d.get("dtype") or d.get("torch_dtype") or "bfloat16",
+                hf=dict(d),
+            )
+        except KeyError as e:
+            raise ValueError(f"{where}: missing field {e.args[0]!r}") from None
+        if cfg.n_heads % cfg.n_kv_heads:
+            refuse("num_key_value_heads", cfg.n_kv_heads, f"must divide num_attention_heads={cfg.n_heads}")
+        if arch == "qwen2" and cfg.head_dim * n_heads != cfg.hidden_size:
+            refuse("head_dim", cfg.head_dim, "Qwen2 needs head_dim * num_attention_heads == hidden_size")
+        return cfg
+
+    def to_hf(self) -> dict:
+        """The config.json to write: the original fields, with the architecture's own ones made current."""
+        d = dict(self.hf)
+        d.update(
+            architectures=["Qwen2ForCausalLM" if self.arch == "qwen2" else "Qwen3ForCausalLM"],
+            model_type=self.arch,
+            vocab_size=self.vocab_size,
+            hidden_size=self.hidden_size,
+            intermediate_size=self.intermediate_size,
+            num_hidden_layers=self.n_layers,
+            num_attention_heads=self.n_heads,
+            num_key_value_heads=self.n_kv_heads,
+            rms_norm_eps=self.rms_norm_eps,
+            tie_word_embeddings=self.tie_word_embeddings,
+            max_position_embeddings=self.max_position_embeddings,
+            hidden_act="silu",
+            torch_dtype=self.dtype,
+        )
+        d.pop("dtype", None)
+        if "rope_parameters" in d:
+            d["rope_parameters"] = {"rope_theta": self.rope_theta, "rope_type": "default"}
+        else:
+            d["rope_theta"] = self.rope_theta
+        if self.arch == "qwen3" or "head_dim" in d:
+            d["head_dim"] = self.head_dim
+        return d
+
+
+# ----------------------------------------------------------------------------------------------
+# Layers
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        # Normalise in float32, cast back, then scale: the same order as the reference, so bf16 matches.
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(x.dtype)
+
+
+def rope_cos_sin(pos: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype):
+    """cos, sin [B,T,head_dim] for integer positions pos [B,T], computed in float32.
+
+    Half-rotation layout (as Hugging Face): frequency i drives dims i and i + head_dim/2, so the
+    official q/k weights load without permuting rows.
+    """
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=pos.device).float() / head_dim))
+    freqs = pos.float()[..., None] * inv_freq  # [B,T,hd/2]
+    emb = torch.cat([freqs, freqs], dim=-1)  # [B,T,hd]
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def apply_rope(x, cos, sin):
+    """x [B,H,T,hd]; cos/sin [B,T,hd]. Rotates pairs (i, i + hd/2) by the position's angle."""
+    cos, sin = cos[:, None], sin[:, None]  # broadcast over heads
+    x1, x2 = x.chunk(2, dim=-1)
+    rotated = torch.cat([-x2, x1], dim=-1)
+    return x * cos + rotated * sin
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: Config, layer: int):
+        super().__init__()
+        self.layer = layer
+        self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        self.q = nn.Linear(cfg.hidden_size, cfg.n_heads * cfg.head_dim, bias=cfg.qkv_bias)
+        self.k = nn.Linear(cfg.hidden_size, cfg.n_kv_heads * cfg.head_dim, bias=cfg.qkv_bias)
+        self.v = nn.Linear(cfg.hidden_size, cfg.n_kv_heads * cfg.head_dim, bias=cfg.qkv_bias)
+        self.o = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.hidden_size, bias=False)
+        if cfg.qk_norm:
+            self.q_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps)
+            self.k_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps)
+
+    def forward(self, x, cos, sin, cache=None, pos=None):
+        B, T, _ = x.shape
+        # [B,T,H*hd] -> [B,T,H,hd]; Qwen3 normalises each head before the rotation
+        q = self.q(x).view(B, T, self.n_heads, self.head_dim)
+        k = self.k(x).view(B, T, self.n_kv_heads, self.head_dim)
+        v = self.v(x).view(B, T, self.n_kv_heads, self.head_dim)
+        if hasattr(self, "q_norm"):
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B,H,T,hd]
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is None:
+            # Whole sequence at once (training, scoring): plain causal attention over these T tokens.
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+        else:
+            # Write this step's k/v at their positions, then attend over the cache (see KVCache).
+            k, v, mask = cache.update(self.layer, k, v, pos)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+        return self.o(y.transpose(1, 2).reshape(B, T, -1))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.gate = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.up = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.down = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+
+    def forward(self, x):
+        return self.down(F.silu(self.gate(x)) * self.up(x))  # SwiGLU
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: Config, layer: int):
+        super().__init__()
+        self.attn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.attn = Attention(cfg, layer)
+        self.mlp_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x, cos, sin, cache=None, pos=None):
+        x = x + self.attn(self.attn_norm(x), cos, sin, cache, pos)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class KVCache:
+    """A static, preallocated key/value cache, passed into `forward` (never stored on modules, so it
+    stays out of state_dict and FSDP).
+
+    k[l], v[l]: [B, n_kv_heads, max_len, head_dim]. Row b holds one sequence whose token at position p
+    is stored at index p. A query at position p attends to indices 0..p of its own row, so rows of
+    different lengths (ragged prompts, finished samples) share one batch without any padding logic:
+    stale entries beyond a row's position are masked until overwritten.
+
+    `attend_len` (set by the sampler) lets attention read only the first `attend_len` indices when
+    every live row is shorter, instead of all of max_len.
+    """
+
+    def __init__(self, cfg: Config, batch: int, max_len: int, device=None, dtype=torch.bfloat16):
+        shape = (batch, cfg.n_kv_heads, max_len, cfg.head_dim)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layers)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layers)]
+        self.max_len = max_len
+        self.attend_len = max_len
+        self._mask = None
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.k + self.v)
+
+    def prepare(self, pos: torch.Tensor):
+        """Build the attention mask for this forward once, shared by every layer.
+
+        pos [B,T] -> bool mask [B,1,T,S]: key index j is visible to a query at position p iff j <= p.
+        """
+        idx = torch.arange(self.attend_len, device=pos.device)
+        self._mask = (idx[None, None, :] <= pos[:, :, None])[:, None]
+
+    def update(self, layer: int, k, v, pos):
+        """k, v [B,Hkv,T,hd] written at positions pos [B,T] of each row; returns the cache views and mask."""
+        B, H, T, D = k.shape
+        index = pos[:, None, :, None].expand(B, H, T, D)
+        self.k[layer][:B].scatter_(2, index, k)
+        self.v[layer][:B].scatter_(2, index, v)
+        S = self.attend_len
+        return self.k[layer][:B, :, :S], self.v[layer][:B, :, :S], self._mask
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        # Tied checkpoints (Qwen2.5 <= 3B, Qwen3 <= 4B) reuse the embedding as the output projection.
+        self.lm_head = None if cfg.tie_word_embeddings else nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+
+    @property
+    def output_weight(self) -> torch.Tensor:  # [V, H]
+        return self.embed.weight if self.lm_head is None else self.lm_head.weight
+
+    def hidden(self, ids, cache: KVCache | None = None, pos=None):
+        """Final normalised hidden states [B,T,H], before the lm_head.
+
+        ids [B,T]. Without a cache, positions are 0..T-1. With a cache, pos [B,T] gives each token's
+        position in its row (the sampler's business; see KVCache).
+        """
+        B, T = ids.shape
+        if pos is None:
+            pos = torch.arange(T, device=ids.device).expand(B, T)
+        x = self.embed(ids)  # [B,T,H]
+        cos, sin = rope_cos_sin(pos, self.cfg.head_dim, self.cfg.rope_theta, x.dtype)
+        if cache is not None:
+            cache.prepare(pos)
+        for block in self.layers:
+            x = block(x, cos, sin, cache, pos)
+        return self.norm(x)
+
+    def logits(self, h):
+        return F.linear(h, self.output_weight)  # [.., H] -> [.., V]
+
+    def forward(self, ids, cache: KVCache | None = None, pos=None):
+        """ids [B,T] -> logits [B,T,V]."""
+        return self.logits(self.hidden(ids, cache, pos))
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoint I/O: official Hugging Face folders
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def key_map(cfg: Config) -> dict[str, str]:
+    """Hugging Face tensor name -> this model's parameter name. The one place the two namings meet."""
+    m = {"model.embed_tokens.weight": "embed.weight", "model.norm.weight": "norm.weight"}
+    if not cfg.tie_word_embeddings:
+        m["lm_head.weight"] = "lm_head.weight"
+    for i in range(cfg.n_layers):
+        hf, me = f"model.layers.{i}.", f"layers.{i}."
+        m[hf + "input_layernorm.weight"] = me + "attn_norm.weight"
+        m[hf + "post_attention_layernorm.weight"] = me + "mlp_norm.weight"
+        for p in "qkvo":
+            m[hf + f"self_attn.{p}_proj.weight"] = me + f"attn.{p}.weight"
+        if cfg.qkv_bias:
+            for p in "qkv":
+                m[hf + f"self_attn.{p}_proj.bias"] = me + f"attn.{p}.bias"
+        if cfg.qk_norm:
+            m[hf + "self_attn.q_norm.weight"] = me + "attn.q_norm.weight"
+            m[hf + "self_attn.k_norm.weight"] = me + "attn.k_norm.weight"
+        for p in ("gate", "up", "down"):
+            m[hf + f"mlp.{p}_proj.weight"] = me + f"mlp.{p}.weight"
+    return m
+
+
+def load_config(path) -> Config:
+    path = Path(path)
+    f = path / "config.json"
+    if not f.is_file():
+        raise FileNotFoundError(f"{path}: no config.json (expected a Hugging Face model folder)")
+    return Config.from_hf(json.loads(f.read_text()), where=str(f))
+
+
+def checkpoint_files(path) -> dict[str, Path]:
+    """HF tensor name -> the .safetensors file holding it (single file, or sharded with an index)."""
+    path = Path(path)
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = json.loads(index.read_text()).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise ValueError(f"{index}: no 'weight_map'")
+        files = {name: path / shard for name, shard in weight_map.items()}
+        for shard in sorted(set(files.values())):
+            if not shard.is_file():
+                raise FileNotFoundError(f"{index} names shard {shard.name}, which is missing from {path}")
+        return files
+    single = path / "model.safetensors"
+    if not single.is_file():
+        raise FileNotFoundError(f"{path}: neither model.safetensors nor model.safetensors.index.json")
+    with _open_safetensors(single) as f:
+        return {name: single for name in f.keys()}
+
+
+def _open_safetensors(file: Path):
+    from safetensors import safe_open
+
+    try:
+        return safe_open(str(file), framework="pt")  # memory-mapped: tensors are read one at a time
+    except Exception as e:  # safetensors raises its own error types for a bad header or short file
+        raise ValueError(f"{file}: not a readable safetensors file ({e})") from None
+
+
+def read_tensors(path, cfg: Config, wanted=None):
+    """Yield (our_name, hf_name, tensor) for every checkpoint tensor, checking names and shapes.
+
+    Every tensor in the checkpoint must map to a parameter and every parameter must be present.
+    `wanted(our_name) -> bool` lets a caller (an FSDP rank) skip reading tensors it will not keep;
+    the completeness checks still cover the whole checkpoint.
+    """
+    path = Path(path)
+    files = checkpoint_files(path)
+    kmap = key_map(cfg)
+    expected = expected_shapes(cfg)
+    tied_extra = cfg.tie_word_embeddings and "lm_head.weight" in files
+    unknown = [n for n in files if n not in kmap and not (tied_extra and n == "lm_head.weight")]
+    if unknown:
+        raise ValueError(f"{path}: checkpoint tensor {unknown[0]!r} has no place in a {cfg.arch} model"
+                         f" ({len(unknown)} unused tensors: {unknown[:5]})")
+    missing = [n for n in kmap if n not in files]
+    if missing:
+        raise ValueError(f"{path}: checkpoint lacks tensor {missing[0]!r} ({len(missing)} missing: {missing[:5]})")
+    by_file: dict[Path, list[str]] = {}
+    for name, file in files.items():
+        by_file.setdefault(file, []).append(name)
+    for file, names in by_file.items():
+        with _open_safetensors(file) as f:
+            present = set(f.keys())
+            for hf_name in names:
+                if hf_name not in present:
+                    raise ValueError(f"{file}: the index places {hf_name!r} here but the file lacks it")
+                ours = kmap.get(hf_name, "embed.weight")  # a tied lm_head.weight is checked against embed
+                if wanted is not None and not wanted(ours) and hf_name in kmap:
+                    continue
+                sl = f.get_slice(hf_name)
+                dtype, shape = sl.get_dtype(), tuple(sl.get_shape())
+                if dtype not in ("F32", "BF16", "F16"):
+                    raise ValueError(f"{file}: tensor {hf_name!r} has dtype {dtype}; only F32, BF16, F16 load")
+                if shape != expected[ours]:
+                    raise ValueError(f"{file}: tensor {hf_name!r} has shape {shape}, expected {expected[ours]}")
+                try:
+                    t = f.get_tensor(hf_name)
+                except Exception as e:
+                    raise ValueError(f"{file}: cannot read tensor {hf_name!r} ({e})") from None
+                yield (ours if hf_name in kmap else None), hf_name, t
+
+
+def expected_shapes(cfg: Config) -> dict[str, tuple]:
+    with torch.device("meta"):
+        model = Transformer(cfg)
+    return {n: tuple(p.shape) for n, p in model.named_parameters()}
+
+
+def load(path, device="cpu", dtype: torch.dtype | None = torch.bfloat16) -> Transformer:
+    """Load a Hugging Face Qwen2/Qwen3 folder. dtype None keeps the checkpoint's own dtype.
+
+    The model is built on the meta device (no memory), then each tensor is read from the memory-mapped
+    file, converted, and assigned in place: peak memory is one copy of the weights plus one tensor.
+    """
+    cfg = load_config(path)
+    with torch.device("meta"):
+        model = Transformer(cfg)
+    params = dict(model.named_parameters())
+    state = {}
+    for ours, hf_name, t in read_tensors(path, cfg):
+        t = t.to(device=device, dtype=dtype or t.dtype)
+        if ours is None:  # tied checkpoint that also stores lm_head.weight: it must be the embedding
+            state["_tied_lm_head"] = t
+            continue
+        state[ours] = t
+    tied = state.pop("_tied_lm_head", None)
+    if tied is not None and not torch.equal(tied, state["embed.weight"]):
+        raise ValueError(f"{path}: tie_word_embeddings is true but lm_head.weight differs from the embedding")
+    assert state.keys() == params.keys(), set(state) ^ set(params)
+    model.load_state_dict(state, assign=True, strict=True)
+    if dtype is not None:
+        cfg.dtype = {v: k for k, v in _DTYPES.items()}.get(dtype, cfg.dtype)
+    gen = Path(path) / "generation_config.json"
+    model.generation_config = json.loads(gen.read_text()) if gen.is_file() else None
+    return model
+
+
+def save(model: Transformer, path, max_shard_bytes: int = 5 * 2**30, state_dict=None,
+         generation_config: dict | None = None, copy_files_from=None):
+    """Write a Hugging Face folder: config.json, model-0000i-of-0000n.safetensors + index,
+    generation_config.json (when known), and tokenizer files copied from `copy_files_from`.
+
+    Atomic: everything is written into a temporary sibling folder that is renamed into place at the
+    end, so an interrupted save never leaves a half-written checkpoint under `path`. `state_dict`
+    (our names, full tensors) lets a distributed caller pass tensors it has gathered.
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    cfg = model.cfg
+    sd = state_dict if state_dict is not None else model.state_dict()
+    inverse = {ours: hf for hf, ours in key_map(cfg).items()}
+    tensors = {}
+    for ours, t in sd.items():
+        if ours not in inverse:
+            raise ValueError(f"save: parameter {ours!r} has no Hugging Face name")
+        tensors[inverse[ours]] = t.detach().to("cpu").contiguous()
+    if len(tensors) != len(inverse):
+        raise ValueError(f"save: state_dict lacks {sorted(set(inverse) - set(sd))[:5]}")
+    dtype = {t.dtype for t in tensors.values()}
+    dtype_name = {v: k for k, v in _DTYPES.items()}[dtype.pop()] if len(dtype) == 1 else cfg.dtype
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        # Greedy sharding in key order, as the official writer does.
+        shards, current, size = [], {}, 0
+        for name in sorted(tensors, key=_hf_order):
+            nbytes = tensors[name].numel() * tensors[name].element_size()
+            if current and size + nbytes > max_shard_bytes:
+                shards.append(current)
+                current, size = {}, 0
+            current[name] = tensors[name]
+            size += nbytes
+        shards.append(current)
+        weight_map, total = {}, 0
+        for i, shard in enumerate(shards):
+            fname = "model.safetensors" if len(shards) == 1 else f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+            save_file(shard, str(tmp / fname), metadata={"format": "pt"})
+            for name, t in shard.items():
+                weight_map[name] = fname
+                total += t.numel() * t.element_size()
+        if len(shards) > 1:
+            index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+            (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+        hf = cfg.to_hf()
+        hf["torch_dtype"] = dtype_name
+        (tmp / "config.json").write_text(json.dumps(hf, indent=2) + "\n")
+        gen = generation_config if generation_config is not None else getattr(model, "generation_config", None)
+        if gen:
+            (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
+        if copy_files_from is not None:
+            for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "vocab.json",
+                         "merges.txt", "special_tokens_map.json"):
+                src = Path(copy_files_from) / name
+                if src.is_file():
+                    shutil.copy2(src, tmp / name)
+        for f in tmp.iterdir():  # make the data durable before the rename publishes it
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        _replace_dir(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _hf_order(name: str):
+    """Sort key: embeddings, layers in numeric order, final norm, lm_head."""
+    parts = name.split(".")
+    if parts[:2] == ["model", "layers"]:
+        return (1, int(parts[2]), name)
+    return (0 if "embed" in name else 2, 0, name)
+
+
+def _replace_dir(new: Path, path: Path):
+    """Publish folder `new` under `path`. An existing `path` is moved aside first and removed only after."""
+    old = None
+    if path.exists():
+        old = path.with_name(f".{path.name}.old-{os.getpid()}")
+        os.rename(path, old)
+    os.rename(new, path)
+    if old is not None:
+        shutil.rmtree(old)
+
+
+def num_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

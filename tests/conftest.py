@@ -1,0 +1,39 @@
+"""Shared helpers: tiny random Qwen checkpoints written by transformers' own `save_pretrained`."""
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+sys.path.insert(0, str(ROOT))
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+def hf_model(arch="qwen2", heads=4, kv=2, head_dim=None, hidden=None, tied=False, layers=2, vocab=512,
+             inter=96, seed=0, theta=10000.0):
+    """A random transformers Qwen2/Qwen3 model (float32). Norm weights and biases are perturbed too,
+    so a loader that skips them cannot pass."""
+    from transformers import AutoModelForCausalLM, Qwen2Config, Qwen3Config
+
+    hd = head_dim or 16
+    hidden = hidden or heads * hd
+    kw = dict(vocab_size=vocab, hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
+              num_attention_heads=heads, num_key_value_heads=kv, tie_word_embeddings=tied, rope_theta=theta,
+              max_position_embeddings=256, rms_norm_eps=1e-6)
+    cfg = Qwen2Config(**kw) if arch == "qwen2" else Qwen3Config(head_dim=hd, **kw)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa").eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name or "bias" in name:
+                p.add_(0.1 * torch.randn_like(p))
+    return model
+
+
+@pytest.fixture
+def shared():
+    return SHARED

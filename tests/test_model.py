@@ -1,0 +1,264 @@
+"""model.py against transformers: logits, checkpoint round trips, and every refusal."""
+
+import json
+import struct
+
+import pytest
+import torch
+from conftest import hf_model
+
+import model as M
+
+# (arch, heads, kv heads, head_dim, hidden): GQA 1:1, 2:1, 4:1 and 7:1 (Qwen2.5-7B's 28:4); Qwen3 with
+# heads*head_dim != hidden (as Qwen3-0.6B: 16 x 128 > 1024).
+SHAPES = [
+    ("qwen2", 4, 4, 16, None),
+    ("qwen2", 14, 2, 8, None),
+    ("qwen2", 8, 2, 16, None),
+    ("qwen3", 8, 2, 16, 96),
+    ("qwen3", 14, 2, 8, None),
+    ("qwen3", 4, 1, 32, 64),
+]
+
+
+def logits_hf(ref, ids):
+    with torch.no_grad():
+        return ref(ids).logits
+
+
+@pytest.mark.parametrize("arch,heads,kv,hd,hidden", SHAPES)
+@pytest.mark.parametrize("tied", [False, True])
+def test_logits_match_transformers(tmp_path, arch, heads, kv, hd, hidden, tied):
+    ref = hf_model(arch, heads, kv, hd, hidden, tied=tied, seed=heads + kv)
+    ref.save_pretrained(tmp_path)
+    ours = M.load(tmp_path, dtype=torch.float32)
+    assert ours.cfg.n_heads == heads and ours.cfg.n_kv_heads == kv and ours.cfg.tie_word_embeddings == tied
+    for T in (1, 7, 13):
+        ids = torch.randint(0, 512, (3, T))
+        with torch.no_grad():
+            diff = (ours(ids) - logits_hf(ref, ids)).abs().max().item()
+        assert diff < 1e-4, (T, diff)
+
+
+def test_sharded_and_bf16_on_disk(tmp_path):
+    ref = hf_model("qwen2", 14, 2, 8, tied=False, layers=3, seed=3).to(torch.bfloat16)
+    ref.save_pretrained(tmp_path, max_shard_size="40KB")
+    index = json.loads((tmp_path / "model.safetensors.index.json").read_text())
+    assert len(set(index["weight_map"].values())) > 2  # really sharded
+    ours = M.load(tmp_path, dtype=torch.float32)
+    ref = ref.float()  # the same bf16 values, computed in float32 on both sides
+    ids = torch.randint(0, 512, (2, 11))
+    with torch.no_grad():
+        assert (ours(ids) - logits_hf(ref, ids)).abs().max().item() < 1e-4
+    # dtype=None keeps the checkpoint's bf16
+    assert M.load(tmp_path, dtype=None).embed.weight.dtype == torch.bfloat16
+
+
+def test_bf16_compute_matches_transformers_bf16(tmp_path):
+    ref = hf_model("qwen3", 8, 2, 16, 96, seed=5).to(torch.bfloat16)
+    ref.save_pretrained(tmp_path)
+    ours = M.load(tmp_path, dtype=torch.bfloat16)
+    ids = torch.randint(0, 512, (2, 9))
+    with torch.no_grad():
+        a, b = ours(ids).float(), logits_hf(ref, ids).float()
+    # identical op order: bf16 results agree to within one bf16 rounding of the logits
+    assert (a - b).abs().max().item() <= 2e-2 * b.abs().max().item()
+
+
+def test_hidden_is_logits_before_head(tmp_path):
+    hf_model("qwen2", tied=True).save_pretrained(tmp_path)
+    m = M.load(tmp_path, dtype=torch.float32)
+    ids = torch.randint(0, 512, (2, 5))
+    with torch.no_grad():
+        h = m.hidden(ids)
+        assert h.shape == (2, 5, m.cfg.hidden_size)
+        torch.testing.assert_close(m.logits(h), m(ids))
+
+
+@pytest.mark.parametrize("arch,tied,shard", [("qwen2", False, None), ("qwen3", True, 30_000), ("qwen2", True, 20_000)])
+def test_save_loads_in_transformers(tmp_path, arch, tied, shard):
+    from transformers import AutoModelForCausalLM
+
+    ref = hf_model(arch, 8, 2, 16, tied=tied, seed=7)
+    ref.save_pretrained(tmp_path / "src")
+    ours = M.load(tmp_path / "src", dtype=torch.float32)
+    kw = {"max_shard_bytes": shard} if shard else {}
+    M.save(ours, tmp_path / "out", **kw)
+    if shard:
+        assert (tmp_path / "out" / "model.safetensors.index.json").is_file()
+    back = AutoModelForCausalLM.from_pretrained(tmp_path / "out", dtype=torch.float32).eval()
+    ids = torch.randint(0, 512, (2, 10))
+    with torch.no_grad():
+        assert (logits_hf(back, ids) - ours(ids)).abs().max().item() < 1e-5
+    # load -> save -> load: bit-identical parameters
+    again = M.load(tmp_path / "out", dtype=torch.float32)
+    for (n, a), (_, b) in zip(ours.state_dict().items(), again.state_dict().items()):
+        assert torch.equal(a, b), n
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["tie_word_embeddings"] == tied
+
+
+def test_save_bf16_and_generation_config(tmp_path):
+    ref = hf_model("qwen2", seed=9)
+    ref.generation_config.eos_token_id = [5, 6]
+    ref.save_pretrained(tmp_path / "src")
+    ours = M.load(tmp_path / "src", dtype=torch.bfloat16)
+    M.save(ours, tmp_path / "out")
+    cfg = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert cfg["torch_dtype"] == "bfloat16"
+    assert json.loads((tmp_path / "out" / "generation_config.json").read_text())["eos_token_id"] == [5, 6]
+    again = M.load(tmp_path / "out", dtype=None)
+    assert again.embed.weight.dtype == torch.bfloat16
+    assert torch.equal(again.embed.weight, ours.embed.weight)
+
+
+def test_save_is_atomic(tmp_path, monkeypatch):
+    import safetensors.torch
+
+    ref = hf_model("qwen2", seed=1)
+    ref.save_pretrained(tmp_path / "src")
+    m = M.load(tmp_path / "src", dtype=torch.float32)
+    M.save(m, tmp_path / "ckpt")
+    before = {f.name: f.read_bytes() for f in (tmp_path / "ckpt").iterdir()}
+
+    calls = []
+    real = safetensors.torch.save_file
+
+    def crash_on_second(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt("killed mid-save")
+        return real(*a, **k)
+
+    monkeypatch.setattr(safetensors.torch, "save_file", crash_on_second)
+    with torch.no_grad():
+        m.embed.weight.add_(1.0)
+    with pytest.raises(KeyboardInterrupt):
+        M.save(m, tmp_path / "ckpt", max_shard_bytes=20_000)
+    after = {f.name: f.read_bytes() for f in (tmp_path / "ckpt").iterdir()}
+    assert after == before  # the previous checkpoint is untouched
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "src"]  # no temp folder left behind
+    calls.clear()
+    with pytest.raises(KeyboardInterrupt):
+        M.save(m, tmp_path / "new", max_shard_bytes=20_000)
+    assert not (tmp_path / "new").exists()
+
+
+# -- refusals ----------------------------------------------------------------------------------
+
+
+def base_config(**over):
+    d = {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "vocab_size": 64, "hidden_size": 32,
+         "intermediate_size": 48, "num_hidden_layers": 1, "num_attention_heads": 4, "num_key_value_heads": 2,
+         "rope_theta": 10000.0, "rms_norm_eps": 1e-6, "tie_word_embeddings": False}
+    d.update(over)
+    return d
+
+
+@pytest.mark.parametrize("over,field", [
+    ({"architectures": ["LlamaForCausalLM"]}, "architectures"),
+    ({"architectures": ["Qwen2MoeForCausalLM"], "model_type": "qwen2_moe"}, "architectures"),
+    ({"model_type": "qwen3"}, "model_type"),
+    ({"rope_scaling": {"type": "yarn", "factor": 4.0}}, "rope_scaling"),
+    ({"rope_parameters": {"rope_type": "yarn", "rope_theta": 1e6, "factor": 4.0}}, "rope_parameters.rope_type"),
+    ({"use_sliding_window": True}, "use_sliding_window"),
+    ({"layer_types": ["sliding_attention"]}, "layer_types[0]"),
+    ({"hidden_act": "gelu"}, "hidden_act"),
+    ({"num_key_value_heads": 3}, "num_key_value_heads"),
+    ({"attention_dropout": 0.1}, "attention_dropout"),
+    ({"quantization_config": {"quant_method": "awq"}}, "quantization_config"),
+    ({"architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "head_dim": 8, "attention_bias": True},
+     "attention_bias"),
+])
+def test_config_refusals_name_the_field(tmp_path, over, field):
+    (tmp_path / "config.json").write_text(json.dumps(base_config(**over)))
+    with pytest.raises(ValueError) as e:
+        M.load(tmp_path)
+    assert f"unsupported {field}=" in str(e.value) and "config.json" in str(e.value)
+
+
+def test_missing_config_field(tmp_path):
+    d = base_config()
+    del d["intermediate_size"]
+    (tmp_path / "config.json").write_text(json.dumps(d))
+    with pytest.raises(ValueError, match="missing field 'intermediate_size'"):
+        M.load(tmp_path)
+
+
+def test_accepts_official_configs(shared):
+    for name in ("qwen2.5-7b-instruct", "qwen2.5-1.5b-instruct", "qwen3-0.6b", "qwen3-32b",
+                 "deepseek-r1-distill-qwen-32b"):
+        cfg = M.load_config(shared / "hf" / name)
+        hf = json.loads((shared / "hf" / name / "config.json").read_text())
+        assert cfg.n_kv_heads == hf["num_key_value_heads"] and cfg.tie_word_embeddings == hf["tie_word_embeddings"]
+    assert M.load_config(shared / "hf" / "qwen3-0.6b").head_dim == 128  # explicit, != 1024 / 16
+
+
+def _saved(tmp_path, **kw):
+    ref = hf_model("qwen2", seed=2, **kw)
+    ref.save_pretrained(tmp_path)
+    return ref
+
+
+def test_missing_shard(tmp_path):
+    _saved(tmp_path)
+    ref = hf_model("qwen2", seed=2)
+    ref.save_pretrained(tmp_path, max_shard_size="20KB")
+    shards = sorted(tmp_path.glob("model-*.safetensors"))
+    shards[1].unlink()
+    with pytest.raises(FileNotFoundError, match=shards[1].name):
+        M.load(tmp_path)
+
+
+def test_truncated_file(tmp_path):
+    _saved(tmp_path)
+    f = tmp_path / "model.safetensors"
+    f.write_bytes(f.read_bytes()[:-1000])
+    with pytest.raises(ValueError, match="model.safetensors"):
+        M.load(tmp_path)
+
+
+def test_no_weights(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps(base_config()))
+    with pytest.raises(FileNotFoundError, match="neither model.safetensors"):
+        M.load(tmp_path)
+
+
+def _rewrite(tmp_path, fn):
+    from safetensors.torch import load_file, save_file
+
+    f = tmp_path / "model.safetensors"
+    sd = load_file(f)
+    fn(sd)
+    save_file(sd, f)
+
+
+def test_unsupported_dtype(tmp_path):
+    _saved(tmp_path)
+    _rewrite(tmp_path, lambda sd: sd.__setitem__("model.norm.weight", sd["model.norm.weight"].to(torch.float64)))
+    with pytest.raises(ValueError, match="'model.norm.weight' has dtype F64"):
+        M.load(tmp_path)
+
+
+def test_extra_missing_and_misshaped_tensors(tmp_path):
+    _saved(tmp_path)
+    _rewrite(tmp_path, lambda sd: sd.__setitem__("model.layers.0.self_attn.rotary.inv_freq", torch.ones(8)))
+    with pytest.raises(ValueError, match="'model.layers.0.self_attn.rotary.inv_freq' has no place"):
+        M.load(tmp_path)
+    _saved(tmp_path)
+    _rewrite(tmp_path, lambda sd: sd.pop("model.layers.1.mlp.up_proj.weight"))
+    with pytest.raises(ValueError, match="lacks tensor 'model.layers.1.mlp.up_proj.weight'"):
+        M.load(tmp_path)
+    _saved(tmp_path)
+    _rewrite(tmp_path, lambda sd: sd.__setitem__("model.norm.weight", torch.ones(7)))
+    with pytest.raises(ValueError, match=r"'model.norm.weight' has shape \(7,\), expected \(64,\)"):
+        M.load(tmp_path)
+
+
+def test_tied_checkpoint_with_lm_head(tmp_path):
+    """Some tied checkpoints also store lm_head.weight: accepted if equal to the embedding, else refused."""
+    ref = _saved(tmp_path, tied=True)
+    _rewrite(tmp_path, lambda sd: sd.__setitem__("lm_head.weight", sd["model.embed_tokens.weight"].clone()))
+    M.load(tmp_path, dtype=torch.float32)
+    _rewrite(tmp_path, lambda sd: sd.__setitem__("lm_head.weight", sd["lm_head.weight"] + 1))
+    with pytest.raises(ValueError, match="lm_head.weight differs"):
+        M.load(tmp_path, dtype=torch.float32)
