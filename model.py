@@ -256,10 +256,10 @@ class KVCache:
 
     k[l], v[l]: [B, n_kv_heads, max_len, head_dim]. Row b holds one sequence whose token at position p
     is stored at index p. A query at position p attends to indices 0..p of its own row, so rows of
-    different lengths (ragged prompts, finished samples) share one batch without any padding logic:
-    stale entries beyond a row's position are masked until overwritten.
+    different lengths (ragged prompts, finished samples) share one batch with no padding logic: stale
+    entries beyond a row's position are masked until overwritten.
 
-    `attend_len` (set by the sampler) lets attention read only the first `attend_len` indices when
+    `attend_len` (set by the sampler) makes attention read only the first `attend_len` indices when
     every live row is shorter, instead of all of max_len.
     """
 
@@ -269,27 +269,35 @@ class KVCache:
         self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layers)]
         self.max_len = max_len
         self.attend_len = max_len
-        self._mask = None
+        self.mask = None
+
+    def rows(self, start: int, stop: int, attend_len: int) -> "KVCache":
+        """A cache over rows start..stop-1 sharing this one's storage (to prefill one prompt in place)."""
+        view = KVCache.__new__(KVCache)
+        view.k = [t[start:stop] for t in self.k]
+        view.v = [t[start:stop] for t in self.v]
+        view.max_len, view.attend_len, view.mask = self.max_len, attend_len, None
+        return view
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.k + self.v)
 
     def prepare(self, pos: torch.Tensor):
-        """Build the attention mask for this forward once, shared by every layer.
+        """Build this forward's attention mask once, shared by every layer.
 
         pos [B,T] -> bool mask [B,1,T,S]: key index j is visible to a query at position p iff j <= p.
         """
         idx = torch.arange(self.attend_len, device=pos.device)
-        self._mask = (idx[None, None, :] <= pos[:, :, None])[:, None]
+        self.mask = (idx[None, None, :] <= pos[:, :, None])[:, None]
 
     def update(self, layer: int, k, v, pos):
-        """k, v [B,Hkv,T,hd] written at positions pos [B,T] of each row; returns the cache views and mask."""
+        """Write k, v [B,Hkv,T,hd] at positions pos [B,T]; return the cache's k, v [B,Hkv,S,hd] and mask."""
         B, H, T, D = k.shape
         index = pos[:, None, :, None].expand(B, H, T, D)
         self.k[layer][:B].scatter_(2, index, k)
         self.v[layer][:B].scatter_(2, index, v)
         S = self.attend_len
-        return self.k[layer][:B, :, :S], self.v[layer][:B, :, :S], self._mask
+        return self.k[layer][:B, :, :S], self.v[layer][:B, :, :S], self.mask
 
 
 class Transformer(nn.Module):

@@ -1,0 +1,365 @@
+"""KV-cached batched sampling on the live model: no second engine, no weight copy.
+
+    generate(model, prompts, max_new_tokens, n=7, temperature=1.0, eos_ids=...) -> [Sample, ...]
+
+How it works (read top to bottom):
+  * A fixed number of *slots* share one static KVCache [slots, kv_heads, max_len, head_dim].
+    Every (prompt, sample) pair is a sequence waiting in a queue; a free slot takes the next one.
+  * Admission: the prompt is prefilled once, in place, into one slot; its other samples copy that
+    slot's prompt rows (no second prefill). The first new token is sampled from the prefill logits.
+  * Decode: one step advances every slot by one token. The step has static shapes and no host
+    synchronisation, so on a GPU it is captured once in a CUDA graph and replayed. Finished rows keep
+    running (their results are masked) until the next sync point, every `sync_every` steps, where
+    finished sequences are collected and their slots refilled. This is what keeps a ragged batch
+    (GRPO's 7 samples of very different lengths) as fast as a uniform one.
+  * Attention reads only the first `attend_len` cache positions, the live rows' maximum rounded up to
+    a bucket; one graph is captured per bucket.
+  * Randomness is counter-based: the token at position p of sequence s is drawn with a uniform number
+    hashed from (seed, s, p) by inverse-CDF sampling. A sample therefore does not depend on which slot
+    or batch it ran in, and the CPU and GPU paths draw the same numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from model import KVCache, Transformer
+
+# ----------------------------------------------------------------------------------------------
+# Pure sampling functions
+
+
+def uniform(seed: int, seq: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """A uniform number in [0, 1) for each (seed, seq[i], pos[i]): an integer hash, no RNG state.
+
+    Arithmetic stays below 2**63 (32-bit values times constants below 2**31), so int64 never overflows.
+    """
+    M = 0xFFFFFFFF
+
+    def mix(x):  # a 32-bit avalanche mix (each input bit flips about half the output bits)
+        for _ in range(2):
+            x = ((x ^ (x >> 16)) * 0x45D9F3B) & M
+        return x ^ (x >> 16)
+
+    x = mix(torch.full_like(seq, seed & 0x7FFFFFFF) ^ 0x2545F491)
+    x = mix((x + seq) & M)
+    x = mix((x + pos) & M)
+    return (x >> 8).float() / 2**24  # 24 random bits: exact in float32
+
+
+def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """Set to -inf every logit outside the top-k, then outside the top-p nucleus (as transformers does:
+    temperature first, then top-k, then top-p; the most likely token always survives).
+
+    logits [B,V] (already divided by the temperature) -> [B,V].
+    """
+    if top_k and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # [B,1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)  # [B,V]
+        probs = sorted_logits.softmax(-1)
+        mass_before = probs.cumsum(-1) - probs  # probability of the strictly more likely tokens
+        drop_sorted = mass_before >= top_p  # keep a token while the mass before it is below top_p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def sample_next(logits, seed, seq, pos, temperature=1.0, top_k=0, top_p=1.0):
+    """Pick the next token of each row. logits [B,V] float32; seq, pos [B] (pos = where the new token goes).
+
+    Returns tokens [B] and their log-probs [B] under softmax(logits / temperature) *before* top-k/top-p
+    filtering, which is what GRPO's old_logp recomputes (temperature 0 = greedy, log-probs of softmax(logits)).
+    """
+    if temperature == 0:
+        tok = logits.argmax(-1)
+        scaled = logits
+    else:
+        scaled = logits / temperature
+        probs = filter_logits(scaled, top_k, top_p).softmax(-1)  # [B,V]
+        cdf = probs.cumsum(-1)  # [B,V]
+        u = uniform(seed, seq, pos)[:, None] * cdf[:, -1:]  # [B,1], scaled by the total to absorb rounding
+        tok = torch.searchsorted(cdf, u, right=True)[:, 0].clamp_(max=logits.shape[-1] - 1)
+    logp = scaled.gather(-1, tok[:, None])[:, 0] - torch.logsumexp(scaled, -1)
+    return tok, logp
+
+
+# ----------------------------------------------------------------------------------------------
+# The engine
+
+
+@dataclass
+class Sample:
+    prompt_index: int
+    sample_index: int
+    tokens: list[int]
+    finish: str  # "eos" or "length"
+    logprobs: list[float] | None = None
+
+
+@dataclass
+class _Slots:
+    """Per-slot decode state, all on the device and updated in place (so a CUDA graph can own it)."""
+
+    tok: torch.Tensor  # [S] the last token of the row (not yet in the cache)
+    pos: torch.Tensor  # [S] its position
+    seq: torch.Tensor  # [S] sequence id = prompt_index * n + sample_index (for the random numbers)
+    n_gen: torch.Tensor  # [S] tokens generated so far
+    limit: torch.Tensor  # [S] max new tokens of the row
+    done: torch.Tensor  # [S] bool; empty slots are done
+    out_tok: torch.Tensor  # [S, max_new + 1] generated tokens; the last column is a scratch sink
+    out_lp: torch.Tensor  # [S, max_new + 1] their log-probs
+
+
+@dataclass
+class Engine:
+    model: Transformer
+    slots: int
+    max_len: int
+    max_new: int
+    eos_ids: tuple = ()
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int = 0
+    sync_every: int = 16
+    bucket: int = 256
+    cuda_graph: bool = True
+    graphs: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        p = next(self.model.parameters())
+        self.device, dtype = p.device, p.dtype
+        S, dev = self.slots, self.device
+        self.cache = KVCache(self.model.cfg, S, self.max_len, device=dev, dtype=dtype)
+        z = lambda dt=torch.long: torch.zeros(S, dtype=dt, device=dev)  # noqa: E731
+        self.s = _Slots(z(), z(), z(), z(), z(), torch.ones(S, dtype=torch.bool, device=dev),
+                        torch.zeros(S, self.max_new + 1, dtype=torch.long, device=dev),
+                        torch.zeros(S, self.max_new + 1, dtype=torch.float, device=dev))
+        self.eos = torch.tensor(list(self.eos_ids) or [-1], device=dev)
+        self.use_graph = self.cuda_graph and dev.type == "cuda"
+        self.pool = None
+
+    # -- one decode step (static shapes, no host sync) --------------------------------------------
+
+    def _step(self):
+        s = self.s
+        logits = self.model(s.tok[:, None], self.cache, s.pos[:, None])[:, 0].float()  # [S,V]
+        nxt, lp = sample_next(logits, self.seed, s.seq, s.pos + 1, self.temperature, self.top_k, self.top_p)
+        live = ~s.done
+        col = torch.where(live, s.n_gen, self.max_new)[:, None]  # finished rows write to the sink column
+        s.out_tok.scatter_(1, col, nxt[:, None])
+        s.out_lp.scatter_(1, col, lp[:, None])
+        s.n_gen += live
+        s.pos += live
+        s.tok.copy_(torch.where(live, nxt, s.tok))
+        s.done |= live & (torch.isin(nxt, self.eos) | (s.n_gen >= s.limit))
+
+    def _run(self, steps: int, attend_len: int):
+        self.cache.attend_len = attend_len
+        if not self.use_graph:
+            for _ in range(steps):
+                self._step()
+            return
+        g = self.graphs.get(attend_len)
+        if g is None:
+            # The first step of a new bucket runs eagerly on a side stream (warm-up), then is captured.
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                self._step()
+            torch.cuda.current_stream().wait_stream(side)
+            steps -= 1
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g, pool=self.pool):
+                self._step()
+            self.pool = g.pool()
+            self.graphs[attend_len] = g
+        for _ in range(steps):
+            g.replay()
+
+    # -- admission: prefill a prompt into a slot, share it with the prompt's other samples ---------
+
+    def _prefill(self, slot: int, ids: list[int]) -> torch.Tensor:
+        """Prefill prompt ids into row `slot`; returns the last position's logits [V] (float32)."""
+        L = len(ids)
+        x = torch.tensor(ids, device=self.device)[None]  # [1,L]
+        view = self.cache.rows(slot, slot + 1, attend_len=L)
+        h = self.model.hidden(x, view, torch.arange(L, device=self.device)[None])  # [1,L,H]
+        return self.model.logits(h[0, -1]).float()  # only the last row: never [L, V]
+
+    def _copy_prompt(self, src: int, dst: int, L: int):
+        for t in self.cache.k + self.cache.v:
+            t[dst, :, :L] = t[src, :, :L]
+
+    def _start(self, slot: int, seq: int, L: int, logits: torch.Tensor, limit: int):
+        s = self.s
+        seq_t = torch.tensor([seq], device=self.device)
+        pos_t = torch.tensor([L], device=self.device)
+        tok, lp = sample_next(logits[None], self.seed, seq_t, pos_t, self.temperature, self.top_k, self.top_p)
+        s.tok[slot], s.pos[slot], s.seq[slot] = tok[0], L, seq
+        s.n_gen[slot], s.limit[slot] = 1, limit
+        s.out_tok[slot, 0], s.out_lp[slot, 0] = tok[0], lp[0]
+        s.done[slot] = torch.isin(tok, self.eos)[0] | (limit <= 1)
+
+    @torch.no_grad()
+    def generate(self, prompts, n=1, limits=None, return_logprobs=False, on_tokens=None, progress=None):
+        """prompts: lists of ids; limits[i]: max new tokens of prompt i. See the module docstring."""
+        limits = limits or [self.max_new] * len(prompts)
+        queue = [(i, j) for i in range(len(prompts)) for j in range(n)]
+        queue.reverse()  # pop() from the end takes them in order
+        owner = [None] * self.slots  # slot -> (prompt, sample)
+        upper = [0] * self.slots  # host-side upper bound of each live slot's position
+        resident = {}  # prompt -> a slot currently holding its prefilled prompt rows
+        first_logits = {}  # prompt -> last prompt logits, until all its samples are admitted
+        admitted = [0] * len(prompts)
+        results, streamed = {}, [0] * (len(prompts) * n)
+        s = self.s
+        while queue or any(o is not None for o in owner):
+            # Collect finished rows (one host sync per `sync_every` steps).
+            done = s.done.tolist()
+            n_gen = s.n_gen.tolist()
+            for slot, o in enumerate(owner):
+                if o is None:
+                    continue
+                i, j = o
+                if on_tokens is not None:
+                    k = n_gen[slot]
+                    if k > streamed[i * n + j]:
+                        on_tokens(i * n + j, s.out_tok[slot, streamed[i * n + j]:k].tolist())
+                        streamed[i * n + j] = k
+                if done[slot]:
+                    k = n_gen[slot]
+                    toks = s.out_tok[slot, :k].tolist()
+                    finish = "eos" if toks[-1] in self.eos_ids else "length"
+                    lps = s.out_lp[slot, :k].tolist() if return_logprobs else None
+                    results[(i, j)] = Sample(i, j, toks, finish, lps)
+                    owner[slot] = None
+                    if resident.get(i) == slot:
+                        del resident[i]
+                    if progress is not None:
+                        progress(results[(i, j)])
+            # Refill free slots.
+            for slot in range(self.slots):
+                if owner[slot] is not None or not queue:
+                    continue
+                i, j = queue.pop()
+                L = len(prompts[i])
+                if i in resident:  # another sample of this prompt is live: copy its prompt rows
+                    self._copy_prompt(resident[i], slot, L)
+                else:
+                    first_logits[i] = self._prefill(slot, prompts[i])
+                    resident[i] = slot
+                self._start(slot, i * n + j, L, first_logits[i], limits[i])
+                owner[slot], upper[slot] = (i, j), L
+                admitted[i] += 1
+                if admitted[i] == n:
+                    del first_logits[i]
+                    resident.pop(i, None)  # no later sample needs the prompt rows
+            if all(o is None for o in owner):
+                continue
+            # Decode a chunk of steps over every slot.
+            live_max = max(upper[k] for k, o in enumerate(owner) if o is not None)
+            attend = min(self.max_len, -(-(live_max + self.sync_every + 1) // self.bucket) * self.bucket)
+            self._run(self.sync_every, attend)
+            for slot, o in enumerate(owner):
+                if o is not None:
+                    upper[slot] += self.sync_every
+        return [results[(i, j)] for i in range(len(prompts)) for j in range(n)]
+
+
+def check_prompts(model: Transformer, prompts, max_new_tokens):
+    """Reject bad input before any work: empty prompts, ids outside the vocabulary, too long."""
+    cfg = model.cfg
+    if not prompts:
+        raise ValueError("generate: no prompts")
+    limits = max_new_tokens if isinstance(max_new_tokens, (list, tuple)) else [max_new_tokens] * len(prompts)
+    if len(limits) != len(prompts):
+        raise ValueError(f"generate: {len(limits)} max_new_tokens values for {len(prompts)} prompts")
+    for i, (p, m) in enumerate(zip(prompts, limits)):
+        if len(p) == 0:
+            raise ValueError(f"generate: prompt {i} is empty")
+        if m < 1:
+            raise ValueError(f"generate: prompt {i}: max_new_tokens must be >= 1, got {m}")
+        bad = [t for t in p if not 0 <= t < cfg.vocab_size]
+        if bad:
+            raise ValueError(f"generate: prompt {i} has token id {bad[0]} outside the vocabulary [0, {cfg.vocab_size})")
+        if len(p) + m > cfg.max_position_embeddings:
+            raise ValueError(f"generate: prompt {i} has {len(p)} tokens + max_new_tokens {m} = {len(p) + m}, over the "
+                             f"model's limit of {cfg.max_position_embeddings} (max_position_embeddings)")
+    return [list(map(int, p)) for p in prompts], limits
+
+
+@torch.no_grad()
+def generate(model: Transformer, prompts, max_new_tokens, n: int = 1, temperature: float = 1.0, top_k: int = 0,
+             top_p: float = 1.0, eos_ids=(), seed: int = 0, return_logprobs: bool = False, slots: int | None = None,
+             sync_every: int = 16, cuda_graph: bool = True, on_tokens=None, progress=None) -> list[Sample]:
+    """Sample `n` continuations of each prompt (lists of token ids, any lengths).
+
+    max_new_tokens: an int, or one int per prompt. eos_ids: a row stops after emitting any of them.
+    temperature 0 is greedy. Returns len(prompts) * n Samples, prompt-major, each with its new tokens,
+    finish reason ("eos" / "length") and, if asked, each token's log-prob (see `sample_next`).
+    slots: how many sequences decode at once (default: all of them, at most 256).
+    """
+    prompts, limits = check_prompts(model, prompts, max_new_tokens)
+    if not 0 < top_p <= 1 or top_k < 0 or temperature < 0:
+        raise ValueError(f"generate: bad sampling settings temperature={temperature} top_k={top_k} top_p={top_p}")
+    total = len(prompts) * n
+    slots = min(slots or 256, total)
+    max_len = max(len(p) + m for p, m in zip(prompts, limits))
+    engine = Engine(model, slots, max_len, max(limits), tuple(eos_ids), temperature, top_k, top_p, seed,
+                    sync_every, cuda_graph=cuda_graph)
+    return engine.generate(prompts, n, limits, return_logprobs, on_tokens, progress)
+
+
+# ----------------------------------------------------------------------------------------------
+# CLI: python sample.py --model DIR --prompt "..."
+
+
+def main(argv=None):
+    from data import Tokenizer
+    from model import load
+
+    ap = argparse.ArgumentParser(description="Chat with a checkpoint (its chat template applied), streaming text.")
+    ap.add_argument("--model", required=True, help="Hugging Face model folder")
+    ap.add_argument("--prompt", required=True, help="the user message")
+    ap.add_argument("--system", default=None, help="an optional system message")
+    ap.add_argument("--max-new-tokens", type=int, default=512)
+    ap.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    ap.add_argument("--top-p", type=float, default=1.0)
+    ap.add_argument("--top-k", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = ap.parse_args(argv)
+    dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
+    model = load(args.model, device=args.device, dtype=dtype).eval()
+    tok = Tokenizer.load(args.model)
+    msgs = ([{"role": "system", "content": args.system}] if args.system else []) + [{"role": "user", "content": args.prompt}]
+    ids = tok.encode_chat(msgs, add_generation_prompt=True)
+    sofar, printed = [], 0
+
+    def stream(_, new):
+        nonlocal printed
+        sofar.extend(new)
+        text = tok.decode(sofar, skip_special_tokens=True)
+        if text.endswith("\ufffd"):  # half a UTF-8 character: wait for the rest
+            return
+        sys.stdout.write(text[printed:])
+        sys.stdout.flush()
+        printed = len(text)
+
+    t0 = time.time()
+    out = generate(model, [ids], args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                   top_p=args.top_p, eos_ids=tok.eos_ids, seed=args.seed, sync_every=4, on_tokens=stream)[0]
+    dt = time.time() - t0
+    print(f"\n[{len(out.tokens)} tokens, stopped by {out.finish}, {len(out.tokens) / dt:.1f} tok/s]", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,165 @@
+"""sample.py against transformers' generate, a full forward, and the exact filtered distributions."""
+
+import math
+
+import pytest
+import torch
+from conftest import hf_model
+
+import model as M
+from sample import filter_logits, generate, sample_next, uniform
+
+
+@pytest.fixture(scope="module", params=["qwen2", "qwen3"])
+def models(request, tmp_path_factory):
+    d = tmp_path_factory.mktemp(request.param)
+    ref = hf_model(request.param, 8, 2, 16, layers=2, vocab=512, seed=11)
+    ref.save_pretrained(d)
+    return ref, M.load(d, dtype=torch.float32).eval()
+
+
+def prompts(lengths, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, 512, (L,), generator=g).tolist() for L in lengths]
+
+
+def test_greedy_equals_transformers_generate(models):
+    ref, ours = models
+    ps = prompts([5, 17, 1, 9, 12])
+    outs = generate(ours, ps, 40, temperature=0, slots=3, sync_every=5)  # fewer slots than prompts: refills
+    for p, o in zip(ps, outs):
+        with torch.no_grad():
+            r = ref.generate(torch.tensor([p]), max_new_tokens=40, min_new_tokens=40, do_sample=False)
+        assert o.tokens == r[0, len(p):].tolist()
+        assert o.finish == "length" and len(o.tokens) == 40
+
+
+def test_batched_equals_one_at_a_time(models):
+    _, ours = models
+    ps = prompts([3, 14, 7, 1], seed=1)
+    together = generate(ours, ps, 33, temperature=0)
+    for p, o in zip(ps, together):
+        assert generate(ours, [p], 33, temperature=0)[0].tokens == o.tokens
+
+
+def test_sampled_tokens_do_not_depend_on_slots_or_sync(models):
+    _, ours = models
+    ps = prompts([4, 9, 6], seed=2)
+    kw = dict(n=3, temperature=0.9, top_p=0.95, seed=7, return_logprobs=True)
+    a = generate(ours, ps, 25, slots=9, sync_every=16, **kw)
+    b = generate(ours, ps, 25, slots=2, sync_every=3, **kw)
+    assert [x.tokens for x in a] == [x.tokens for x in b]
+    assert len({tuple(x.tokens) for x in a}) == 9  # and the samples do differ
+    c = generate(ours, ps, 25, slots=9, **{**kw, "seed": 8})
+    assert [x.tokens for x in a] != [x.tokens for x in c]
+
+
+def test_cached_decoding_logits_equal_full_forward(models):
+    _, ours = models
+    seq = prompts([24], seed=3)[0]
+    ids = torch.tensor([seq, seq[::-1]])  # [2,24]
+    with torch.no_grad():
+        full = ours(ids)  # [2,24,V]
+        cache = M.KVCache(ours.cfg, 2, 32, dtype=torch.float32)
+        pos = torch.arange(10).expand(2, 10)
+        got = [ours(ids[:, :10], cache, pos)]
+        for t in range(10, 24):  # one token at a time, attending over the cache
+            cache.attend_len = 32 if t % 2 else t + 1
+            got.append(ours(ids[:, t:t + 1], cache, torch.full((2, 1), t)))
+    assert (torch.cat(got, 1) - full).abs().max().item() < 1e-4
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.7, 1.0])
+def test_returned_logprobs_equal_full_forward(models, temperature):
+    _, ours = models
+    ps = prompts([6, 11], seed=4)
+    outs = generate(ours, ps, 20, n=2, temperature=temperature, seed=3, return_logprobs=True, slots=3)
+    for o in outs:
+        p = ps[o.prompt_index]
+        ids = torch.tensor([p + o.tokens])
+        with torch.no_grad():
+            logits = ours(ids)[0, len(p) - 1:-1]  # the logits that predicted each new token
+        scaled = logits / temperature if temperature else logits
+        want = scaled.log_softmax(-1).gather(-1, torch.tensor(o.tokens)[:, None])[:, 0]
+        assert torch.allclose(torch.tensor(o.logprobs), want, atol=1e-4)
+
+
+def test_stops_at_its_own_eos(models):
+    _, ours = models
+    ps = prompts([5, 8], seed=5)
+    free = generate(ours, ps, 30, temperature=0)
+    eos = free[0].tokens[6]  # a token prompt 0 emits at step 7
+    outs = generate(ours, ps, 30, temperature=0, eos_ids=[eos])
+    k = free[0].tokens.index(eos)
+    assert outs[0].tokens == free[0].tokens[:k + 1] and outs[0].finish == "eos"
+    other = free[1].tokens
+    want = other[:other.index(eos) + 1] if eos in other else other
+    assert outs[1].tokens == want and outs[1].finish == ("eos" if eos in other else "length")
+
+
+def test_per_prompt_lengths(models):
+    _, ours = models
+    outs = generate(ours, prompts([3, 3, 3], seed=6), [5, 1, 12], temperature=1.0, slots=2)
+    assert [len(o.tokens) for o in outs] == [5, 1, 12]
+
+
+def test_bad_input_is_refused_before_work(models):
+    _, ours = models
+    with pytest.raises(ValueError, match="prompt 1 is empty"):
+        generate(ours, [[1, 2], []], 4)
+    with pytest.raises(ValueError, match="token id 512 outside the vocabulary"):
+        generate(ours, [[1, 512]], 4)
+    with pytest.raises(ValueError, match="over the model's limit of 256"):
+        generate(ours, [[1] * 200], 57)
+    with pytest.raises(ValueError, match="token id -1"):
+        generate(ours, [[-1]], 4)
+
+
+# -- the sampling distribution ---------------------------------------------------------------------
+
+
+def reference_distribution(logits, temperature, top_k, top_p):
+    """Slow and obvious: the filtered, renormalised distribution, token by token."""
+    z = [x / temperature for x in logits]
+    order = sorted(range(len(z)), key=lambda i: -z[i])
+    keep = set(order[:top_k] if top_k else order)
+    mx = max(z)
+    p = {i: math.exp(z[i] - mx) for i in keep}
+    total = sum(p.values())
+    p = {i: v / total for i, v in p.items()}
+    if top_p < 1:
+        kept, mass = set(), 0.0
+        for i in sorted(p, key=lambda i: -p[i]):
+            if mass >= top_p:
+                break
+            kept.add(i)
+            mass += p[i]
+        p = {i: p[i] for i in kept}
+        total = sum(p.values())
+        p = {i: v / total for i, v in p.items()}
+    return [p.get(i, 0.0) for i in range(len(logits))]
+
+
+@pytest.mark.parametrize("temperature,top_k,top_p", [(1.0, 0, 1.0), (0.5, 0, 1.0), (1.3, 4, 1.0), (1.0, 0, 0.8),
+                                                     (0.8, 6, 0.9)])
+def test_empirical_frequencies_match_filtered_distribution(temperature, top_k, top_p):
+    torch.manual_seed(0)
+    V, N = 10, 200_000
+    logits = torch.randn(V) * 1.5
+    want = torch.tensor(reference_distribution(logits.tolist(), temperature, top_k, top_p))
+    tok, _ = sample_next(logits.expand(N, V), seed=123, seq=torch.arange(N), pos=torch.full((N,), 7),
+                         temperature=temperature, top_k=top_k, top_p=top_p)
+    freq = torch.bincount(tok, minlength=V).double() / N
+    # Each frequency is a binomial proportion: allow 5 standard deviations (a false alarm ~1e-6 per cell).
+    tol = 5 * torch.sqrt(want * (1 - want) / N) + 1e-9
+    assert torch.all((freq - want).abs() <= tol), (freq, want)
+    assert torch.all(freq[want == 0] == 0)  # filtered tokens are never drawn
+
+
+def test_filter_keeps_the_top_token_and_same_seed_same_draws():
+    logits = torch.tensor([[5.0, 1.0, 0.0, -1.0]])
+    assert torch.isfinite(filter_logits(logits, top_p=0.01)).tolist() == [[True, False, False, False]]
+    u1 = uniform(3, torch.arange(1000), torch.full((1000,), 5))
+    u2 = uniform(3, torch.arange(1000), torch.full((1000,), 5))
+    assert torch.equal(u1, u2) and 0 <= u1.min() and u1.max() < 1
+    assert abs(u1.mean().item() - 0.5) < 0.03 and not torch.equal(u1, uniform(4, torch.arange(1000), torch.full((1000,), 5)))
