@@ -167,10 +167,9 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x):
-        # Normalise in float32, cast back, then scale: the same order as the reference, so bf16 matches.
-        h = x.float()
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * h.to(x.dtype)
+        # x * rsqrt(mean(x^2) + eps) * weight, one fused kernel that accumulates in float32. (The reference
+        # casts to the input dtype before the weight multiply; in bf16 the two differ by at most one rounding.)
+        return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
 
 
 def rope_cos_sin(pos: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype):
@@ -186,11 +185,11 @@ def rope_cos_sin(pos: torch.Tensor, head_dim: int, theta: float, dtype: torch.dt
 
 
 def apply_rope(x, cos, sin):
-    """x [B,H,T,hd]; cos/sin [B,T,hd]. Rotates pairs (i, i + hd/2) by the position's angle."""
-    cos, sin = cos[:, None], sin[:, None]  # broadcast over heads
+    """x [B,T,H,hd]; cos/sin [B,T,hd]. Rotates pairs (i, i + hd/2) by the position's angle."""
+    cos, sin = cos[:, :, None], sin[:, :, None]  # broadcast over heads
     x1, x2 = x.chunk(2, dim=-1)
     rotated = torch.cat([-x2, x1], dim=-1)
-    return x * cos + rotated * sin
+    return torch.addcmul(x * cos, rotated, sin)  # x*cos + rotated*sin
 
 
 class Attention(nn.Module):
@@ -214,15 +213,22 @@ class Attention(nn.Module):
         v = self.v(x).view(B, T, self.n_kv_heads, self.head_dim)
         if hasattr(self, "q_norm"):
             q, k = self.q_norm(q), self.k_norm(k)
+        # Rotate q and k in one pass over their concatenation (fewer kernel launches when decoding).
+        qk = apply_rope(torch.cat([q, k], dim=2), cos, sin)  # [B,T,H+Hkv,hd]
+        q, k = qk.split([self.n_heads, self.n_kv_heads], dim=2)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B,H,T,hd]
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is None:
             # Whole sequence at once (training, scoring): plain causal attention over these T tokens.
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
         else:
             # Write this step's k/v at their positions, then attend over the cache (see KVCache).
+            # The G = n_heads / n_kv_heads query heads sharing a kv head are folded into the query
+            # length, [B,H,T,hd] -> [B,Hkv,G*T,hd], so each cached k/v head is read once, by a masked
+            # kernel, instead of being expanded G times.
             k, v, mask = cache.update(self.layer, k, v, pos)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+            G = self.n_heads // self.n_kv_heads
+            y = F.scaled_dot_product_attention(q.reshape(B, self.n_kv_heads, G * T, self.head_dim), k, v, attn_mask=mask)
+            y = y.view(B, self.n_heads, T, self.head_dim)
         return self.o(y.transpose(1, 2).reshape(B, T, -1))
 
 
@@ -269,6 +275,7 @@ class KVCache:
         self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layers)]
         self.max_len = max_len
         self.attend_len = max_len
+        self.groups = cfg.n_heads // cfg.n_kv_heads
         self.mask = None
 
     def rows(self, start: int, stop: int, attend_len: int) -> "KVCache":
@@ -276,7 +283,7 @@ class KVCache:
         view = KVCache.__new__(KVCache)
         view.k = [t[start:stop] for t in self.k]
         view.v = [t[start:stop] for t in self.v]
-        view.max_len, view.attend_len, view.mask = self.max_len, attend_len, None
+        view.max_len, view.attend_len, view.groups, view.mask = self.max_len, attend_len, self.groups, None
         return view
 
     def nbytes(self) -> int:
@@ -285,10 +292,13 @@ class KVCache:
     def prepare(self, pos: torch.Tensor):
         """Build this forward's attention mask once, shared by every layer.
 
-        pos [B,T] -> bool mask [B,1,T,S]: key index j is visible to a query at position p iff j <= p.
+        pos [B,T] -> bool mask [B,1,G*T,S]: key index j is visible to a query at position p iff j <= p,
+        repeated for the G query heads folded into the query length (see Attention).
         """
+        B, T = pos.shape
         idx = torch.arange(self.attend_len, device=pos.device)
-        self.mask = (idx[None, None, :] <= pos[:, :, None])[:, None]
+        mask = idx[None, None, :] <= pos[:, :, None]  # [B,T,S]
+        self.mask = mask[:, None, None].expand(B, 1, self.groups, T, self.attend_len).reshape(B, 1, self.groups * T, -1)
 
     def update(self, layer: int, k, v, pos):
         """Write k, v [B,Hkv,T,hd] at positions pos [B,T]; return the cache's k, v [B,Hkv,S,hd] and mask."""

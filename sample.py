@@ -129,8 +129,9 @@ class Engine:
     top_p: float = 1.0
     seed: int = 0
     sync_every: int = 16
-    bucket: int = 256
     cuda_graph: bool = True
+    bucket: int = 256
+    prefill_tokens: int = 16384
     graphs: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -145,6 +146,8 @@ class Engine:
         self.eos = torch.tensor(list(self.eos_ids) or [-1], device=dev)
         self.use_graph = self.cuda_graph and dev.type == "cuda"
         self.pool = None
+        self.settings = (self.slots, self.max_len, self.max_new, self.eos_ids, self.temperature, self.top_k,
+                         self.top_p, self.seed, self.sync_every, self.cuda_graph, self.bucket, self.prefill_tokens)
 
     # -- one decode step (static shapes, no host sync) --------------------------------------------
 
@@ -186,13 +189,31 @@ class Engine:
 
     # -- admission: prefill a prompt into a slot, share it with the prompt's other samples ---------
 
-    def _prefill(self, slot: int, ids: list[int]) -> torch.Tensor:
-        """Prefill prompt ids into row `slot`; returns the last position's logits [V] (float32)."""
-        L = len(ids)
-        x = torch.tensor(ids, device=self.device)[None]  # [1,L]
-        view = self.cache.rows(slot, slot + 1, attend_len=L)
-        h = self.model.hidden(x, view, torch.arange(L, device=self.device)[None])  # [1,L,H]
-        return self.model.logits(h[0, -1]).float()  # only the last row: never [L, V]
+    def _prefill(self, fresh: dict[int, int], prompts) -> dict[int, torch.Tensor]:
+        """Prefill prompts {prompt index: slot} in right-padded batches of about `prefill_tokens` tokens.
+
+        Each batch runs through a temporary cache whose rows are then copied into the slots; padding
+        rows land beyond each prompt's length, where decoding overwrites them before they are visible.
+        Returns each prompt's last-position logits [V] (float32); never a [L, V] tensor.
+        """
+        out, items = {}, list(fresh.items())
+        while items:
+            batch, width = [], 0
+            while items and (not batch or (len(batch) + 1) * max(width, len(prompts[items[0][0]])) <= self.prefill_tokens):
+                batch.append(items.pop(0))
+                width = max(width, len(prompts[batch[-1][0]]))
+            lens = torch.tensor([len(prompts[i]) for i, _ in batch], device=self.device)
+            x = torch.zeros(len(batch), width, dtype=torch.long, device=self.device)  # [k,W], right-padded
+            for r, (i, _) in enumerate(batch):
+                x[r, : len(prompts[i])] = torch.tensor(prompts[i], device=self.device)
+            tmp = KVCache(self.model.cfg, len(batch), width, device=self.device, dtype=self.cache.k[0].dtype)
+            h = self.model.hidden(x, tmp, torch.arange(width, device=self.device).expand(len(batch), width))
+            logits = self.model.logits(h[torch.arange(len(batch), device=self.device), lens - 1]).float()  # [k,V]
+            rows = torch.tensor([slot for _, slot in batch], device=self.device)
+            for dst, src in zip(self.cache.k + self.cache.v, tmp.k + tmp.v):
+                dst[rows, :, :width] = src
+            out.update({i: logits[r] for r, (i, _) in enumerate(batch)})
+        return out
 
     def _copy_prompt(self, src: int, dst: int, L: int):
         for t in self.cache.k + self.cache.v:
@@ -245,23 +266,28 @@ class Engine:
                         del resident[i]
                     if progress is not None:
                         progress(results[(i, j)])
-            # Refill free slots.
+            # Refill free slots: choose the sequences, prefill their new prompts together, start them.
+            new = []
             for slot in range(self.slots):
-                if owner[slot] is not None or not queue:
-                    continue
-                i, j = queue.pop()
+                if owner[slot] is None and queue:
+                    new.append((slot, *queue.pop()))
+            fresh = {}  # prompt -> the slot its prefill goes to
+            for slot, i, _ in new:
+                if i not in resident and i not in fresh:
+                    fresh[i] = slot
+            if fresh:
+                first_logits.update(self._prefill(fresh, prompts))
+                resident.update(fresh)
+            for slot, i, j in new:
                 L = len(prompts[i])
-                if i in resident:  # another sample of this prompt is live: copy its prompt rows
+                if resident[i] != slot:  # another sample of this prompt holds its rows: copy them
                     self._copy_prompt(resident[i], slot, L)
-                else:
-                    first_logits[i] = self._prefill(slot, prompts[i])
-                    resident[i] = slot
                 self._start(slot, i * n + j, L, first_logits[i], limits[i])
                 owner[slot], upper[slot] = (i, j), L
                 admitted[i] += 1
-                if admitted[i] == n:
+                if admitted[i] == n:  # no later sample needs the prompt rows or logits
                     del first_logits[i]
-                    resident.pop(i, None)  # no later sample needs the prompt rows
+                    resident.pop(i, None)
             if all(o is None for o in owner):
                 continue
             # Decode a chunk of steps over every slot.
@@ -299,23 +325,33 @@ def check_prompts(model: Transformer, prompts, max_new_tokens):
 @torch.no_grad()
 def generate(model: Transformer, prompts, max_new_tokens, n: int = 1, temperature: float = 1.0, top_k: int = 0,
              top_p: float = 1.0, eos_ids=(), seed: int = 0, return_logprobs: bool = False, slots: int | None = None,
-             sync_every: int = 16, cuda_graph: bool = True, on_tokens=None, progress=None) -> list[Sample]:
+             sync_every: int = 16, cuda_graph: bool = True, prefill_tokens: int = 16384, on_tokens=None,
+             progress=None) -> list[Sample]:
     """Sample `n` continuations of each prompt (lists of token ids, any lengths).
 
     max_new_tokens: an int, or one int per prompt. eos_ids: a row stops after emitting any of them.
     temperature 0 is greedy. Returns len(prompts) * n Samples, prompt-major, each with its new tokens,
     finish reason ("eos" / "length") and, if asked, each token's log-prob (see `sample_next`).
     slots: how many sequences decode at once (default: all of them, at most 256).
+    prefill_tokens: padded tokens per prefill forward (new prompts are prefilled together).
     """
+    global _engine
     prompts, limits = check_prompts(model, prompts, max_new_tokens)
     if not 0 < top_p <= 1 or top_k < 0 or temperature < 0:
         raise ValueError(f"generate: bad sampling settings temperature={temperature} top_k={top_k} top_p={top_p}")
-    total = len(prompts) * n
-    slots = min(slots or 256, total)
-    max_len = max(len(p) + m for p, m in zip(prompts, limits))
-    engine = Engine(model, slots, max_len, max(limits), tuple(eos_ids), temperature, top_k, top_p, seed,
-                    sync_every, cuda_graph=cuda_graph)
-    return engine.generate(prompts, n, limits, return_logprobs, on_tokens, progress)
+    slots = min(slots or 256, len(prompts) * n)
+    # Sizes rounded up to whole buckets so that consecutive calls can reuse one engine and its graphs.
+    up = lambda x: -(-x // 256) * 256  # noqa: E731
+    max_len = up(max(len(p) + m for p, m in zip(prompts, limits)))
+    settings = (slots, max_len, up(max(limits)), tuple(eos_ids), temperature, top_k, top_p, seed, sync_every,
+                cuda_graph, 256, prefill_tokens)
+    if _engine is None or _engine.model is not model or _engine.settings != settings:
+        _engine = None  # free the old cache before allocating the new one
+        _engine = Engine(model, *settings)
+    return _engine.generate(prompts, n, limits, return_logprobs, on_tokens, progress)
+
+
+_engine: Engine | None = None  # the last engine, kept while calls keep the same shapes and settings
 
 
 # ----------------------------------------------------------------------------------------------

@@ -26,7 +26,8 @@ def prompts(lengths, seed=0):
 def test_greedy_equals_transformers_generate(models):
     ref, ours = models
     ps = prompts([5, 17, 1, 9, 12])
-    outs = generate(ours, ps, 40, temperature=0, slots=3, sync_every=5)  # fewer slots than prompts: refills
+    # fewer slots than prompts (refills), and prefill batches of at most 20 padded tokens (chunking)
+    outs = generate(ours, ps, 40, temperature=0, slots=3, sync_every=5, prefill_tokens=20)
     for p, o in zip(ps, outs):
         with torch.no_grad():
             r = ref.generate(torch.tensor([p]), max_new_tokens=40, min_new_tokens=40, do_sample=False)
@@ -47,7 +48,7 @@ def test_sampled_tokens_do_not_depend_on_slots_or_sync(models):
     ps = prompts([4, 9, 6], seed=2)
     kw = dict(n=3, temperature=0.9, top_p=0.95, seed=7, return_logprobs=True)
     a = generate(ours, ps, 25, slots=9, sync_every=16, **kw)
-    b = generate(ours, ps, 25, slots=2, sync_every=3, **kw)
+    b = generate(ours, ps, 25, slots=2, sync_every=3, prefill_tokens=1, **kw)
     assert [x.tokens for x in a] == [x.tokens for x in b]
     assert len({tuple(x.tokens) for x in a}) == 9  # and the samples do differ
     c = generate(ours, ps, 25, slots=9, **{**kw, "seed": 8})

@@ -1,0 +1,197 @@
+"""Sampling speed on a GPU: sample.py against transformers' eager generate, side by side.
+
+    python bench/bench_sample.py --configs .gpu/hf      # folders holding the official config.json files
+
+Random bf16 weights of the real configs (speed does not depend on the values). Every figure is the
+median of --repeats runs. Prints a markdown table; BENCHMARKS.md records it.
+"""
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from model import Config, KVCache, Transformer  # noqa: E402
+from sample import generate  # noqa: E402
+
+ROWS = []
+
+
+T0 = time.time()
+
+
+def row(name, value, unit, note=""):
+    ROWS.append((name, value, unit, note))
+    print(f"[{time.time() - T0:6.0f}s] {name:58s} {value:12.1f} {unit:8s} {note}", flush=True)
+
+
+def timed(fn, repeats):
+    times = []
+    for _ in range(repeats):
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def ceilings():
+    n = 2 * 2**30  # 2 GiB copied: 4 GiB moved
+    a = torch.empty(n, dtype=torch.uint8, device="cuda")
+    b = torch.empty_like(a)
+    b.copy_(a)
+    t = timed(lambda: [b.copy_(a) for _ in range(10)], 5) / 10
+    bw = 2 * n / t
+    x = torch.randn(8192, 8192, dtype=torch.bfloat16, device="cuda")
+    y = torch.randn(8192, 8192, dtype=torch.bfloat16, device="cuda")
+    x @ y
+    t = timed(lambda: [x @ y for _ in range(10)], 5) / 10
+    del a, b, x, y
+    return bw, 2 * 8192**3 / t
+
+
+def our_model(cfg_dir):
+    cfg = Config.from_hf(json.loads((cfg_dir / "config.json").read_text()))
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        torch.set_default_dtype(torch.bfloat16)
+        m = Transformer(cfg).eval()
+        torch.set_default_dtype(torch.float32)
+    return m
+
+
+def hf_model(cfg_dir):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    cfg = AutoConfig.from_pretrained(cfg_dir)
+    with torch.device("cuda"):
+        return AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16, attn_implementation="sdpa").eval()
+
+
+def weight_bytes(m: Transformer):
+    """Bytes read per decode step: every matrix, the output projection once; embedding rows are negligible."""
+    total = sum(p.numel() * p.element_size() for p in m.parameters())
+    if m.lm_head is not None:  # untied: the input embedding table is only gathered from
+        total -= m.embed.weight.numel() * m.embed.weight.element_size()
+    return total
+
+
+def bench_ours(m, batch, prompt_len, new, repeats, **kw):
+    g = torch.Generator().manual_seed(1)
+    prompts = torch.randint(0, 150000, (batch, prompt_len), generator=g).tolist()
+    generate(m, prompts, new, temperature=0, **kw)  # warm-up: captures the graphs' first use
+    t = timed(lambda: generate(m, prompts, new, temperature=0, **kw), repeats)
+    return batch * new / t
+
+
+def bench_hf(hf, batch, prompt_len, new, repeats):
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, 150000, (batch, prompt_len), generator=g).cuda()
+    kw = dict(max_new_tokens=new, min_new_tokens=new, do_sample=False, pad_token_id=0,
+              attention_mask=torch.ones_like(ids))
+    with torch.no_grad():
+        hf.generate(ids, **{**kw, "max_new_tokens": 8, "min_new_tokens": 8})
+        t = timed(lambda: hf.generate(ids, **kw), repeats)
+    return batch * new / t
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--configs", type=Path, default=Path(".gpu/hf"))
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--skip-hf", action="store_true")
+    ap.add_argument("--parts", default="b1,b64,ragged", help="comma list of: b1, b64, ragged")
+    args = ap.parse_args()
+    parts = set(args.parts.split(","))
+    torch.backends.cuda.matmul.allow_tf32 = True
+    print(torch.cuda.get_device_name(), "torch", torch.__version__, flush=True)
+    bw, flops = ceilings()
+    row("copy bandwidth (read+write)", bw / 1e12, "TB/s")
+    row("bf16 matmul 8192^3", flops / 1e12, "TFLOP/s")
+
+    for name, b1_target in (("qwen2.5-1.5b-instruct", 0.40), ("qwen2.5-7b-instruct", 0.75)):
+        d = args.configs / name
+        if name.startswith("qwen2.5-1.5b") and not parts & {"b1", "ragged"}:
+            continue
+        m = our_model(d)
+        roof = bw / weight_bytes(m)
+        if "b1" in parts:
+            t = bench_ours(m, 1, 128, 256, args.repeats)
+            row(f"{name} batch 1, prompt 128, 256 new: ours", t, "tok/s",
+                f"{t / roof:.0%} of weight-read roofline {roof:.0f} tok/s (target {b1_target:.0%})")
+            t = bench_ours(m, 1, 128, 256, args.repeats, cuda_graph=False)
+            row(f"{name} batch 1: ours without CUDA graphs", t, "tok/s", f"{t / roof:.0%} of roofline")
+        if name.startswith("qwen2.5-7b") and "b64" in parts:
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+            t64 = bench_ours(m, 64, 512, 256, args.repeats)
+            peak = torch.cuda.max_memory_allocated() - base
+            cache = 64 * (512 + 256) * kv_bytes_per_token(m.cfg)
+            row(f"{name} batch 64, prompt 512, 256 new: ours", t64, "tok/s",
+                f"peak beyond weights {peak / 2**30:.2f} GiB, of which KV cache {cache / 2**30:.2f} GiB")
+            c = KV_GiB(m.cfg, 64, 4096)
+            row(f"{name} KV cache at batch 64 x 4096 tokens", c, "GiB",
+                f"{kv_bytes_per_token(m.cfg) / 1024:.0f} KiB per token")
+        if name.startswith("qwen2.5-1.5b") and "ragged" in parts:
+            ragged(m, args.repeats)
+        del m
+        torch.cuda.empty_cache()
+        if not args.skip_hf and parts & {"b1", "b64"}:
+            hf = hf_model(d)
+            if "b1" in parts:
+                t = bench_hf(hf, 1, 128, 256, args.repeats)
+                row(f"{name} batch 1: transformers eager generate", t, "tok/s", f"{t / roof:.0%} of roofline")
+            if name.startswith("qwen2.5-7b") and "b64" in parts:
+                th = bench_hf(hf, 64, 512, 256, args.repeats)
+                row(f"{name} batch 64: transformers eager generate", th, "tok/s",
+                    f"ours / transformers = {t64 / th:.2f}x (target 4x)")
+            del hf
+            torch.cuda.empty_cache()
+
+    print("\n| measurement | value | unit | note |\n|---|---|---|---|")
+    for r in ROWS:
+        print(f"| {r[0]} | {r[1]:,.1f} | {r[2]} | {r[3]} |")
+
+
+def kv_bytes_per_token(cfg):
+    return cfg.n_layers * 2 * cfg.n_kv_heads * cfg.head_dim * 2  # k and v, bf16
+
+
+def KV_GiB(cfg, batch, tokens):
+    return batch * tokens * kv_bytes_per_token(cfg) / 2**30
+
+
+def ragged(m, repeats):
+    """GRPO shape: 64 prompts x 7 samples, prompt 1024, response lengths long-tailed in [128, 2048]
+    (forced: EOS ignored until each row's own length), against a uniform batch of the same total tokens."""
+    rng = np.random.default_rng(0)
+    lengths = np.clip(rng.lognormal(np.log(450), 0.75, 64 * 7), 128, 2048).astype(int)
+    g = torch.Generator().manual_seed(2)
+    prompts = torch.randint(0, 150000, (64, 1024), generator=g).tolist()
+    # generate() takes one limit per prompt; give each of the 448 sequences its own prompt entry (n=1)
+    # so every row has its own length, while prompts repeat in groups of 7 as in GRPO.
+    seq_prompts = [prompts[i // 7] for i in range(64 * 7)]
+    total = int(lengths.sum())
+    uniform_len = int(round(total / len(lengths)))
+    for slots in (256, 448):
+        kw = dict(temperature=1.0, slots=slots)
+        generate(m, seq_prompts[:slots], [64] * slots, **kw)
+        t_r = timed(lambda: generate(m, seq_prompts, lengths.tolist(), **kw), repeats)
+        t_u = timed(lambda: generate(m, seq_prompts, [uniform_len] * len(lengths), **kw), repeats)
+        r, u = total / t_r, uniform_len * len(lengths) / t_u
+        row(f"ragged GRPO batch (448 seqs, {total} tokens, {slots} slots)", r, "tok/s",
+            f"uniform {uniform_len} each: {u:.0f} tok/s; ragged/uniform = {r / u:.0%} (target 70%)")
+    # With n=7 the prompt is prefilled once and copied: same batch, shared prefill, uniform length.
+    t = timed(lambda: generate(m, prompts, uniform_len, n=7, temperature=1.0, slots=448), repeats)
+    row("same uniform batch via n=7 (one prefill per prompt)", uniform_len * 448 / t, "tok/s")
+
+
+if __name__ == "__main__":
+    main()
