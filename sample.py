@@ -151,9 +151,10 @@ class Engine:
 
     # -- one decode step (static shapes, no host sync) --------------------------------------------
 
-    def _step(self):
-        s = self.s
-        logits = self.model(s.tok[:, None], self.cache, s.pos[:, None])[:, 0].float()  # [S,V]
+    def _step(self, B: int):
+        """Advance rows 0..B-1 by one token (the live rows are kept within them, see _compact)."""
+        s = _Slots(*(t[:B] for t in vars(self.s).values()))  # views: updated in place
+        logits = self.model(s.tok[:, None], self.cache, s.pos[:, None])[:, 0].float()  # [B,V]
         nxt, lp = sample_next(logits, self.seed, s.seq, s.pos + 1, self.temperature, self.top_k, self.top_p)
         live = ~s.done
         col = torch.where(live, s.n_gen, self.max_new)[:, None]  # finished rows write to the sink column
@@ -164,28 +165,35 @@ class Engine:
         s.tok.copy_(torch.where(live, nxt, s.tok))
         s.done |= live & (torch.isin(nxt, self.eos) | (s.n_gen >= s.limit))
 
-    def _run(self, steps: int, attend_len: int):
+    def _run(self, steps: int, B: int, attend_len: int):
         self.cache.attend_len = attend_len
         if not self.use_graph:
             for _ in range(steps):
-                self._step()
+                self._step(B)
             return
-        g = self.graphs.get(attend_len)
+        g = self.graphs.get((B, attend_len))
         if g is None:
-            # The first step of a new bucket runs eagerly on a side stream (warm-up), then is captured.
+            # The first step of a new shape runs eagerly on a side stream (warm-up), then is captured.
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
-                self._step()
+                self._step(B)
             torch.cuda.current_stream().wait_stream(side)
             steps -= 1
             g = torch.cuda.CUDAGraph()
             with torch.cuda.graph(g, pool=self.pool):
-                self._step()
+                self._step(B)
             self.pool = g.pool()
-            self.graphs[attend_len] = g
+            self.graphs[(B, attend_len)] = g
         for _ in range(steps):
             g.replay()
+
+    def _move(self, src: int, dst: int, length: int):
+        """Move a live row (its state and first `length` cache positions) from slot src to slot dst."""
+        for t in vars(self.s).values():
+            t[dst] = t[src]
+        self.s.done[src] = True
+        self._copy_prompt(src, dst, length)
 
     # -- admission: prefill a prompt into a slot, share it with the prompt's other samples ---------
 
@@ -290,13 +298,23 @@ class Engine:
                     resident.pop(i, None)
             if all(o is None for o in owner):
                 continue
-            # Decode a chunk of steps over every slot.
-            live_max = max(upper[k] for k, o in enumerate(owner) if o is not None)
+            # Once nothing waits, pack the live rows to the front so that steps cost what the live rows
+            # need: a batch of the next power of two >= live rows, not all slots (the ragged tail).
+            live_slots = [k for k, o in enumerate(owner) if o is not None]
+            if not queue:
+                for dst, src in enumerate(live_slots):
+                    if src != dst:
+                        self._move(src, dst, min(upper[src] + 1, self.max_len))
+                        owner[dst], upper[dst], owner[src] = owner[src], upper[src], None
+                        resident = {i: (dst if r == src else r) for i, r in resident.items()}
+                live_slots = list(range(len(live_slots)))
+            B = min(self.slots, 1 << (live_slots[-1]).bit_length())  # covers every live row
+            # Decode a chunk of steps; attention reads up to the live rows' furthest position (bucketed).
+            live_max = max(upper[k] for k in live_slots)
             attend = min(self.max_len, -(-(live_max + self.sync_every + 1) // self.bucket) * self.bucket)
-            self._run(self.sync_every, attend)
-            for slot, o in enumerate(owner):
-                if o is not None:
-                    upper[slot] += self.sync_every
+            self._run(self.sync_every, B, attend)
+            for slot in live_slots:
+                upper[slot] += self.sync_every
         return [results[(i, j)] for i in range(len(prompts)) for j in range(n)]
 
 

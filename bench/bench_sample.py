@@ -188,9 +188,10 @@ def ragged(m, repeats):
         r, u = total / t_r, uniform_len * len(lengths) / t_u
         row(f"ragged GRPO batch (448 seqs, {total} tokens, {slots} slots)", r, "tok/s",
             f"uniform {uniform_len} each: {u:.0f} tok/s; ragged/uniform = {r / u:.0%} (target 70%)")
-    # With n=7 the prompt is prefilled once and copied: same batch, shared prefill, uniform length.
-    t = timed(lambda: generate(m, prompts, uniform_len, n=7, temperature=1.0, slots=448), repeats)
-    row("same uniform batch via n=7 (one prefill per prompt)", uniform_len * 448 / t, "tok/s")
+        if slots == 256:
+            # With n=7 each prompt is prefilled once and copied to its samples.
+            t = timed(lambda: generate(m, prompts, uniform_len, n=7, **kw), repeats)
+            row(f"same uniform batch via n=7 (one prefill per prompt, {slots} slots)", uniform_len * 448 / t, "tok/s")
 
 
 if __name__ == "__main__":

@@ -164,3 +164,19 @@ def test_filter_keeps_the_top_token_and_same_seed_same_draws():
     u2 = uniform(3, torch.arange(1000), torch.full((1000,), 5))
     assert torch.equal(u1, u2) and 0 <= u1.min() and u1.max() < 1
     assert abs(u1.mean().item() - 0.5) < 0.03 and not torch.equal(u1, uniform(4, torch.arange(1000), torch.full((1000,), 5)))
+
+
+def test_ragged_lengths_with_compaction_match_one_at_a_time(models):
+    """Rows of very different lengths: as rows finish, the live ones are moved to the front of the cache
+    and decoded in a smaller batch. Every row must come out as if it had run alone."""
+    _, ours = models
+    ps = prompts([4, 9, 2, 13, 6, 3, 8], seed=8)
+    limits = [3, 41, 7, 26, 1, 35, 12]
+    outs = generate(ours, ps, limits, temperature=0, slots=7, sync_every=2)
+    for p, m, o in zip(ps, limits, outs):
+        assert o.tokens == generate(ours, [p], m, temperature=0)[0].tokens
+    kw = dict(n=2, temperature=1.0, seed=4, return_logprobs=True)
+    batched = generate(ours, ps, limits, slots=14, sync_every=3, **kw)
+    serial = generate(ours, ps, limits, slots=1, **kw)  # every row alone in a batch of one
+    assert [o.tokens for o in batched] == [o.tokens for o in serial]
+    assert [len(o.tokens) for o in batched] == [m for m in limits for _ in range(2)]
