@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
@@ -220,3 +221,266 @@ class Tokenizer:
             return _ESC if c == _ESC else self._by_index[ord(c) - 0xF0001]
 
         return self._unescape_re.sub(sub, s)
+
+
+# ----------------------------------------------------------------------------------------------
+# Datasets: one record type for a preference pair, and a reader for each format on disk.
+
+
+@dataclass
+class Pair:
+    """A preference pair. The judge compares context + [chosen] with context + [rejected].
+
+    id: unique within a run. subset: RewardBench subset, RM-Bench domain, RMB category path.
+    group: pairs scored together (an RM-Bench item's 3x3 styles, an RMB Best-of-N item), else "".
+    extra: format-specific facts kept for scoring (RM-Bench style indices).
+    """
+
+    id: str
+    context: list[dict]  # the conversation before the answers; ends with a user turn
+    chosen: str
+    rejected: str
+    subset: str = ""
+    group: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def conversations(self, chosen_at: str) -> tuple[list[dict], list[dict]]:
+        """(conversation A, conversation B) with the chosen answer at position chosen_at ("A" or "B")."""
+        c = self.context + [{"role": "assistant", "content": self.chosen}]
+        r = self.context + [{"role": "assistant", "content": self.rejected}]
+        return (c, r) if chosen_at == "A" else (r, c)
+
+
+def read_rows(path) -> list[tuple[str, dict]]:
+    """Rows of a .json (a list), .jsonl or .parquet file, each with a location "file:row" for errors.
+
+    Rows are numbered from 1 (JSONL: the line number).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        try:
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise ImportError(f"{path}: reading Parquet needs pyarrow (pip install pyarrow), or convert to JSONL") from None
+        rows = pq.read_table(path).to_pylist()
+        return [(f"{path}:{k + 1}", r) for k, r in enumerate(rows)]
+    if suffix == ".jsonl":
+        out = []
+        for k, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
+            if not line.strip():
+                continue
+            try:
+                out.append((f"{path}:{k + 1}", json.loads(line)))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{k + 1}: not valid JSON ({e})") from None
+        return out
+    if suffix == ".json":
+        try:
+            rows = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON ({e})") from None
+        if not isinstance(rows, list):
+            raise ValueError(f"{path}: expected a JSON list of rows, got {type(rows).__name__}")
+        return [(f"{path}:{k + 1}", r) for k, r in enumerate(rows)]
+    raise ValueError(f"{path}: unknown format {suffix!r} (expected .json, .jsonl or .parquet)")
+
+
+def _field(where: str, row, name: str, kind=str):
+    if not isinstance(row, dict):
+        raise ValueError(f"{where}: row is a {type(row).__name__}, expected an object")
+    if name not in row:
+        raise ValueError(f"{where}: missing field {name!r}")
+    value = row[name]
+    if kind is not None and not isinstance(value, kind):
+        raise ValueError(f"{where}: field {name!r} should be {kind.__name__}, got {type(value).__name__}")
+    return value
+
+
+def _messages(where: str, value, name: str) -> list[dict]:
+    if not isinstance(value, list) or not value:
+        raise ValueError(f"{where}: field {name!r} should be a non-empty list of messages")
+    out = []
+    for k, m in enumerate(value):
+        if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant") \
+                or not isinstance(m.get("content"), str):
+            raise ValueError(f"{where}: {name}[{k}] is not a {{role, content}} message")
+        out.append({"role": m["role"], "content": m["content"]})
+    return out
+
+
+def _unique(pairs: list[Pair], what: str) -> list[Pair]:
+    seen = set()
+    for p in pairs:
+        if p.id in seen:
+            raise ValueError(f"{what}: duplicate id {p.id!r}")
+        seen.add(p.id)
+    return pairs
+
+
+def read_rewardbench(path) -> list[Pair]:
+    """RewardBench rows: prompt, chosen, rejected, subset, id (single-turn).
+
+    >>> # {"prompt": "2+2?", "chosen": "4", "rejected": "5", "subset": "math-prm", "id": 7}
+    >>> # -> Pair(id="7", context=[{"role": "user", "content": "2+2?"}], chosen="4", rejected="5", subset="math-prm")
+    """
+    pairs = []
+    for where, r in read_rows(path):
+        rid = _field(where, r, "id", None)
+        pairs.append(Pair(str(rid), [{"role": "user", "content": _field(where, r, "prompt")}],
+                          _field(where, r, "chosen"), _field(where, r, "rejected"), _field(where, r, "subset")))
+    return _unique(pairs, str(path))
+
+
+RMBENCH_DOMAINS = ("chat", "math", "code", "safety")
+
+
+def read_rmbench(path) -> list[Pair]:
+    """RM-Bench items (id, prompt, chosen[3], rejected[3]; styles concise, detailed plain, detailed
+    markdown) expanded into the 9 (chosen i, rejected j) pairs of each item.
+
+    The domain is the row's "domain" field, else the file name (chat_filtered.json -> chat,
+    safety-refuse_filtered.json -> safety).
+    >>> # item 8 -> pairs "8/00" .. "8/22", group "chat/8", extra {"i": i, "j": j}
+    """
+    paths = sorted(Path(path).glob("*.json*")) if Path(path).is_dir() else [Path(path)]
+    pairs = []
+    for f in paths:
+        stem = f.name.split("_")[0].split(".")[0]
+        for where, r in read_rows(f):
+            domain = r.get("domain", stem) if isinstance(r, dict) else stem
+            domain = "safety" if str(domain).startswith("safety") else domain
+            if domain not in RMBENCH_DOMAINS:
+                raise ValueError(f"{where}: RM-Bench domain {domain!r} is not one of {RMBENCH_DOMAINS}")
+            rid = _field(where, r, "id", None)
+            chosen, rejected = _field(where, r, "chosen", list), _field(where, r, "rejected", list)
+            if len(chosen) != 3 or len(rejected) != 3 or not all(isinstance(x, str) for x in chosen + rejected):
+                raise ValueError(f"{where}: RM-Bench rows need 3 chosen and 3 rejected strings")
+            context = [{"role": "user", "content": _field(where, r, "prompt")}]
+            for i in range(3):
+                for j in range(3):
+                    pairs.append(Pair(f"{domain}/{rid}/{i}{j}", context, chosen[i], rejected[j], domain,
+                                      f"{domain}/{rid}", {"i": i, "j": j}))
+    return _unique(pairs, str(path))
+
+
+def read_rmb(path) -> list[Pair]:
+    """RMB files (one file, or a folder searched recursively): Pairwise rows (conversation_input,
+    chosen.answer, reject.answer, pair_uid) and Best-of-N rows (bon_best, loser_list of 2-6, bon_uid),
+    each Best-of-N item expanded into best-vs-loser pairs sharing one group.
+    subset = category_path, e.g. "Pairwise_set/Helpfulness/Chat/Supportive Conversation".
+    """
+    paths = sorted(Path(path).rglob("*.json")) if Path(path).is_dir() else [Path(path)]
+    if not paths:
+        raise FileNotFoundError(f"{path}: no RMB .json files")
+    pairs = []
+    for f in paths:
+        for where, r in read_rows(f):
+            context = _messages(where, _field(where, r, "conversation_input", list), "conversation_input")
+            category = _field(where, r, "category_path")
+            if "bon_best" in r:
+                best = _field(where, _field(where, r, "bon_best", dict), "answer")
+                losers = _field(where, r, "loser_list", list)
+                uid = str(_field(where, r, "bon_uid", None))
+                for k, loser in enumerate(losers):
+                    pairs.append(Pair(f"bon/{uid}/{k}", context, best, _field(f"{where} loser {k}", loser, "answer"),
+                                      category, f"bon/{uid}"))
+            else:
+                chosen = _field(where, _field(where, r, "chosen", dict), "answer")
+                rejected = _field(where, _field(where, r, "reject", dict), "answer")
+                pairs.append(Pair(f"pair/{_field(where, r, 'pair_uid', None)}", context, chosen, rejected, category))
+    return _unique(pairs, str(path))
+
+
+def read_pairs(path) -> list[Pair]:
+    """The raw sources RM-R1 mixed, one reader by the fields present:
+    Skywork preference rows (chosen / rejected message lists sharing their context),
+    Code-Preference-Pairs (input, accepted, rejected),
+    Math-Step-DPO (prompt, initial_reason_steps, full_chosen, full_rejected; full_* are whole solutions),
+    and this project's own plain pairs (prompt, chosen, rejected[, id, subset]).
+    """
+    pairs = []
+    for k, (where, r) in enumerate(read_rows(path)):
+        if not isinstance(r, dict):
+            raise ValueError(f"{where}: row is a {type(r).__name__}, expected an object")
+        rid = str(r.get("id", k))
+        if isinstance(r.get("chosen"), list):  # Skywork
+            c = _messages(where, r["chosen"], "chosen")
+            rj = _messages(where, _field(where, r, "rejected", list), "rejected")
+            if c[-1]["role"] != "assistant" or rj[-1]["role"] != "assistant":
+                raise ValueError(f"{where}: chosen and rejected must end with an assistant message")
+            if c[:-1] != rj[:-1]:
+                raise ValueError(f"{where}: chosen and rejected conversations differ before their last message")
+            pairs.append(Pair(rid, c[:-1], c[-1]["content"], rj[-1]["content"], r.get("source", "skywork")))
+        elif "accepted" in r:  # Code-Preference-Pairs
+            pairs.append(Pair(rid, [{"role": "user", "content": _field(where, r, "input")}],
+                              _field(where, r, "accepted"), _field(where, r, "rejected"), "code"))
+        elif "full_chosen" in r:  # Math-Step-DPO
+            _field(where, r, "initial_reason_steps")
+            pairs.append(Pair(rid, [{"role": "user", "content": _field(where, r, "prompt")}],
+                              _field(where, r, "full_chosen"), _field(where, r, "full_rejected"), "math"))
+        elif "prompt" in r:
+            pairs.append(Pair(rid, [{"role": "user", "content": _field(where, r, "prompt")}],
+                              _field(where, r, "chosen"), _field(where, r, "rejected"), str(r.get("subset", ""))))
+        else:
+            raise ValueError(f"{where}: unknown pair format (fields {sorted(r)})")
+    return _unique(pairs, str(path))
+
+
+def read_rmr1_training(path) -> list[dict]:
+    """RM-R1 training rows: context_messages (the judge prompt as chat messages) and winner
+    ("model_a" / "model_b"); an optional target trace ("response" or "completion") for SFT.
+
+    >>> # -> [{"messages": [{"role": "system", ...}, {"role": "user", ...}], "label": "model_a", "target": None}]
+    """
+    out = []
+    for where, r in read_rows(path):
+        msgs = _messages(where, _field(where, r, "context_messages", list), "context_messages")
+        label = _field(where, r, "winner")
+        if label not in ("model_a", "model_b"):
+            raise ValueError(f"{where}: winner {label!r} is neither 'model_a' nor 'model_b'")
+        target = r.get("response", r.get("completion"))
+        if target is not None and not isinstance(target, str):
+            raise ValueError(f"{where}: target trace should be a string")
+        out.append({"messages": msgs, "label": label, "target": target})
+    return out
+
+
+def chosen_position(pair_id: str, seed: int) -> str:
+    """Seeded, order-free coin flip: where the chosen answer goes for evaluation ("A" or "B").
+
+    Depends only on (seed, id), so a resumed or filtered run places every pair as before.
+    """
+    import hashlib
+
+    h = hashlib.sha256(f"{seed}:{pair_id}".encode()).digest()
+    return "B" if h[0] & 1 else "A"
+
+
+def place(pairs: list[Pair], mode: str = "random", seed: int = 0) -> list[tuple[Pair, str]]:
+    """(pair, chosen_at) for judging. mode "alternate": pair k has chosen at A iff k is even (training,
+    exactly balanced); "random": seeded per pair (evaluation); "both": every pair in both orders.
+
+    >>> [c for _, c in place([Pair(str(k), [], "c", "r") for k in range(4)], "alternate")]
+    ['A', 'B', 'A', 'B']
+    """
+    if mode == "alternate":
+        return [(p, "A" if k % 2 == 0 else "B") for k, p in enumerate(pairs)]
+    if mode == "random":
+        return [(p, chosen_position(p.id, seed)) for p in pairs]
+    if mode == "both":
+        return [(p, c) for p in pairs for c in ("A", "B")]
+    raise ValueError(f"placement mode must be alternate, random or both, got {mode!r}")
+
+
+def training_rows(pairs: list[Pair], variant: str = "instruct") -> list[dict]:
+    """Pairs -> RM-R1 training rows {"context_messages", "winner"} with alternating positions."""
+    from rubrics import judge_messages
+
+    rows = []
+    for p, at in place(pairs, "alternate"):
+        a, b = p.conversations(at)
+        rows.append({"context_messages": judge_messages(a, b, variant), "winner": "model_a" if at == "A" else "model_b"})
+    return rows

@@ -1,0 +1,60 @@
+"""A small end-to-end run on the CPU, no download: a tiny random Qwen2 with the real Qwen2.5 tokenizer
+is written as a Hugging Face folder, loaded back, and used as a judge on real benchmark rows.
+
+    python demo.py            # writes runs/demo/
+
+A random model's verdicts are noise (expect invalid outputs and chance accuracy); the point is the
+whole path: checkpoint I/O, chat template, judge prompts, batched sampling, parsing, scoring, resume.
+"""
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+
+import eval as evaluate
+import model as M
+
+ROOT = Path(__file__).resolve().parent
+SHARED = ROOT.parent / "shared"
+TOKENIZER = SHARED / "hf" / "qwen2.5-7b-instruct"
+
+
+def tiny_checkpoint(path: Path):
+    cfg = M.Config.from_hf({
+        "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "vocab_size": 151936, "hidden_size": 64,
+        "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+        "rope_theta": 1e6, "rms_norm_eps": 1e-6, "tie_word_embeddings": True, "max_position_embeddings": 32768})
+    torch.manual_seed(0)
+    model = M.Transformer(cfg)
+    gen = json.loads((TOKENIZER / "generation_config.json").read_text())
+    M.save(model, path, generation_config=gen, copy_files_from=TOKENIZER)
+
+
+def main():
+    if not TOKENIZER.is_dir():
+        sys.exit(f"{TOKENIZER} not found: the demo reads the Qwen2.5 tokenizer from ../shared/hf/")
+    out = ROOT / "runs" / "demo"
+    shutil.rmtree(out, ignore_errors=True)
+    ckpt = out / "tiny-qwen2"
+    tiny_checkpoint(ckpt)
+    print(f"wrote {ckpt}: {sorted(p.name for p in ckpt.iterdir())}")
+    # 1. One pair, streamed.
+    evaluate.main(["--model", str(ckpt), "--question", "What is 17 * 3?", "--answer-a", "51", "--answer-b", "41",
+                   "--max-new-tokens", "24", "--device", "cpu"])
+    # 2. Two benchmarks on a few real rows each, with both orders on one of them.
+    common = ["--model", str(ckpt), "--max-new-tokens", "16", "--device", "cpu", "--batch", "16"]
+    evaluate.main(common + ["--bench", "rm-bench", "--data", str(SHARED / "benchmarks" / "rm-bench" / "chat_filtered.json"),
+                            "--limit", "18", "--out", str(out / "rm-bench")])
+    evaluate.main(common + ["--bench", "rmb", "--data",
+                            str(SHARED / "benchmarks" / "rmb" / "BoN_set" / "Helpfulness" / "Reasoning"),
+                            "--limit", "12", "--both-orders", "--out", str(out / "rmb")])
+    # 3. Rescoring saved judgments needs no model.
+    evaluate.main(["--bench", "rm-bench", "--out", str(out / "rm-bench"), "--score-only"])
+    print(f"\ndemo done: judgments and scores under {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,377 @@
+"""Judge preference pairs with a trained RM-R1 model and score RewardBench, RM-Bench and RMB as published.
+
+    python eval.py --model DIR --bench rewardbench --data filtered.jsonl --out runs/rb
+    python eval.py --bench rm-bench --data ../shared/benchmarks/rm-bench --out runs/rmb --score-only
+    python eval.py --model DIR --question "2+2?" --answer-a "4" --answer-b "5"     # one pair, streamed
+
+Flow: data (readers) -> rubrics.judge_messages -> sample.generate (greedy, large batches) ->
+rubrics.parse_verdict -> per-benchmark aggregation (SPEC section 6). Every judgment is appended to
+OUT/judgments.jsonl as soon as its batch finishes; a rerun with the same --out skips what is there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import defaultdict
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import data
+from rubrics import judge_messages, parse_verdict
+
+# ----------------------------------------------------------------------------------------------
+# Official aggregations (pure functions of the per-judgment records)
+
+REWARDBENCH_SECTIONS = {
+    "Chat": ["alpacaeval-easy", "alpacaeval-length", "alpacaeval-hard", "mt-bench-easy", "mt-bench-med"],
+    "Chat Hard": ["mt-bench-hard", "llmbar-natural", "llmbar-adver-neighbor", "llmbar-adver-GPTInst",
+                  "llmbar-adver-GPTOut", "llmbar-adver-manual"],
+    "Safety": ["refusals-dangerous", "refusals-offensive", "xstest-should-refuse", "xstest-should-respond",
+               "donotanswer"],
+    "Reasoning": ["math-prm", "hep-cpp", "hep-go", "hep-java", "hep-js", "hep-python", "hep-rust"],
+}
+MATH_PRM_WEIGHT = 984  # math-prm (447 pairs) counts as 984, so Reasoning = half math-prm, half hep-*
+
+
+def _mean(xs):
+    xs = list(xs)
+    return sum(xs) / len(xs) if xs else None
+
+
+def score_rewardbench(records: list[dict]) -> dict:
+    """Per-subset accuracy; each section is the size-weighted mean of its subsets (math-prm weighted
+    984); Overall = unweighted mean of the four sections. Subsets absent from the records are listed
+    under "missing_subsets", and a section (and Overall) without any of its subsets is None.
+
+    >>> r = [{"subset": "math-prm", "correct": 1}] + [{"subset": "hep-go", "correct": 0}] * 2
+    >>> round(score_rewardbench(r)["sections"]["Reasoning"], 4)   # (1 * 984 + 0 * 2) / (984 + 2)
+    0.998
+    """
+    by = defaultdict(list)
+    for r in records:
+        by[r["subset"]].append(r["correct"])
+    acc = {s: sum(v) / len(v) for s, v in by.items()}
+    sections = {}
+    for name, subsets in REWARDBENCH_SECTIONS.items():
+        present = [s for s in subsets if s in acc]
+        w = {s: MATH_PRM_WEIGHT if s == "math-prm" else len(by[s]) for s in present}
+        sections[name] = sum(acc[s] * w[s] for s in present) / sum(w.values()) if present else None
+    known = {s for v in REWARDBENCH_SECTIONS.values() for s in v}
+    complete = all(v is not None for v in sections.values())
+    return {
+        "subsets": acc,
+        "sections": sections,
+        "overall": _mean(sections.values()) if complete else None,
+        "accuracy": _mean(r["correct"] for r in records),
+        "n": len(records),
+        "missing_subsets": sorted(known - set(acc)),
+        "unknown_subsets": sorted(set(acc) - known),
+    }
+
+
+def score_rmbench(records: list[dict]) -> dict:
+    """Each item's 3x3 matrix M[i][j] (chosen style i vs rejected style j), averaged per domain;
+    hard = mean of the strict upper triangle (rejected more styled), normal = the diagonal, easy = the
+    strict lower triangle; domain score = mean of all 9 cells. Overall easy/normal/hard/total = unweighted
+    means over the domains present. Items missing a cell are reported, not scored.
+
+    >>> recs = [{"group": "chat/1", "subset": "chat", "extra": {"i": i, "j": j}, "correct": int(i >= j)}
+    ...         for i in range(3) for j in range(3)]
+    >>> s = score_rmbench(recs)["domains"]["chat"]; (s["easy"], s["normal"], s["hard"], round(s["score"], 4))
+    (1.0, 1.0, 0.0, 0.6667)
+    """
+    cells = defaultdict(dict)
+    domain_of = {}
+    for r in records:
+        cells[r["group"]][(r["extra"]["i"], r["extra"]["j"])] = r["correct"]
+        domain_of[r["group"]] = r["subset"]
+    per_domain = defaultdict(list)
+    incomplete = []
+    for g, m in cells.items():
+        if len(m) != 9:
+            incomplete.append(g)
+        else:
+            per_domain[domain_of[g]].append(m)
+    domains = {}
+    for d, items in per_domain.items():
+        M = [[_mean(m[(i, j)] for m in items) for j in range(3)] for i in range(3)]
+        domains[d] = {
+            "matrix": M,
+            "hard": _mean(M[i][j] for i in range(3) for j in range(3) if j > i),
+            "normal": _mean(M[i][i] for i in range(3)),
+            "easy": _mean(M[i][j] for i in range(3) for j in range(3) if j < i),
+            "score": _mean(M[i][j] for i in range(3) for j in range(3)),
+            "items": len(items),
+        }
+    out = {"domains": domains, "incomplete_items": sorted(incomplete),
+           "missing_domains": [d for d in data.RMBENCH_DOMAINS if d not in domains]}
+    for k in ("easy", "normal", "hard"):
+        out[k] = _mean(v[k] for v in domains.values())
+    out["total"] = _mean(v["score"] for v in domains.values())
+    return out
+
+
+def score_rmb(records: list[dict]) -> dict:
+    """Pairwise: pooled accuracy over every pair of Helpfulness (resp. Harmlessness) sets. Best-of-N: an
+    item counts only if every one of its best-vs-loser pairs is right. Mean of the four reported.
+
+    >>> recs = [{"subset": "BoN_set/Helpfulness/x", "group": "bon/1", "correct": c} for c in (1, 1, 0)]
+    >>> score_rmb(recs)["bon_helpfulness"]
+    0.0
+    """
+    pair = defaultdict(list)
+    bon = defaultdict(lambda: defaultdict(list))
+    for r in records:
+        parts = r["subset"].split("/")
+        kind, aspect = parts[0], parts[1].lower() if len(parts) > 1 else "?"
+        if kind == "Pairwise_set":
+            pair[aspect].append(r["correct"])
+        elif kind == "BoN_set":
+            bon[aspect][r["group"]].append(r["correct"])
+        else:
+            raise ValueError(f"RMB record {r.get('id')}: category {r['subset']!r} is neither Pairwise_set nor BoN_set")
+    out = {
+        "pairwise_helpfulness": _mean(pair["helpfulness"]),
+        "pairwise_harmlessness": _mean(pair["harmlessness"]),
+        "bon_helpfulness": _mean(all(v) for v in bon["helpfulness"].values()),
+        "bon_harmlessness": _mean(all(v) for v in bon["harmlessness"].values()),
+    }
+    out["mean"] = _mean(out.values()) if all(v is not None for v in out.values()) else None
+    out["counts"] = {"pairs_helpfulness": len(pair["helpfulness"]), "pairs_harmlessness": len(pair["harmlessness"]),
+                     "bon_items_helpfulness": len(bon["helpfulness"]), "bon_items_harmlessness": len(bon["harmlessness"])}
+    return out
+
+
+def score_pairs(records: list[dict]) -> dict:
+    by = defaultdict(list)
+    for r in records:
+        by[r["subset"]].append(r["correct"])
+    return {"accuracy": _mean(r["correct"] for r in records), "n": len(records),
+            "subsets": {s: _mean(v) for s, v in by.items()}}
+
+
+BENCHES = {
+    "rewardbench": (data.read_rewardbench, score_rewardbench),
+    "rm-bench": (data.read_rmbench, score_rmbench),
+    "rmb": (data.read_rmb, score_rmb),
+    "pairs": (data.read_pairs, score_pairs),
+}
+
+
+def score(bench: str, records: list[dict]) -> dict:
+    """Official aggregation, per order when both orders were judged, plus the position-bias figures."""
+    agg = BENCHES[bench][1]
+    by_pair = defaultdict(dict)
+    for r in records:
+        by_pair[r["id"]][r["chosen_at"]] = r
+    both = [v for v in by_pair.values() if len(v) == 2]
+    if not both:  # each pair judged once, in its seeded position
+        return {"bench": bench, **agg(records)}
+    out = {"bench": bench, "by_order": {f"chosen_at_{o}": agg([r for r in records if r["chosen_at"] == o])
+                                        for o in ("A", "B")}}
+    # A pair "flips" when the judge prefers a different response once the positions are swapped.
+    out["pairs_in_both_orders"] = len(both)
+    out["accuracy_chosen_at_A"] = _mean(v["A"]["correct"] for v in both)
+    out["accuracy_chosen_at_B"] = _mean(v["B"]["correct"] for v in both)
+    out["flip_rate"] = _mean(v["A"]["correct"] != v["B"]["correct"] for v in both)
+    out["same_letter_both_orders"] = _mean(v["A"]["verdict"] is not None and v["A"]["verdict"] == v["B"]["verdict"]
+                                           for v in both)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Judging with resumable logs
+
+
+@dataclass
+class Judgment:
+    key: str  # id|chosen_at: unique per judgment
+    id: str
+    subset: str
+    group: str
+    chosen_at: str
+    output: str
+    verdict: str | None
+    correct: int
+    finish: str
+    extra: dict
+
+
+def read_log(path: Path) -> list[dict]:
+    """Judgments already written. A last line cut short by a crash is removed (and said so); any other
+    malformed line is an error naming it."""
+    if not path.exists():
+        return []
+    lines = path.read_text(encoding="utf-8").split("\n")
+    records = []
+    for k, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            if k == len(lines) - 1:  # no trailing newline: the write was interrupted
+                print(f"{path}: dropping the unfinished last line {k + 1} (it will be judged again)", file=sys.stderr)
+                path.write_text("\n".join(lines[:k]) + ("\n" if k else ""), encoding="utf-8")
+                break
+            raise ValueError(f"{path}:{k + 1}: malformed judgment line") from None
+        missing = [f.name for f in fields(Judgment) if f.name not in rec]
+        if missing:
+            raise ValueError(f"{path}:{k + 1}: judgment lacks {missing}")
+        records.append(rec)
+    return records
+
+
+def judge(model, tok, items: list[tuple[data.Pair, str]], log: Path, variant: str, max_new_tokens: int,
+          batch: int, progress: bool = True) -> list[dict]:
+    """Greedy judgments of (pair, chosen_at) items, appended to `log`; items already logged are skipped."""
+    from tqdm import tqdm
+
+    from sample import generate
+
+    done = {r["key"]: r for r in read_log(log)}
+    todo = [(p, at) for p, at in items if f"{p.id}|{at}" not in done]
+    limit = model.cfg.max_position_embeddings
+    bar = tqdm(total=len(items), initial=len(items) - len(todo), disable=not progress, desc="judging")
+    right = sum(r["correct"] for r in done.values())
+    with open(log, "a", encoding="utf-8") as f:
+        for start in range(0, len(todo), batch):
+            chunk = todo[start:start + batch]
+            prompts = [tok.encode_chat(judge_messages(*p.conversations(at), variant), add_generation_prompt=True)
+                       for p, at in chunk]
+            for (p, _), ids in zip(chunk, prompts):
+                if len(ids) >= limit:
+                    raise ValueError(f"pair {p.id}: judge prompt has {len(ids)} tokens, over the model's {limit}")
+            budgets = [min(max_new_tokens, limit - len(ids)) for ids in prompts]
+            outs = generate(model, prompts, budgets, temperature=0, eos_ids=tok.eos_ids)
+            for (p, at), o in zip(chunk, outs):
+                text = tok.decode(o.tokens, skip_special_tokens=True)
+                verdict = parse_verdict(text)
+                j = Judgment(f"{p.id}|{at}", p.id, p.subset, p.group, at, text, verdict, int(verdict == at),
+                             o.finish, p.extra)
+                f.write(json.dumps(asdict(j), ensure_ascii=False) + "\n")
+                done[j.key] = asdict(j)
+                right += j.correct
+            f.flush()
+            bar.update(len(chunk))
+            bar.set_postfix(acc=f"{right / max(1, len(done)):.3f}")
+    bar.close()
+    return [done[f"{p.id}|{at}"] for p, at in items]
+
+
+def guess_variant(tok) -> str:
+    """DeepSeek-R1-Distill templates speak in <｜User｜>/<｜Assistant｜>: the Reasoning variant (no system)."""
+    src = tok.template.source if tok.template else ""
+    return "reasoning" if "<｜Assistant｜>" in src else "instruct"
+
+
+# ----------------------------------------------------------------------------------------------
+# CLI
+
+
+@dataclass
+class EvalConfig:
+    model: str = ""  # Hugging Face model folder (not needed with --score-only)
+    bench: str = "pairs"  # rewardbench | rm-bench | rmb | pairs
+    data: str = ""  # file or folder of the benchmark
+    out: str = ""  # run folder: judgments.jsonl, scores.json, config.json
+    variant: str = "auto"  # auto | instruct | reasoning
+    max_new_tokens: int = 4096
+    batch: int = 256  # judgments per generate() call (and per flush to the log)
+    seed: int = 0  # placement of the chosen answer (A/B), per pair
+    both_orders: bool = False  # judge every pair twice, chosen at A and at B
+    limit: int = 0  # judge only the first N pairs (0 = all)
+    score_only: bool = False  # score OUT/judgments.jsonl without a model
+    device: str = ""  # default: cuda if available, else cpu
+    question: str = ""  # one-pair mode: the question ...
+    answer_a: str = ""  # ... and the two answers
+    answer_b: str = ""
+    pair_file: str = ""  # one-pair mode from a JSON file {"question", "answer_a", "answer_b"}
+
+
+def parse_args(argv=None) -> EvalConfig:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for f in fields(EvalConfig):
+        flag = "--" + f.name.replace("_", "-")
+        if f.type in ("bool", bool):
+            ap.add_argument(flag, action="store_true")
+        else:
+            ap.add_argument(flag, type=int if f.type in ("int", int) else str, default=f.default)
+    return EvalConfig(**vars(ap.parse_args(argv)))
+
+
+def load_model(cfg: EvalConfig):
+    import torch
+
+    from model import load
+
+    device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    tok = data.Tokenizer.load(cfg.model)
+    return load(cfg.model, device=device, dtype=dtype).eval(), tok
+
+
+def one_pair(cfg: EvalConfig):
+    from sample import generate
+
+    if cfg.pair_file:
+        d = json.loads(Path(cfg.pair_file).read_text())
+        q, a, b = (data._field(cfg.pair_file, d, k) for k in ("question", "answer_a", "answer_b"))
+    else:
+        q, a, b = cfg.question, cfg.answer_a, cfg.answer_b
+    model, tok = load_model(cfg)
+    variant = guess_variant(tok) if cfg.variant == "auto" else cfg.variant
+    msgs = judge_messages([{"role": "user", "content": q}, {"role": "assistant", "content": a}],
+                          [{"role": "user", "content": q}, {"role": "assistant", "content": b}], variant)
+    ids = tok.encode_chat(msgs, add_generation_prompt=True)
+    seen = []
+
+    def stream(_, new):
+        before = tok.decode(seen, skip_special_tokens=True)
+        seen.extend(new)
+        sys.stdout.write(tok.decode(seen, skip_special_tokens=True)[len(before):])
+        sys.stdout.flush()
+
+    out = generate(model, [ids], cfg.max_new_tokens, temperature=0, eos_ids=tok.eos_ids, sync_every=4,
+                   on_tokens=stream)[0]
+    verdict = parse_verdict(tok.decode(out.tokens, skip_special_tokens=True))
+    print(f"\n\nverdict: {verdict or 'invalid (no single [[A]] / [[B]])'}  ({len(out.tokens)} tokens, {out.finish})")
+
+
+def main(argv=None):
+    cfg = parse_args(argv)
+    if cfg.question or cfg.pair_file:
+        return one_pair(cfg)
+    if cfg.bench not in BENCHES:
+        raise SystemExit(f"--bench must be one of {sorted(BENCHES)}")
+    if not cfg.out:
+        raise SystemExit("--out is required")
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    log = out / "judgments.jsonl"
+    if cfg.score_only:
+        records = read_log(log)
+        if not records:
+            raise SystemExit(f"{log}: no judgments to score")
+    else:
+        if not cfg.model or not cfg.data:
+            raise SystemExit("--model and --data are required (or --score-only)")
+        pairs = BENCHES[cfg.bench][0](cfg.data)
+        if cfg.limit:
+            pairs = pairs[: cfg.limit]
+        items = data.place(pairs, "both" if cfg.both_orders else "random", cfg.seed)
+        model, tok = load_model(cfg)
+        variant = guess_variant(tok) if cfg.variant == "auto" else cfg.variant
+        (out / "config.json").write_text(json.dumps({**asdict(cfg), "variant": variant}, indent=2) + "\n")
+        records = judge(model, tok, items, log, variant, cfg.max_new_tokens, cfg.batch)
+    scores = score(cfg.bench, records)
+    tmp = out / "scores.json.tmp"
+    tmp.write_text(json.dumps(scores, indent=2) + "\n")
+    tmp.replace(out / "scores.json")
+    print(json.dumps({k: v for k, v in scores.items() if not isinstance(v, (dict, list))}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
