@@ -225,7 +225,7 @@ def read_log(path: Path) -> list[dict]:
 
 
 def judge(model, tok, items: list[tuple[data.Pair, str]], log: Path, variant: str, max_new_tokens: int,
-          batch: int, progress: bool = True) -> list[dict]:
+          batch: int, slots: int = 64, progress: bool = True) -> list[dict]:
     """Greedy judgments of (pair, chosen_at) items, appended to `log`; items already logged are skipped."""
     from tqdm import tqdm
 
@@ -245,7 +245,7 @@ def judge(model, tok, items: list[tuple[data.Pair, str]], log: Path, variant: st
                 if len(ids) >= limit:
                     raise ValueError(f"pair {p.id}: judge prompt has {len(ids)} tokens, over the model's {limit}")
             budgets = [min(max_new_tokens, limit - len(ids)) for ids in prompts]
-            outs = generate(model, prompts, budgets, temperature=0, eos_ids=tok.eos_ids)
+            outs = generate(model, prompts, budgets, temperature=0, eos_ids=tok.eos_ids, slots=slots)
             for (p, at), o in zip(chunk, outs):
                 text = tok.decode(o.tokens, skip_special_tokens=True)
                 verdict = parse_verdict(text)
@@ -280,6 +280,7 @@ class EvalConfig:
     variant: str = "auto"  # auto | instruct | reasoning
     max_new_tokens: int = 4096
     batch: int = 256  # judgments per generate() call (and per flush to the log)
+    slots: int = 64  # sequences decoding at once; the KV cache is slots x (prompt + max_new_tokens)
     seed: int = 0  # placement of the chosen answer (A/B), per pair
     both_orders: bool = False  # judge every pair twice, chosen at A and at B
     limit: int = 0  # judge only the first N pairs (0 = all)
@@ -365,7 +366,7 @@ def main(argv=None):
         model, tok = load_model(cfg)
         variant = guess_variant(tok) if cfg.variant == "auto" else cfg.variant
         (out / "config.json").write_text(json.dumps({**asdict(cfg), "variant": variant}, indent=2) + "\n")
-        records = judge(model, tok, items, log, variant, cfg.max_new_tokens, cfg.batch)
+        records = judge(model, tok, items, log, variant, cfg.max_new_tokens, cfg.batch, cfg.slots)
     scores = score(cfg.bench, records)
     tmp = out / "scores.json.tmp"
     tmp.write_text(json.dumps(scores, indent=2) + "\n")

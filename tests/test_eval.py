@@ -1,0 +1,229 @@
+"""Readers on real and hand-made rows, the official aggregations on hand-computed cases, and an end-to-end
+eval on a tiny random model that resumes to the same scores."""
+
+import json
+
+import pytest
+import torch
+from conftest import SHARED
+
+import data
+import eval as ev
+import model as M
+
+BENCH = SHARED / "benchmarks"
+
+
+# -- readers -----------------------------------------------------------------------------------
+
+
+def test_rmbench_reader_on_real_rows():
+    pairs = data.read_rmbench(BENCH / "rm-bench")
+    raw = {f: json.loads((BENCH / "rm-bench" / f).read_text()) for f in
+           ("chat_filtered.json", "code_filtered.json", "safety-refuse_filtered.json", "safety-response_filtered.json")}
+    assert len(pairs) == 9 * sum(len(v) for v in raw.values())
+    first = raw["chat_filtered.json"][0]
+    p = next(x for x in pairs if x.id == f"chat/{first['id']}/12")
+    assert p.chosen == first["chosen"][1] and p.rejected == first["rejected"][2] and p.extra == {"i": 1, "j": 2}
+    assert {x.subset for x in pairs} == {"chat", "code", "safety"}
+    assert sum(x.subset == "safety" for x in pairs) == 9 * (284 + 157)
+
+
+def test_rmb_reader_on_real_rows():
+    pairs = data.read_rmb(BENCH / "rmb")
+    bon = json.loads((BENCH / "rmb" / "BoN_set" / "Harmlessness" / "S1.json").read_text())
+    item = bon[0]
+    group = [p for p in pairs if p.group == f"bon/{item['bon_uid']}"]
+    assert len(group) == len(item["loser_list"]) and all(p.chosen == item["bon_best"]["answer"] for p in group)
+    multi = json.loads((BENCH / "rmb" / "Pairwise_set" / "Harmlessness" / "multi.json").read_text())
+    assert any(len(r["conversation_input"]) > 1 for r in multi)
+    p = next(x for x in pairs if x.id == f"pair/{multi[0]['pair_uid']}")
+    assert p.context == [{"role": m["role"], "content": m["content"]} for m in multi[0]["conversation_input"]]
+    assert p.subset == "Pairwise_set/Harmlessness/multi" and p.rejected == multi[0]["reject"]["answer"]
+    n_pair = sum(len(json.loads(f.read_text())) for f in (BENCH / "rmb" / "Pairwise_set").rglob("*.json"))
+    n_bon = sum(len(r["loser_list"]) for f in (BENCH / "rmb" / "BoN_set").rglob("*.json") for r in json.loads(f.read_text()))
+    assert len(pairs) == n_pair + n_bon
+
+
+def write(path, rows, jsonl=True):
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n" if jsonl else json.dumps(rows))
+    return path
+
+
+def test_hand_made_formats(tmp_path):
+    rb = data.read_rewardbench(write(tmp_path / "rb.json", [
+        {"prompt": "2+2?", "chosen": "4", "rejected": "5", "subset": "math-prm", "id": 3}], jsonl=False))
+    assert rb == [data.Pair("3", [{"role": "user", "content": "2+2?"}], "4", "5", "math-prm")]
+    sky = data.read_pairs(write(tmp_path / "sky.jsonl", [{
+        "chosen": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello!"}],
+        "rejected": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "go away"}]}]))
+    assert (sky[0].context, sky[0].chosen, sky[0].rejected) == ([{"role": "user", "content": "hi"}], "hello!", "go away")
+    code = data.read_pairs(write(tmp_path / "code.jsonl", [{"input": "sort", "accepted": "sorted(x)", "rejected": "x"}]))
+    assert (code[0].chosen, code[0].subset) == ("sorted(x)", "code")
+    math = data.read_pairs(write(tmp_path / "math.jsonl", [{"prompt": "1+1", "initial_reason_steps": "Step 1:",
+                                                             "full_chosen": "Step 1: 2", "full_rejected": "Step 1: 3"}]))
+    assert (math[0].chosen, math[0].rejected) == ("Step 1: 2", "Step 1: 3")
+    tr = data.read_rmr1_training(write(tmp_path / "tr.jsonl", [
+        {"context_messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}], "winner": "model_b"}]))
+    assert tr == [{"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}],
+                   "label": "model_b", "target": None}]
+    rows = data.training_rows(rb + code + math)
+    assert [r["winner"] for r in rows] == ["model_a", "model_b", "model_a"]
+    assert "[The Start of Chatbot A's Response]\nx\n" in rows[1]["context_messages"][1]["content"]
+
+
+@pytest.mark.parametrize("content,match", [
+    ('{"prompt": "q", "chosen": "a", "subset": "s", "id": 1}', r"rb.jsonl:2: missing field 'rejected'"),
+    ('{"prompt": "q", "chosen": 7, "rejected": "b", "subset": "s", "id": 1}', r"rb.jsonl:2: field 'chosen' should be str"),
+    ("{not json", r"rb.jsonl:2: not valid JSON"),
+    ('{"prompt": "q", "chosen": "a", "rejected": "b", "subset": "s", "id": 0}', "duplicate id '0'"),
+])
+def test_malformed_rows_name_file_and_row(tmp_path, content, match):
+    f = tmp_path / "rb.jsonl"
+    f.write_text('{"prompt": "q", "chosen": "a", "rejected": "b", "subset": "s", "id": 0}\n' + content + "\n")
+    with pytest.raises(ValueError, match=match):
+        data.read_rewardbench(f)
+
+
+def test_skywork_with_different_contexts_is_refused(tmp_path):
+    f = write(tmp_path / "s.jsonl", [{"chosen": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "x"}],
+                                       "rejected": [{"role": "user", "content": "b"}, {"role": "assistant", "content": "y"}]}])
+    with pytest.raises(ValueError, match="s.jsonl:1: chosen and rejected conversations differ"):
+        data.read_pairs(f)
+
+
+def test_parquet_without_pyarrow_is_a_clear_error(tmp_path, monkeypatch):
+    import builtins
+
+    real = builtins.__import__
+    monkeypatch.setattr(builtins, "__import__", lambda name, *a, **k: (_ for _ in ()).throw(ImportError())
+                        if name.startswith("pyarrow") else real(name, *a, **k))
+    (tmp_path / "x.parquet").write_bytes(b"PAR1")
+    with pytest.raises(ImportError, match="needs pyarrow"):
+        data.read_rows(tmp_path / "x.parquet")
+
+
+def test_placement():
+    pairs = [data.Pair(str(k), [], "c", "r") for k in range(1000)]
+    rnd = data.place(pairs, "random", seed=1)
+    assert rnd == data.place(pairs, "random", seed=1)  # seeded
+    assert 400 < sum(c == "B" for _, c in rnd) < 600
+    assert dict((p.id, c) for p, c in data.place(pairs[500:], "random", seed=1)) == \
+        dict((p.id, c) for p, c in rnd[500:])  # per pair: filtering does not move the others
+    assert [c for _, c in data.place(pairs[:3], "both")] == ["A", "B", "A", "B", "A", "B"]
+
+
+# -- aggregation -------------------------------------------------------------------------------
+
+
+def test_rewardbench_weighting_by_hand():
+    recs = []
+    def add(subset, right, n):
+        recs.extend({"subset": subset, "correct": int(k < right)} for k in range(n))
+    add("alpacaeval-easy", 9, 10); add("mt-bench-med", 1, 4)                        # Chat: (9 + 1) / 14
+    add("llmbar-natural", 3, 4)                                                     # Chat Hard: 0.75
+    add("donotanswer", 1, 2); add("xstest-should-respond", 4, 4)                    # Safety: (1 + 4) / 6
+    add("math-prm", 1, 2); add("hep-go", 2, 4); add("hep-rust", 4, 4)               # Reasoning, math-prm x 984
+    s = ev.score_rewardbench(recs)["sections"]
+    assert s["Chat"] == pytest.approx(10 / 14) and s["Chat Hard"] == pytest.approx(0.75)
+    assert s["Safety"] == pytest.approx(5 / 6)
+    assert s["Reasoning"] == pytest.approx((0.5 * 984 + 0.5 * 4 + 1.0 * 4) / (984 + 8))
+    out = ev.score_rewardbench(recs)
+    assert out["overall"] == pytest.approx((10 / 14 + 0.75 + 5 / 6 + s["Reasoning"]) / 4)
+    assert out["accuracy"] == pytest.approx(sum(r["correct"] for r in recs) / len(recs))
+    assert "hep-cpp" in out["missing_subsets"]
+    assert ev.score_rewardbench([r for r in recs if r["subset"] != "llmbar-natural"])["overall"] is None
+
+
+def test_rmbench_matrix_by_hand():
+    # item 1 right everywhere except (0,2); item 2 right only on and below the diagonal.
+    recs = []
+    for g, rule in (("chat/1", lambda i, j: (i, j) != (0, 2)), ("chat/2", lambda i, j: i >= j)):
+        recs += [{"group": g, "subset": "chat", "extra": {"i": i, "j": j}, "correct": int(rule(i, j))}
+                 for i in range(3) for j in range(3)]
+    recs += [{"group": "code/9", "subset": "code", "extra": {"i": i, "j": j}, "correct": 1} for i in range(3) for j in range(3)]
+    recs.append({"group": "code/10", "subset": "code", "extra": {"i": 0, "j": 0}, "correct": 1})  # incomplete item
+    out = ev.score_rmbench(recs)
+    chat = out["domains"]["chat"]
+    # M = mean of the two items: upper cells (0,1)=0.5, (0,2)=0, (1,2)=0.5 -> hard 1/3
+    assert chat["hard"] == pytest.approx(1 / 3) and chat["normal"] == 1.0 and chat["easy"] == 1.0
+    assert chat["score"] == pytest.approx((3 + 3 + 1) / 9)
+    assert out["hard"] == pytest.approx((1 / 3 + 1) / 2) and out["total"] == pytest.approx((7 / 9 + 1) / 2)
+    assert out["incomplete_items"] == ["code/10"] and out["missing_domains"] == ["math", "safety"]
+
+
+def test_rmb_best_of_n_needs_every_pair():
+    recs = [{"subset": "BoN_set/Helpfulness/Chat/x", "group": "bon/1", "correct": c} for c in (1, 1, 1, 0)]  # one wrong
+    recs += [{"subset": "BoN_set/Helpfulness/Chat/x", "group": "bon/2", "correct": 1} for _ in range(3)]
+    recs += [{"subset": "BoN_set/Harmlessness/S1", "group": "bon/3", "correct": 1}]
+    recs += [{"subset": "Pairwise_set/Helpfulness/a", "group": "", "correct": c} for c in (1, 0, 1)]
+    recs += [{"subset": "Pairwise_set/Helpfulness/b", "group": "", "correct": 1}]
+    recs += [{"subset": "Pairwise_set/Harmlessness/multi", "group": "", "correct": 0}]
+    out = ev.score_rmb(recs)
+    assert out["bon_helpfulness"] == 0.5 and out["bon_harmlessness"] == 1.0
+    assert out["pairwise_helpfulness"] == 0.75  # pooled over both sets: 3 of 4
+    assert out["pairwise_harmlessness"] == 0.0 and out["mean"] == pytest.approx((0.5 + 1 + 0.75 + 0) / 4)
+
+
+def test_both_orders_bias_figures():
+    recs = []
+    for k, (a, b) in enumerate([(1, 1), (1, 0), (0, 0), (1, 0)]):
+        recs.append({"id": str(k), "subset": "s", "chosen_at": "A", "correct": a, "verdict": "A" if a else "B"})
+        recs.append({"id": str(k), "subset": "s", "chosen_at": "B", "correct": b, "verdict": "B" if b else "A"})
+    out = ev.score("pairs", recs)
+    assert out["accuracy_chosen_at_A"] == 0.75 and out["accuracy_chosen_at_B"] == 0.25
+    assert out["flip_rate"] == 0.5 and out["same_letter_both_orders"] == 0.5
+    assert out["by_order"]["chosen_at_A"]["accuracy"] == 0.75
+
+
+# -- end to end -----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tiny")
+    cfg = M.Config.from_hf({"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "vocab_size": 151936,
+                            "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+                            "num_attention_heads": 2, "num_key_value_heads": 1, "rope_theta": 1e6,
+                            "rms_norm_eps": 1e-6, "tie_word_embeddings": True, "max_position_embeddings": 32768})
+    torch.manual_seed(0)
+    tok_dir = SHARED / "hf" / "qwen2.5-7b-instruct"
+    M.save(M.Transformer(cfg), d, generation_config=json.loads((tok_dir / "generation_config.json").read_text()),
+           copy_files_from=tok_dir)
+    return d
+
+
+def test_end_to_end_eval_and_resume(tiny, tmp_path):
+    args = ["--model", str(tiny), "--bench", "rm-bench", "--data", str(BENCH / "rm-bench" / "chat_filtered.json"),
+            "--limit", "18", "--max-new-tokens", "6", "--batch", "7", "--device", "cpu", "--out", str(tmp_path / "run")]
+    ev.main(args)
+    log = tmp_path / "run" / "judgments.jsonl"
+    lines = log.read_text().splitlines()
+    assert len(lines) == 18
+    recs = [json.loads(x) for x in lines]
+    assert {r["key"] for r in recs} == {f"{r['id']}|{r['chosen_at']}" for r in recs}
+    assert all(r["correct"] == int(r["verdict"] == r["chosen_at"]) and r["finish"] in ("eos", "length") for r in recs)
+    scores = (tmp_path / "run" / "scores.json").read_text()
+    assert set(json.loads(scores)["domains"]) == {"chat"}
+    # crash simulation: the last 5 judgments lost, the one before cut mid-line
+    log.write_text("\n".join(lines[:12]) + "\n" + lines[12][:40])
+    ev.main(args)
+    assert sorted(log.read_text().splitlines()) == sorted(lines)  # rejudged to identical lines (greedy)
+    assert (tmp_path / "run" / "scores.json").read_text() == scores
+    # scoring alone, without a model
+    (tmp_path / "run" / "scores.json").unlink()
+    ev.main(["--bench", "rm-bench", "--out", str(tmp_path / "run"), "--score-only"])
+    assert (tmp_path / "run" / "scores.json").read_text() == scores
+
+
+def test_malformed_log_line_is_an_error(tmp_path):
+    log = tmp_path / "judgments.jsonl"
+    log.write_text('{"broken": \n{"key": 1}\n')
+    with pytest.raises(ValueError, match="judgments.jsonl:1: malformed"):
+        ev.read_log(log)
+
+
+def test_one_pair_mode_prints_reasoning_and_verdict(tiny, capsys):
+    ev.main(["--model", str(tiny), "--question", "2+2?", "--answer-a", "4", "--answer-b", "5",
+             "--max-new-tokens", "5", "--device", "cpu"])
+    assert "verdict:" in capsys.readouterr().out
