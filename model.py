@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint
 
 # ----------------------------------------------------------------------------------------------
 # Config
@@ -319,6 +320,7 @@ class Transformer(nn.Module):
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         # Tied checkpoints (Qwen2.5 <= 3B, Qwen3 <= 4B) reuse the embedding as the output projection.
         self.lm_head = None if cfg.tie_word_embeddings else nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.checkpoint_blocks = False  # training: recompute each block in backward instead of storing it
 
     @property
     def output_weight(self) -> torch.Tensor:  # [V, H]
@@ -338,7 +340,10 @@ class Transformer(nn.Module):
         if cache is not None:
             cache.prepare(pos)
         for block in self.layers:
-            x = block(x, cos, sin, cache, pos)
+            if self.checkpoint_blocks and self.training and cache is None:
+                x = torch.utils.checkpoint.checkpoint(block, x, cos, sin, use_reentrant=False)
+            else:
+                x = block(x, cos, sin, cache, pos)
         return self.norm(x)
 
     def logits(self, h):
@@ -414,12 +419,12 @@ def _open_safetensors(file: Path):
         raise ValueError(f"{file}: not a readable safetensors file ({e})") from None
 
 
-def read_tensors(path, cfg: Config, wanted=None):
+def read_tensors(path, cfg: Config, rows=None):
     """Yield (our_name, hf_name, tensor) for every checkpoint tensor, checking names and shapes.
 
     Every tensor in the checkpoint must map to a parameter and every parameter must be present.
-    `wanted(our_name) -> bool` lets a caller (an FSDP rank) skip reading tensors it will not keep;
-    the completeness checks still cover the whole checkpoint.
+    `rows(our_name) -> (start, stop)` makes a caller (an FSDP rank) read only those rows of dim 0 from
+    the memory-mapped file; the completeness, dtype and shape checks still cover the whole checkpoint.
     """
     path = Path(path)
     files = checkpoint_files(path)
@@ -443,8 +448,6 @@ def read_tensors(path, cfg: Config, wanted=None):
                 if hf_name not in present:
                     raise ValueError(f"{file}: the index places {hf_name!r} here but the file lacks it")
                 ours = kmap.get(hf_name, "embed.weight")  # a tied lm_head.weight is checked against embed
-                if wanted is not None and not wanted(ours) and hf_name in kmap:
-                    continue
                 sl = f.get_slice(hf_name)
                 dtype, shape = sl.get_dtype(), tuple(sl.get_shape())
                 if dtype not in ("F32", "BF16", "F16"):
@@ -452,7 +455,11 @@ def read_tensors(path, cfg: Config, wanted=None):
                 if shape != expected[ours]:
                     raise ValueError(f"{file}: tensor {hf_name!r} has shape {shape}, expected {expected[ours]}")
                 try:
-                    t = f.get_tensor(hf_name)
+                    if rows is not None and hf_name in kmap:
+                        start, stop = rows(ours)
+                        t = sl[start:stop]
+                    else:
+                        t = f.get_tensor(hf_name)
                 except Exception as e:
                     raise ValueError(f"{file}: cannot read tensor {hf_name!r} ({e})") from None
                 yield (ours if hf_name in kmap else None), hf_name, t

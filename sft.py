@@ -1,0 +1,428 @@
+"""Stage 1 of RM-R1: supervised fine-tuning on distilled judge traces, with FSDP2.
+
+    torchrun --nproc_per_node=8 sft.py --model Qwen2.5-7B-Instruct --data sft.jsonl --out runs/sft
+    python sft.py --model DIR --data sft.jsonl --out runs/sft          # one process: GPU or CPU
+    python sft.py ... --resume                                          # continue from runs/sft/state
+
+Each optimizer step takes `global_batch` sequences (in a seeded shuffled order), deals them to the ranks,
+packs each rank's share into length-grouped micro-batches under a token budget, and accumulates
+
+    loss = mean over the global batch of (each sequence's token-mean NLL on its assistant tokens)
+
+exactly, for any number of ranks and micro-batches (SPEC section 4). FSDP2 shards every block and the
+root; parameters and optimizer state stay float32, compute runs in bf16, gradients reduce in float32.
+Outputs in --out: config.json, metrics.jsonl, hf/ (a Hugging Face folder), state/ (resumable, DCP).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+import data
+import model as M
+
+# ----------------------------------------------------------------------------------------------
+# Defaults (each field is a command-line flag)
+
+
+@dataclass
+class SFTConfig:
+    model: str = ""  # Hugging Face folder to start from
+    data: str = ""  # JSONL/JSON/Parquet rows: context_messages, winner, and the target trace ("response")
+    out: str = "runs/sft"
+    max_len: int = 12288  # rows whose prompt or whole sequence is longer are dropped (counted), never cut
+    global_batch: int = 128  # sequences per optimizer step
+    micro_tokens: int = 16384  # padded tokens per micro-batch on one rank
+    epochs: int = 1
+    lr: float = 5e-6
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    warmup_ratio: float = 0.03  # warmup steps = ceil(ratio * total steps)
+    beta1: float = 0.9
+    beta2: float = 0.95
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    activation_checkpointing: bool = True
+    compute_dtype: str = "bfloat16"  # float32 for exact CPU tests
+    loss_chunk: int = 1024  # tokens per chunk of the log-prob computation
+    seed: int = 0
+    save_every: int = 0  # optimizer steps between training-state saves (0: only at the end)
+    max_steps: int = 0  # stop after this many steps (0: all epochs)
+    resume: bool = False
+    peak_tflops: float = 989.0  # per device, for MFU (bf16 dense H100/H200 datasheet)
+
+
+def parse_args(argv=None) -> SFTConfig:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for f in fields(SFTConfig):
+        flag = "--" + f.name.replace("_", "-")
+        if f.type == "bool":
+            ap.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
+        else:
+            ap.add_argument(flag, type={"int": int, "float": float}.get(f.type, str), default=f.default)
+    return SFTConfig(**vars(ap.parse_args(argv)))
+
+
+# ----------------------------------------------------------------------------------------------
+# Data: tokenize, mask, batch
+
+
+def tokenize_row(tok: data.Tokenizer, messages: list[dict], target: str) -> tuple[list[int], list[int]]:
+    """ids and loss mask of chat_template(messages + [assistant: target]).
+
+    The mask is 1 on every token after the prompt up to and including the assistant's closing EOS: the
+    header "<|im_start|>assistant\\n", the trace, and "<|im_end|>" (not the template's trailing "\\n").
+
+    >>> # [..system.., ..user.., <|im_start|> assistant \\n  <type> ... </answer> <|im_end|> \\n]
+    >>> # [    0    ..     0   ,      1        1       1       1   ...     1          1      0 ]
+    """
+    prompt = tok.encode_chat(messages, add_generation_prompt=False)
+    ids = tok.encode_chat(messages + [{"role": "assistant", "content": target}])
+    if ids[: len(prompt)] != prompt:
+        raise ValueError("the chat template renders the prompt differently once the answer is appended")
+    ends = [k for k in range(len(prompt), len(ids)) if ids[k] in tok.eos_ids]
+    if not ends:
+        raise ValueError("the rendered answer has no EOS token")
+    mask = [0] * len(ids)
+    for k in range(len(prompt), ends[-1] + 1):
+        mask[k] = 1
+    return ids, mask
+
+
+def load_rows(cfg: SFTConfig, tok: data.Tokenizer) -> tuple[list[tuple[list[int], list[int]]], dict]:
+    """Tokenized (ids, mask) rows and counts of what was dropped for length."""
+    rows, too_long_prompt, too_long = [], 0, 0
+    for k, r in enumerate(data.read_rmr1_training(cfg.data)):
+        if r["target"] is None:
+            raise ValueError(f"{cfg.data}:{k + 1}: SFT rows need the target trace ('response' or 'completion')")
+        try:
+            ids, mask = tokenize_row(tok, r["messages"], r["target"])
+        except ValueError as e:
+            raise ValueError(f"{cfg.data}:{k + 1}: {e}") from None
+        if len(ids) - sum(mask) >= cfg.max_len:
+            too_long_prompt += 1
+        elif len(ids) > cfg.max_len:
+            too_long += 1
+        else:
+            rows.append((ids, mask))
+    if not rows:
+        raise ValueError(f"{cfg.data}: no rows left within max_len={cfg.max_len}")
+    return rows, {"rows": len(rows), "dropped_prompt_too_long": too_long_prompt, "dropped_too_long": too_long}
+
+
+def step_batches(n_rows: int, cfg: SFTConfig) -> list[list[int]]:
+    """Row indices of every optimizer step: each epoch a seeded shuffle cut into global batches (a last
+    short batch is kept; nothing is dropped)."""
+    steps = []
+    for epoch in range(cfg.epochs):
+        order = list(range(n_rows))
+        random.Random(cfg.seed * 1000 + epoch).shuffle(order)
+        steps += [order[k:k + cfg.global_batch] for k in range(0, n_rows, cfg.global_batch)]
+    return steps
+
+
+def micro_batches(idx: list[int], lengths: list[int], budget: int) -> list[list[int]]:
+    """Pack rows into micro-batches of similar length whose padded size (rows x longest) fits the budget.
+
+    >>> micro_batches([0, 1, 2, 3], [10, 300, 12, 290], budget=600)
+    [[1, 3], [2, 0]]
+    """
+    order = sorted(idx, key=lambda i: -lengths[i])
+    out, cur = [], []
+    for i in order:
+        if cur and (len(cur) + 1) * lengths[cur[0]] > budget:
+            out.append(cur)
+            cur = []
+        cur.append(i)
+    return out + ([cur] if cur else [])
+
+
+def collate(rows, idx, device):
+    """Right-padded ids, next-token targets and loss mask, each [B, T-1]."""
+    T = max(len(rows[i][0]) for i in idx)
+    ids = torch.zeros(len(idx), T, dtype=torch.long)
+    mask = torch.zeros(len(idx), T, dtype=torch.bool)
+    for r, i in enumerate(idx):
+        ids[r, : len(rows[i][0])] = torch.tensor(rows[i][0])
+        mask[r, : len(rows[i][1])] = torch.tensor(rows[i][1], dtype=torch.bool)
+    # position t predicts token t+1; the loss mask belongs to the predicted token
+    return ids[:, :-1].to(device), ids[:, 1:].to(device), mask[:, 1:].to(device)
+
+
+# ----------------------------------------------------------------------------------------------
+# The loss: pure functions
+
+
+def token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
+    """log p(targets) [B,T] from final hidden states [B,T,H] and the output projection [V,H].
+
+    Computed `chunk` tokens at a time, each chunk's [chunk, V] float32 logits recomputed in backward
+    (checkpointed), so no [B*T, V] tensor ever exists (152k vocabulary x 12k tokens would be 7 GB).
+    """
+    B, T, H = hidden.shape
+    h, t = hidden.reshape(B * T, H), targets.reshape(B * T)
+
+    def piece(h_c, t_c, w):
+        logits = F.linear(h_c, w).float()  # [chunk, V]
+        return -F.cross_entropy(logits, t_c, reduction="none")  # [chunk]
+
+    out = [torch.utils.checkpoint.checkpoint(piece, h[s:s + chunk], t[s:s + chunk], weight, use_reentrant=False)
+           for s in range(0, B * T, chunk)]
+    return torch.cat(out).view(B, T).clone()  # not a view: FSDP hooks the output for backward
+
+
+def sequence_nll_sum(logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Sum over sequences of each sequence's token-mean NLL. logp, mask [B,T] -> scalar.
+
+    The caller divides by the global batch size, so micro-batching and ranks do not change the loss.
+    """
+    n = mask.sum(1).clamp(min=1)  # [B] loss tokens per sequence
+    return (-(logp * mask).sum(1) / n).sum()
+
+
+def lr_at(step: int, total: int, cfg: SFTConfig) -> float:
+    """Linear warmup over ceil(warmup_ratio * total) steps, then cosine from lr to lr * min_lr_ratio."""
+    warm = math.ceil(cfg.warmup_ratio * total)
+    if step < warm:
+        return cfg.lr * (step + 1) / warm
+    progress = (step - warm) / max(1, total - warm)
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+class LogProbs(torch.nn.Module):
+    """The model plus its token log-probs as one forward, so that FSDP's root unit (the embedding, final
+    norm and output projection) is gathered around the whole computation, chunked head included."""
+
+    def __init__(self, model: M.Transformer, chunk: int):
+        super().__init__()
+        self.model, self.chunk = model, chunk
+
+    def forward(self, ids, targets):  # [B,T], [B,T] -> log p(targets) [B,T] float32
+        h = self.model.hidden(ids)
+        return token_logprobs(h, self.model.output_weight, targets, self.chunk)
+
+
+# ----------------------------------------------------------------------------------------------
+# Distributed setup and the sharded model
+
+
+def setup_distributed():
+    """Process group from torchrun's environment; a one-process group otherwise. NCCL on GPU, gloo on CPU."""
+    if "RANK" not in os.environ:
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(29500 + os.getpid() % 1000))
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if cuda else "gloo")
+    device = torch.device("cuda", int(os.environ["LOCAL_RANK"])) if cuda else torch.device("cpu")
+    return dist.get_rank(), dist.get_world_size(), device
+
+
+def build_model(cfg: SFTConfig, device) -> LogProbs:
+    """Meta-device model, FSDP2-sharded (each block, then the root), each rank reading only its rows
+    of every checkpoint tensor from the memory-mapped files. Parameters are float32 master weights."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    mcfg = M.load_config(cfg.model)
+    with torch.device("meta"):
+        model = M.Transformer(mcfg)
+    model.checkpoint_blocks = cfg.activation_checkpointing
+    compute = getattr(torch, cfg.compute_dtype)
+    mp = MixedPrecisionPolicy(param_dtype=compute, reduce_dtype=torch.float32)
+    for block in model.layers:
+        fully_shard(block, mp_policy=mp)
+    root = LogProbs(model, cfg.loss_chunk)
+    fully_shard(root, mp_policy=mp)
+    root.to_empty(device=device)
+    params = dict(model.named_parameters())
+    rank, world = dist.get_rank(), dist.get_world_size()
+
+    def rows(name):  # FSDP2 shards dim 0 in chunks of ceil(N / world)
+        n = params[name].shape[0]
+        start = min(n, rank * math.ceil(n / world))
+        return start, start + params[name].to_local().shape[0]
+
+    seen = set()
+    for ours, hf_name, t in M.read_tensors(cfg.model, mcfg, rows=rows):
+        if ours is None:
+            continue  # a tied checkpoint's duplicate lm_head.weight
+        local = params[ours].to_local()
+        with torch.no_grad():
+            local.copy_(t.to(local.dtype))
+        seen.add(ours)
+    assert seen == set(params), set(params) ^ seen
+    gen = Path(cfg.model) / "generation_config.json"
+    model.generation_config = json.loads(gen.read_text()) if gen.is_file() else None
+    return root
+
+
+def save_hf(root: LogProbs, path: Path, cfg: SFTConfig):
+    """Gather the full weights (to CPU, rank by rank) and write a Hugging Face folder from rank 0, in bf16."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    sd = get_model_state_dict(root.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if dist.get_rank() == 0:
+        sd = {k: v.to(torch.bfloat16) for k, v in sd.items()}
+        M.save(root.model, path, state_dict=sd, copy_files_from=cfg.model)
+    dist.barrier()
+
+
+def save_state(model, optim, step: int, out: Path):
+    """Sharded model + optimizer state with torch.distributed.checkpoint, and the step, atomically:
+    written to state.tmp, then renamed over state (the previous one survives any crash before that)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    tmp, final = out / "state.tmp", out / "state"
+    if dist.get_rank() == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+    dist.barrier()
+    msd, osd = get_state_dict(model, optim)
+    dcp.save({"model": msd, "optim": osd}, checkpoint_id=str(tmp))
+    dist.barrier()
+    if dist.get_rank() == 0:
+        (tmp / "progress.json").write_text(json.dumps({"step": step}))
+        M._replace_dir(tmp, final)
+    dist.barrier()
+
+
+def load_state(model, optim, out: Path) -> int:
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    path = out / "state"
+    if not (path / "progress.json").is_file():
+        raise FileNotFoundError(f"{path}: no training state to resume from")
+    msd, osd = get_state_dict(model, optim)
+    state = {"model": msd, "optim": osd}
+    dcp.load(state, checkpoint_id=str(path))
+    set_state_dict(model, optim, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    return json.loads((path / "progress.json").read_text())["step"]
+
+
+# ----------------------------------------------------------------------------------------------
+# The loop
+
+
+def train(cfg: SFTConfig):
+    from tqdm import tqdm
+
+    rank, world, device = setup_distributed()
+    torch.manual_seed(cfg.seed)
+    out = Path(cfg.out)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+    tok = data.Tokenizer.load(cfg.model)
+    rows, counts = load_rows(cfg, tok)
+    lengths = [len(r[0]) for r in rows]
+    steps = step_batches(len(rows), cfg)
+    total = len(steps)  # the schedule always spans the whole run, so stopping early never changes it
+    stop = min(cfg.max_steps, total) if cfg.max_steps else total
+    model = build_model(cfg, device)
+    n_params = sum(p.numel() for p in model.parameters())
+    optim = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
+                              weight_decay=cfg.weight_decay, fused=True)
+    start = load_state(model, optim, out) if cfg.resume else 0
+    if rank == 0:
+        print(f"{counts} | {len(steps)} steps of {cfg.global_batch} | {n_params / 1e6:.1f}M params | world {world}")
+    log = open(out / "metrics.jsonl", "a") if rank == 0 else None
+    bar = tqdm(total=stop, initial=start, disable=rank != 0, desc="sft")
+    model.train()
+    for step in range(start, stop):
+        t0 = time.perf_counter()
+        batch = steps[step]
+        mine = batch[rank::world]  # this rank's share of the global batch
+        micro = micro_batches(mine, lengths, cfg.micro_tokens)
+        # Every rank must run the same number of forward/backward passes (FSDP's collectives).
+        n_micro = torch.tensor(len(micro), device=device)
+        dist.all_reduce(n_micro, op=dist.ReduceOp.MAX)
+        micro += [[]] * (int(n_micro) - len(micro))
+        lr = lr_at(step, total, cfg)
+        for g in optim.param_groups:
+            g["lr"] = lr
+        loss_sum = torch.zeros((), device=device)
+        tokens = padded = 0
+        for idx in micro:
+            dummy = not idx
+            ids, tgt, mask = collate(rows, idx or mine[:1] or batch[:1], device)
+            logp = model(ids, tgt)  # [B,T] float32
+            part = sequence_nll_sum(logp, mask)
+            # FSDP averages gradients over ranks, so scale by world / global batch: the sum over all
+            # ranks and micro-batches is then the mean over the global batch's sequences.
+            (part * (0.0 if dummy else world / len(batch))).backward()
+            if not dummy:
+                loss_sum += part.detach()
+                tokens += int(mask.sum())
+                padded += ids.numel()
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+        dist.all_reduce(loss_sum)
+        stats = torch.tensor([tokens, padded], dtype=torch.float64, device=device)
+        dist.all_reduce(stats)
+        loss = loss_sum.item() / len(batch)
+        if not (math.isfinite(loss) and math.isfinite(norm.item())):
+            raise RuntimeError(f"step {step + 1}: non-finite loss {loss} or grad norm {norm.item()}; "
+                               f"the last saved state in {out / 'state'} is intact")
+        optim.step()
+        optim.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        dt = time.perf_counter() - t0
+        tok_s = stats[1].item() / dt  # padded tokens through the model per second
+        m = {"step": step + 1, "loss": loss, "lr": lr, "grad_norm": norm.item(), "loss_tokens": int(stats[0]),
+             "padding_waste": padding_share(batch, lengths, cfg), "tokens_per_s": tok_s, "mfu": 6 * n_params * tok_s / world / (cfg.peak_tflops * 1e12),
+             "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None,
+             "seconds": dt}
+        if rank == 0:
+            log.write(json.dumps(m) + "\n")
+            log.flush()
+            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
+            bar.update(1)
+        if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < stop:
+            save_state(model, optim, step + 1, out)
+    bar.close()
+    save_state(model, optim, stop, out)
+    save_hf(model, out / "hf", cfg)
+    if log:
+        log.close()
+    return model
+
+
+def padding_share(batch, lengths, cfg) -> float:
+    """Share of padded positions in this step's micro-batches, over all ranks."""
+    world = dist.get_world_size()
+    real = pad = 0
+    for r in range(world):
+        for mb in micro_batches(batch[r::world], lengths, cfg.micro_tokens):
+            real += sum(lengths[i] for i in mb)
+            pad += len(mb) * max(lengths[i] for i in mb)
+    return 1 - real / pad
+
+
+def main(argv=None):
+    cfg = parse_args(argv)
+    if not cfg.model or not cfg.data:
+        raise SystemExit("--model and --data are required")
+    try:
+        train(cfg)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

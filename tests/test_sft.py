@@ -1,0 +1,192 @@
+"""sft.py: the masked loss against slow references, one vs two gloo processes, kill-and-resume, the
+Hugging Face export in transformers, and learning on a tiny trace set."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import ROOT, SHARED, hf_model
+
+import model as M
+import sft
+from data import Tokenizer
+
+QWEN25 = SHARED / "hf" / "qwen2.5-7b-instruct"
+
+
+def test_tokenize_row_masks_header_trace_and_eos():
+    tok = Tokenizer.load(QWEN25)
+    msgs = [{"role": "system", "content": "judge"}, {"role": "user", "content": "A or B?"}]
+    trace = "<type>Chat</type>\n<answer>[[B]]</answer>"
+    ids, mask = sft.tokenize_row(tok, msgs, trace)
+    assert tok.decode(ids) == tok.apply_chat_template(msgs + [{"role": "assistant", "content": trace}])
+    masked = [i for i, m in zip(ids, mask) if m]
+    assert tok.decode(masked) == "<|im_start|>assistant\n" + trace + "<|im_end|>"
+    assert mask[-1] == 0 and ids[-1] == tok.encode("\n")[0]  # the template's trailing newline carries no loss
+    assert sum(mask) == len(ids) - len(tok.encode_chat(msgs)) - 1
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    d = tmp_path_factory.mktemp("m")
+    hf_model("qwen2", 8, 2, 16, layers=2, vocab=512, seed=4).save_pretrained(d)
+    return M.load(d, dtype=torch.float32)
+
+
+def slow_logprobs(model, ids, tgt):
+    out = torch.zeros(tgt.shape)
+    logits = model(ids)
+    for b in range(ids.shape[0]):
+        for t in range(ids.shape[1]):
+            out[b, t] = logits[b, t].log_softmax(-1)[tgt[b, t]]
+    return out
+
+
+@pytest.mark.parametrize("chunk", [1, 5, 7, 4096])
+def test_chunked_logprobs_and_loss_match_slow_reference(tiny, chunk):
+    torch.manual_seed(0)
+    ids, tgt = torch.randint(0, 512, (3, 9)), torch.randint(0, 512, (3, 9))
+    mask = torch.rand(3, 9) > 0.4
+    mask[2] = False  # a sequence with no loss tokens contributes nothing
+    logp = sft.token_logprobs(tiny.hidden(ids), tiny.output_weight, tgt, chunk)
+    ref = slow_logprobs(tiny, ids, tgt)
+    assert torch.allclose(logp, ref, atol=1e-5)
+    loss = sft.sequence_nll_sum(logp, mask)
+    want = sum(-(ref[b][mask[b]]).mean() for b in range(2))
+    assert torch.allclose(loss, want, atol=1e-5)
+    # gradients through the checkpointed chunks equal those of the plain computation
+    tiny.zero_grad()
+    loss.backward()
+    g = tiny.layers[0].mlp.up.weight.grad.clone()
+    tiny.zero_grad()
+    plain = tiny(ids).float().log_softmax(-1).gather(-1, tgt[..., None])[..., 0]
+    sft.sequence_nll_sum(plain, mask).backward()
+    assert torch.allclose(g, tiny.layers[0].mlp.up.weight.grad, atol=1e-6)
+    tiny.zero_grad()
+
+
+def test_lr_schedule():
+    cfg = sft.SFTConfig(lr=1.0, warmup_ratio=0.03, min_lr_ratio=0.1)
+    lrs = [sft.lr_at(s, 100, cfg) for s in range(100)]
+    assert lrs[:4] == [1 / 3, 2 / 3, 1.0, 1.0]  # ceil(0.03 * 100) = 3 warmup steps
+    assert all(a >= b for a, b in zip(lrs[3:], lrs[4:])) and abs(lrs[-1] - 0.1) < 1e-3
+
+
+def test_micro_batches_respect_budget_and_keep_every_row():
+    import random
+
+    lengths = [random.Random(k).randint(5, 400) for k in range(50)]
+    mbs = sft.micro_batches(list(range(50)), lengths, budget=800)
+    assert sorted(i for mb in mbs for i in mb) == list(range(50))
+    assert all(len(mb) == 1 or len(mb) * max(lengths[i] for i in mb) <= 800 for mb in mbs)
+
+
+# -- whole runs, as subprocesses (one or two gloo processes) ---------------------------------------
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A small Qwen2 (real Qwen2.5 tokenizer, so vocab 151936) and 16 short judge-style traces."""
+    d = tmp_path_factory.mktemp("sft")
+    hf_model("qwen2", 4, 2, 8, layers=2, vocab=151936, seed=1, inter=32).save_pretrained(d / "model")
+    for f in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
+        shutil.copy(QWEN25 / f, d / "model")
+    rows = []
+    for k in range(16):
+        at = "AB"[k % 2]
+        rows.append({"context_messages": [{"role": "system", "content": "Judge."},
+                                          {"role": "user", "content": f"{k}+{k}? A: {2 * k} B: {2 * k + 1}" + " pad" * (k % 5)}],
+                     "winner": "model_a" if at == "A" else "model_b",
+                     "response": f"<type>Reasoning</type><solution>{2 * k}</solution><answer>[[{at}]]</answer>"})
+    (d / "rows.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return d
+
+
+def run(d, out, *extra, procs=1):
+    base = ["--model", str(d / "model"), "--data", str(d / "rows.jsonl"), "--out", str(out), "--global-batch", "6",
+            "--micro-tokens", "120", "--lr", "3e-3", "--warmup-ratio", "0.3", "--compute-dtype", "float32",
+            "--loss-chunk", "16", *extra]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_PORT": str(29600 + hash(str(out)) % 300)}
+    if procs == 1:
+        cmd = [sys.executable, str(ROOT / "sft.py"), *base]
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={procs}",
+               f"--master_port={env['MASTER_PORT']}", str(ROOT / "sft.py"), *base]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    if r.returncode != 0:
+        raise AssertionError(r.stderr[-3000:])
+    return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()], r
+
+
+def weights(out):
+    return M.load(out / "hf", dtype=torch.float32).state_dict()
+
+
+@pytest.fixture(scope="module")
+def straight(run_dir):
+    return run(run_dir, run_dir / "straight")[0]
+
+
+def test_one_process_equals_two_processes(run_dir, straight):
+    two, _ = run(run_dir, run_dir / "two", procs=2)
+    assert len(two) == len(straight) == 3  # 16 rows in batches of 6: 6, 6, 4
+    for a, b in zip(straight, two):
+        assert abs(a["loss"] - b["loss"]) < 1e-5 and abs(a["grad_norm"] - b["grad_norm"]) < 1e-4
+    wa, wb = weights(run_dir / "straight"), weights(run_dir / "two")
+    for k in wa:
+        assert torch.allclose(wa[k], wb[k], atol=1e-2 * wa[k].abs().max().item() + 1e-6), k  # equal up to bf16 export
+
+
+def test_kill_and_resume_continues_exactly(run_dir, straight):
+    out = run_dir / "resumed"
+    run(run_dir, out, "--max-steps", "1")  # stopped after step 1
+    resumed, _ = run(run_dir, out, "--resume")
+    assert [m["step"] for m in resumed] == [1, 2, 3]
+    assert [m["loss"] for m in resumed] == [m["loss"] for m in straight]
+    assert [m["lr"] for m in resumed] == [m["lr"] for m in straight]
+    wa, wb = weights(run_dir / "straight"), weights(out)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_hf_export_loads_in_transformers(run_dir, straight):
+    from transformers import AutoModelForCausalLM
+
+    out = run_dir / "straight" / "hf"
+    ref = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    ours = M.load(out, dtype=torch.float32)
+    ids = torch.randint(0, 151000, (2, 12))
+    with torch.no_grad():
+        assert (ref(ids).logits - ours(ids)).abs().max().item() < 1e-4
+    start = M.load(run_dir / "model", dtype=torch.float32)
+    assert not torch.equal(start.layers[0].mlp.up.weight, ours.layers[0].mlp.up.weight)  # it trained
+    assert Tokenizer.load(out).eos_ids == [151645, 151643]  # tokenizer files travel with it
+    cfg = json.loads((run_dir / "straight" / "config.json").read_text())
+    assert cfg["global_batch"] == 6 and cfg["max_len"] == 12288  # the resolved config is saved
+
+
+def test_loss_goes_down(straight):
+    assert straight[-1]["loss"] < straight[0]["loss"] - 0.3, [m["loss"] for m in straight]
+    assert all(0 <= m["padding_waste"] < 0.5 for m in straight)
+
+
+def test_long_rows_are_dropped_and_counted(run_dir):
+    from data import read_rmr1_training
+
+    tok = Tokenizer.load(run_dir / "model")
+    rows = [sft.tokenize_row(tok, r["messages"], r["target"]) for r in read_rmr1_training(run_dir / "rows.jsonl")]
+    lengths = sorted(len(ids) for ids, _ in rows)
+    cut = lengths[len(lengths) // 2]
+    _, r = run(run_dir, run_dir / "short", "--max-len", str(cut), "--max-steps", "1")
+    counts = json.loads(r.stdout.split(" | ")[0].replace("'", '"'))
+    assert counts["rows"] == sum(n <= cut for n in lengths)
+    assert counts["dropped_too_long"] + counts["dropped_prompt_too_long"] == sum(n > cut for n in lengths) > 0
+
+
+def test_non_finite_loss_stops_with_the_step(run_dir):
+    with pytest.raises(AssertionError, match="step 2: non-finite"):
+        run(run_dir, run_dir / "boom", "--lr", "1e30", "--save-every", "1", "--grad-clip", "1e30")
+    assert (run_dir / "boom" / "state" / "progress.json").is_file()  # the last good state is intact
