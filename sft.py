@@ -231,22 +231,29 @@ def setup_distributed():
     return dist.get_rank(), dist.get_world_size(), device
 
 
-def build_model(cfg: SFTConfig, device) -> LogProbs:
-    """Meta-device model, FSDP2-sharded (each block, then the root), each rank reading only its rows
-    of every checkpoint tensor from the memory-mapped files. Parameters are float32 master weights."""
+def shard(mcfg: M.Config, cfg: SFTConfig, device) -> LogProbs:
+    """The model built on the meta device and FSDP2-sharded: each block, then the root (embedding, final
+    norm, output projection and the log-prob head); storage allocated for this rank's shards only."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-    mcfg = M.load_config(cfg.model)
     with torch.device("meta"):
         model = M.Transformer(mcfg)
     model.checkpoint_blocks = cfg.activation_checkpointing
-    compute = getattr(torch, cfg.compute_dtype)
-    mp = MixedPrecisionPolicy(param_dtype=compute, reduce_dtype=torch.float32)
+    mp = MixedPrecisionPolicy(param_dtype=getattr(torch, cfg.compute_dtype), reduce_dtype=torch.float32)
     for block in model.layers:
         fully_shard(block, mp_policy=mp)
     root = LogProbs(model, cfg.loss_chunk)
     fully_shard(root, mp_policy=mp)
     root.to_empty(device=device)
+    return root
+
+
+def build_model(cfg: SFTConfig, device) -> LogProbs:
+    """`shard`, then each rank reads only its rows of every checkpoint tensor from the memory-mapped
+    files (a model larger than one GPU is never whole on one device). Parameters stay float32."""
+    mcfg = M.load_config(cfg.model)
+    root = shard(mcfg, cfg, device)
+    model = root.model
     params = dict(model.named_parameters())
     rank, world = dist.get_rank(), dist.get_world_size()
 
