@@ -345,6 +345,7 @@ def train(cfg: SFTConfig):
                               weight_decay=cfg.weight_decay, fused=True)
     start = load_state(model, optim, out) if cfg.resume else 0
     if rank == 0:
+        (out / "data_stats.json").write_text(json.dumps(counts) + "\n")  # rows kept and dropped for length
         print(f"{counts} | {len(steps)} steps of {cfg.global_batch} | {n_params / 1e6:.1f}M params | world {world}")
     log = open(out / "metrics.jsonl", "a") if rank == 0 else None
     bar = tqdm(total=stop, initial=start, disable=rank != 0, desc="sft")

@@ -181,7 +181,7 @@ def test_long_rows_are_dropped_and_counted(run_dir):
     lengths = sorted(len(ids) for ids, _ in rows)
     cut = lengths[len(lengths) // 2]
     _, r = run(run_dir, run_dir / "short", "--max-len", str(cut), "--max-steps", "1")
-    counts = json.loads(r.stdout.split(" | ")[0].replace("'", '"'))
+    counts = json.loads((run_dir / "short" / "data_stats.json").read_text())
     assert counts["rows"] == sum(n <= cut for n in lengths)
     assert counts["dropped_too_long"] + counts["dropped_prompt_too_long"] == sum(n > cut for n in lengths) > 0
 
