@@ -229,7 +229,7 @@ class Attention(nn.Module):
             k, v, mask = cache.update(self.layer, k, v, pos)
             G = self.n_heads // self.n_kv_heads
             y = F.scaled_dot_product_attention(q.reshape(B, self.n_kv_heads, G * T, self.head_dim), k, v, attn_mask=mask)
-            y = y.view(B, self.n_heads, T, self.head_dim)
+            y = y.reshape(B, self.n_heads, T, self.head_dim)
         return self.o(y.transpose(1, 2).reshape(B, T, -1))
 
 

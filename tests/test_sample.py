@@ -180,3 +180,20 @@ def test_ragged_lengths_with_compaction_match_one_at_a_time(models):
     serial = generate(ours, ps, limits, slots=1, **kw)  # every row alone in a batch of one
     assert [o.tokens for o in batched] == [o.tokens for o in serial]
     assert [len(o.tokens) for o in batched] == [m for m in limits for _ in range(2)]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_gpu_graph_path_matches_eager_and_cpu(models):
+    """On a GPU: CUDA-graph decode == eager decode == the CPU path (float32), greedy and sampled,
+    with refills and compaction (ragged lengths, fewer slots than sequences)."""
+    import copy
+
+    _, ours = models
+    gpu = copy.deepcopy(ours).cuda()
+    ps = prompts([5, 17, 1, 9, 12, 30, 3], seed=9)
+    limits = [40, 7, 33, 2, 25, 40, 12]
+    for kw in (dict(temperature=0), dict(temperature=1.0, top_p=0.9, n=2, seed=3)):
+        cpu = generate(ours, ps, limits, slots=4, sync_every=3, **kw)
+        graph = generate(gpu, ps, limits, slots=4, sync_every=3, **kw)
+        eager = generate(gpu, ps, limits, slots=4, sync_every=3, cuda_graph=False, **kw)
+        assert [o.tokens for o in graph] == [o.tokens for o in eager] == [o.tokens for o in cpu]
