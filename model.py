@@ -482,7 +482,7 @@ def load(path, device="cpu", dtype: torch.dtype | None = torch.bfloat16) -> Tran
         model = Transformer(cfg)
     params = dict(model.named_parameters())
     state = {}
-    for ours, hf_name, t in read_tensors(path, cfg):
+    for ours, _, t in read_tensors(path, cfg):
         t = t.to(device=device, dtype=dtype or t.dtype)
         if ours is None:  # tied checkpoint that also stores lm_head.weight: it must be the embedding
             state["_tied_lm_head"] = t

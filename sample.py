@@ -10,10 +10,11 @@ How it works (read top to bottom):
   * Decode: one step advances every slot by one token. The step has static shapes and no host
     synchronisation, so on a GPU it is captured once in a CUDA graph and replayed. Finished rows keep
     running (their results are masked) until the next sync point, every `sync_every` steps, where
-    finished sequences are collected and their slots refilled. This is what keeps a ragged batch
-    (GRPO's 7 samples of very different lengths) as fast as a uniform one.
+    finished sequences are collected and their slots refilled. Once the queue is empty, the live rows
+    are moved to the front of the cache and only a power-of-two batch covering them is decoded, so the
+    long tail of a ragged batch (GRPO's 7 samples of very different lengths) costs what it needs.
   * Attention reads only the first `attend_len` cache positions, the live rows' maximum rounded up to
-    a bucket; one graph is captured per bucket.
+    a bucket; one graph is captured per (batch, bucket) shape.
   * Randomness is counter-based: the token at position p of sequence s is drawn with a uniform number
     hashed from (seed, s, p) by inverse-CDF sampling. A sample therefore does not depend on which slot
     or batch it ran in, and the CPU and GPU paths draw the same numbers.
@@ -306,7 +307,6 @@ class Engine:
                     if src != dst:
                         self._move(src, dst, min(upper[src] + 1, self.max_len))
                         owner[dst], upper[dst], owner[src] = owner[src], upper[src], None
-                        resident = {i: (dst if r == src else r) for i, r in resident.items()}
                 live_slots = list(range(len(live_slots)))
             B = min(self.slots, 1 << (live_slots[-1]).bit_length())  # covers every live row
             # Decode a chunk of steps; attention reads up to the live rows' furthest position (bucketed).

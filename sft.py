@@ -263,7 +263,7 @@ def build_model(cfg: SFTConfig, device) -> LogProbs:
         return start, start + params[name].to_local().shape[0]
 
     seen = set()
-    for ours, hf_name, t in M.read_tensors(cfg.model, mcfg, rows=rows):
+    for ours, _, t in M.read_tensors(cfg.model, mcfg, rows=rows):
         if ours is None:
             continue  # a tied checkpoint's duplicate lm_head.weight
         local = params[ours].to_local()

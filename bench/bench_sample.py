@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from model import Config, KVCache, Transformer  # noqa: E402
+from model import Config, Transformer  # noqa: E402
 from sample import generate  # noqa: E402
 
 ROWS = []
@@ -53,8 +53,7 @@ def ceilings():
     y = torch.randn(8192, 8192, dtype=torch.bfloat16, device="cuda")
     x @ y
     t = timed(lambda: [x @ y for _ in range(10)], 5) / 10
-    del a, b, x, y
-    return bw, 2 * 8192**3 / t
+    return bw, 2 * 8192**3 / t  # the buffers are freed on return
 
 
 def our_model(cfg_dir):
@@ -183,14 +182,14 @@ def ragged(m, repeats):
     for slots in (256, 448):
         kw = dict(temperature=1.0, slots=slots)
         generate(m, seq_prompts[:slots], [64] * slots, **kw)
-        t_r = timed(lambda: generate(m, seq_prompts, lengths.tolist(), **kw), repeats)
-        t_u = timed(lambda: generate(m, seq_prompts, [uniform_len] * len(lengths), **kw), repeats)
+        t_r = timed(lambda kw=kw: generate(m, seq_prompts, lengths.tolist(), **kw), repeats)
+        t_u = timed(lambda kw=kw: generate(m, seq_prompts, [uniform_len] * len(lengths), **kw), repeats)
         r, u = total / t_r, uniform_len * len(lengths) / t_u
         row(f"ragged GRPO batch (448 seqs, {total} tokens, {slots} slots)", r, "tok/s",
             f"uniform {uniform_len} each: {u:.0f} tok/s; ragged/uniform = {r / u:.0%} (target 70%)")
         if slots == 256:
             # With n=7 each prompt is prefilled once and copied to its samples.
-            t = timed(lambda: generate(m, prompts, uniform_len, n=7, **kw), repeats)
+            t = timed(lambda kw=kw: generate(m, prompts, uniform_len, n=7, **kw), repeats)
             row(f"same uniform batch via n=7 (one prefill per prompt, {slots} slots)", uniform_len * 448 / t, "tok/s")
 
 

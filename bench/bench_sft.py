@@ -71,9 +71,7 @@ def ours(mcfg, args, device, ids, tgt, mask):
     torch.cuda.reset_peak_memory_stats()
     t = time_steps(step, args.steps)
     peak = torch.cuda.max_memory_allocated() / 2**30
-    del root, opt
-    torch.cuda.empty_cache()
-    return t, n, peak
+    return t, n, peak  # model and optimizer are freed on return
 
 
 def transformers_step(args, device, ids):
@@ -96,8 +94,6 @@ def transformers_step(args, device, ids):
     torch.cuda.reset_peak_memory_stats()
     t = time_steps(step, args.steps)
     peak = torch.cuda.max_memory_allocated() / 2**30
-    del model, opt
-    torch.cuda.empty_cache()
     return t, peak
 
 
@@ -119,6 +115,7 @@ def main():
     tgt = torch.roll(ids, -1, 1)
     mask = torch.ones_like(ids, dtype=torch.bool)
     t, n, peak = ours(mcfg, args, device, ids, tgt, mask)
+    torch.cuda.empty_cache()
     tok = args.batch * args.seq / t  # per GPU
     mfu = 6 * n * tok / ceiling
     name = f"{args.config.name} seq {args.seq} x {args.batch}/GPU, {world} GPU(s), AC {'off' if args.no_ac else 'on'}"

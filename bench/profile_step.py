@@ -1,5 +1,5 @@
 """Profile one eager decode step of a random-weight model: kernel counts and times by name."""
-import sys, json
+import sys
 from pathlib import Path
 import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1])); sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -1,7 +1,6 @@
 """model.py against transformers: logits, checkpoint round trips, and every refusal."""
 
 import json
-import struct
 
 import pytest
 import torch
@@ -256,7 +255,7 @@ def test_extra_missing_and_misshaped_tensors(tmp_path):
 
 def test_tied_checkpoint_with_lm_head(tmp_path):
     """Some tied checkpoints also store lm_head.weight: accepted if equal to the embedding, else refused."""
-    ref = _saved(tmp_path, tied=True)
+    _saved(tmp_path, tied=True)
     _rewrite(tmp_path, lambda sd: sd.__setitem__("lm_head.weight", sd["model.embed_tokens.weight"].clone()))
     M.load(tmp_path, dtype=torch.float32)
     _rewrite(tmp_path, lambda sd: sd.__setitem__("lm_head.weight", sd["lm_head.weight"] + 1))
