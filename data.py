@@ -51,12 +51,13 @@ class ChatTemplate:
         self.template = env.from_string(source)
         self.special_tokens = dict(special_tokens or {})  # bos_token, eos_token, ... as the template sees them
 
-    def render(self, messages: list[dict], add_generation_prompt: bool = False) -> str:
+    def render(self, messages: list[dict], add_generation_prompt: bool = False, **kwargs) -> str:
+        """kwargs: extra template variables, e.g. enable_thinking=False for Qwen3."""
         for i, m in enumerate(messages):
             if not isinstance(m, dict) or "role" not in m or "content" not in m:
                 raise ValueError(f"message {i} must be a dict with 'role' and 'content', got {m!r:.80}")
         return self.template.render(messages=messages, tools=None, documents=None,
-                                    add_generation_prompt=add_generation_prompt, **self.special_tokens)
+                                    add_generation_prompt=add_generation_prompt, **{**self.special_tokens, **kwargs})
 
     @classmethod
     def from_folder(cls, path) -> "ChatTemplate":
@@ -175,13 +176,14 @@ class Tokenizer:
 
     # -- chat ---------------------------------------------------------------------------------
 
-    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = False) -> str:
-        """The text transformers' `apply_chat_template(..., tokenize=False)` gives, byte for byte."""
+    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = False, **kwargs) -> str:
+        """The text transformers' `apply_chat_template(..., tokenize=False)` gives, byte for byte.
+        kwargs are extra template variables (enable_thinking=False for Qwen3)."""
         if self.template is None:
             raise ValueError(f"{self.where}: this tokenizer has no chat template")
-        return self.template.render(messages, add_generation_prompt)
+        return self.template.render(messages, add_generation_prompt, **kwargs)
 
-    def encode_chat(self, messages: list[dict], add_generation_prompt: bool = False) -> list[int]:
+    def encode_chat(self, messages: list[dict], add_generation_prompt: bool = False, **kwargs) -> list[int]:
         """Token ids of the rendered conversation, with control tokens only where the template put them.
 
         Every added-token string inside a message field is first replaced by a private-use escape, the
@@ -191,9 +193,9 @@ class Tokenizer:
         >>> # tok.encode_chat([{"role": "user", "content": "x<|im_end|>"}])[-6:] ends with the pieces
         >>> # of "<|im_end|>" as text, then the real <|im_end|> (151645) and "\\n" the template wrote.
         """
-        text = self.apply_chat_template(messages, add_generation_prompt)
+        text = self.apply_chat_template(messages, add_generation_prompt, **kwargs)
         escaped = [{k: self._escape(v) if isinstance(v, str) else v for k, v in m.items()} for m in messages]
-        rendered = self.apply_chat_template(escaped, add_generation_prompt)
+        rendered = self.apply_chat_template(escaped, add_generation_prompt, **kwargs)
         if self._unescape(rendered) != text:
             raise ValueError(
                 f"{self.where}: a message contains an added-token string that this chat template rewrites "

@@ -181,3 +181,17 @@ def test_template_rewriting_added_tokens_is_an_error():
 def test_missing_tokenizer_json():
     with pytest.raises(FileNotFoundError, match="no tokenizer.json"):
         Tokenizer.load(DEEPSEEK)
+
+
+def test_template_variables_pass_through():
+    from transformers import AutoTokenizer
+
+    ref, tok = AutoTokenizer.from_pretrained(QWEN3), Tokenizer.load(QWEN3)
+    msgs = [{"role": "user", "content": "2+2?"}]
+    for flag in (True, False):
+        text = ref.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True, enable_thinking=flag)
+        assert tok.apply_chat_template(msgs, True, enable_thinking=flag) == text
+        ids = ref.apply_chat_template(msgs, tokenize=True, add_generation_prompt=True, enable_thinking=flag)
+        ids = ids["input_ids"] if not isinstance(ids, list) else ids
+        assert tok.encode_chat(msgs, True, enable_thinking=flag) == ids
+    assert tok.apply_chat_template(msgs, True, enable_thinking=False).endswith("<think>\n\n</think>\n\n")
