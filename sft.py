@@ -312,7 +312,9 @@ def load_state(model, optim, out: Path) -> int:
 
     path = out / "state"
     if not (path / "progress.json").is_file():
-        raise FileNotFoundError(f"{path}: no training state to resume from")
+        aside = sorted(out.glob(".state.old-*"))
+        hint = f"; {aside[0]} is the previous state, set aside by a save that was cut off: rename it to {path}" if aside else ""
+        raise FileNotFoundError(f"{path}: no training state to resume from{hint}")
     msd, osd = get_state_dict(model, optim)
     state = {"model": msd, "optim": osd}
     dcp.load(state, checkpoint_id=str(path))
@@ -344,6 +346,10 @@ def train(cfg: SFTConfig):
     optim = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
                               weight_decay=cfg.weight_decay, fused=True)
     start = load_state(model, optim, out) if cfg.resume else 0
+    if rank == 0 and cfg.resume and (out / "metrics.jsonl").is_file():
+        # A run killed after logging steps it never saved: those steps will be logged again.
+        kept = [x for x in (out / "metrics.jsonl").read_text().splitlines() if x and json.loads(x)["step"] <= start]
+        (out / "metrics.jsonl").write_text("".join(x + "\n" for x in kept))
     if rank == 0:
         (out / "data_stats.json").write_text(json.dumps(counts) + "\n")  # rows kept and dropped for length
         print(f"{counts} | {len(steps)} steps of {cfg.global_batch} | {n_params / 1e6:.1f}M params | world {world}")

@@ -152,6 +152,35 @@ def test_kill_and_resume_continues_exactly(run_dir, straight):
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
+def test_sigkill_at_any_moment_then_resume(run_dir, straight):
+    """Killed with SIGKILL after its first saved state: --resume ends exactly where a straight run does."""
+    import signal
+    import time
+
+    out = run_dir / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_PORT": "29977"}
+    args = ["--model", str(run_dir / "model"), "--data", str(run_dir / "rows.jsonl"), "--out", str(out),
+            "--global-batch", "6", "--micro-tokens", "120", "--lr", "3e-3", "--warmup-ratio", "0.3",
+            "--compute-dtype", "float32", "--loss-chunk", "16", "--save-every", "1"]
+    p = subprocess.Popen([sys.executable, str(ROOT / "sft.py"), *args], env=env, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (out / "state" / "progress.json").is_file() and time.time() < deadline and p.poll() is None:
+        time.sleep(0.05)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    resumed, _ = run(run_dir, out, "--resume", "--save-every", "1")
+    assert [m["step"] for m in resumed] == [1, 2, 3]  # no step logged twice
+    assert [m["loss"] for m in resumed] == [m["loss"] for m in straight]
+    wa, wb = weights(run_dir / "straight"), weights(out)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_resume_without_state_is_a_clear_error(run_dir, tmp_path):
+    with pytest.raises(AssertionError, match="no training state to resume from"):
+        run(run_dir, tmp_path / "fresh", "--resume")
+
+
 def test_hf_export_loads_in_transformers(run_dir, straight):
     from transformers import AutoModelForCausalLM
 
