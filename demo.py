@@ -1,5 +1,6 @@
 """A small end-to-end run on the CPU, no download: a tiny random Qwen2 with the real Qwen2.5 tokenizer
-is written as a Hugging Face folder, loaded back, and used as a judge on real benchmark rows.
+is written as a Hugging Face folder, fine-tuned for two SFT steps on judge traces built from real
+RM-Bench pairs (sft.py, one process), and the result used as a judge on real benchmark rows (eval.py).
 
     python demo.py            # writes runs/demo/
 
@@ -14,8 +15,10 @@ from pathlib import Path
 
 import torch
 
+import data
 import eval as evaluate
 import model as M
+import sft
 
 ROOT = Path(__file__).resolve().parent
 SHARED = ROOT.parent / "shared"
@@ -29,6 +32,10 @@ def tiny_checkpoint(path: Path):
         "rope_theta": 1e6, "rms_norm_eps": 1e-6, "tie_word_embeddings": True, "max_position_embeddings": 32768})
     torch.manual_seed(0)
     model = M.Transformer(cfg)
+    with torch.no_grad():  # the usual small init, so the untrained loss starts near ln(vocab)
+        for name, p in model.named_parameters():
+            if "norm" not in name:
+                p.normal_(0, 0.02)
     gen = json.loads((TOKENIZER / "generation_config.json").read_text())
     M.save(model, path, generation_config=gen, copy_files_from=TOKENIZER)
 
@@ -41,17 +48,29 @@ def main():
     ckpt = out / "tiny-qwen2"
     tiny_checkpoint(ckpt)
     print(f"wrote {ckpt}: {sorted(p.name for p in ckpt.iterdir())}")
-    # 1. One pair, streamed.
+    # 1. Stage 1: SFT rows = judge prompts (alternating A/B) + a trace ending in the right verdict.
+    pairs = data.read_rmbench(SHARED / "benchmarks" / "rm-bench" / "chat_filtered.json")[:8]
+    rows = data.training_rows(pairs)
+    for r in rows:
+        letter = "A" if r["winner"] == "model_a" else "B"
+        r["response"] = (f"<type>Chat</type>\n<rubric>\n1. Accuracy (100%)\n<justify>Facts first.</justify>\n</rubric>\n"
+                         f"<eval>Chatbot {letter} is accurate.</eval>\n<answer>[[{letter}]]</answer>")
+    (out / "sft_rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    sft.main(["--model", str(ckpt), "--data", str(out / "sft_rows.jsonl"), "--out", str(out / "sft"),
+              "--global-batch", "4", "--lr", "1e-3", "--compute-dtype", "float32", "--micro-tokens", "4096"])
+    ckpt = out / "sft" / "hf"
+    print(f"SFT losses: {[round(json.loads(x)['loss'], 3) for x in (out / 'sft' / 'metrics.jsonl').read_text().splitlines()]}")
+    # 2. One pair, streamed.
     evaluate.main(["--model", str(ckpt), "--question", "What is 17 * 3?", "--answer-a", "51", "--answer-b", "41",
                    "--max-new-tokens", "24", "--device", "cpu"])
-    # 2. Two benchmarks on a few real rows each, with both orders on one of them.
+    # 3. Two benchmarks on a few real rows each, with both orders on one of them.
     common = ["--model", str(ckpt), "--max-new-tokens", "16", "--device", "cpu", "--batch", "16"]
     evaluate.main(common + ["--bench", "rm-bench", "--data", str(SHARED / "benchmarks" / "rm-bench" / "chat_filtered.json"),
                             "--limit", "18", "--out", str(out / "rm-bench")])
     evaluate.main(common + ["--bench", "rmb", "--data",
                             str(SHARED / "benchmarks" / "rmb" / "BoN_set" / "Helpfulness" / "Reasoning"),
                             "--limit", "12", "--both-orders", "--out", str(out / "rmb")])
-    # 3. Rescoring saved judgments needs no model.
+    # 4. Rescoring saved judgments needs no model.
     evaluate.main(["--bench", "rm-bench", "--out", str(out / "rm-bench"), "--score-only"])
     print(f"\ndemo done: judgments and scores under {out}")
 
