@@ -199,9 +199,10 @@ class Judgment:
     extra: dict
 
 
-def read_log(path: Path) -> list[dict]:
+def read_log(path: Path, required=None) -> list[dict]:
     """Judgments already written. A last line cut short by a crash is removed (and said so); any other
-    malformed line is an error naming it."""
+    malformed line, or one lacking a `required` field (default: every Judgment field), is an error naming it."""
+    required = required or [f.name for f in fields(Judgment)]
     if not path.exists():
         return []
     lines = path.read_text(encoding="utf-8").split("\n")
@@ -217,11 +218,28 @@ def read_log(path: Path) -> list[dict]:
                 path.write_text("\n".join(lines[:k]) + ("\n" if k else ""), encoding="utf-8")
                 break
             raise ValueError(f"{path}:{k + 1}: malformed judgment line") from None
-        missing = [f.name for f in fields(Judgment) if f.name not in rec]
+        missing = [name for name in required if name not in rec]
         if missing:
             raise ValueError(f"{path}:{k + 1}: judgment lacks {missing}")
         records.append(rec)
     return records
+
+
+def rescore(lines: list[dict], pairs: list[data.Pair], where: str) -> list[dict]:
+    """Judgments made elsewhere (each line: id, chosen_at, output) joined with the benchmark's pairs by id;
+    the verdict and correctness are recomputed from the output text with the evaluation rule."""
+    by_id = {p.id: p for p in pairs}
+    out = []
+    for k, r in enumerate(lines):
+        p = by_id.get(str(r["id"]))
+        if p is None:
+            raise ValueError(f"{where}: judgment {k + 1} has id {r['id']!r}, which is not in the benchmark data")
+        if r["chosen_at"] not in ("A", "B") or not isinstance(r["output"], str):
+            raise ValueError(f"{where}: judgment {k + 1} needs chosen_at 'A'/'B' and a string output")
+        verdict = parse_verdict(r["output"])
+        out.append(asdict(Judgment(f"{p.id}|{r['chosen_at']}", p.id, p.subset, p.group, r["chosen_at"], r["output"],
+                                   verdict, int(verdict == r["chosen_at"]), r.get("finish", "unknown"), p.extra)))
+    return out
 
 
 def judge(model, tok, items: list[tuple[data.Pair, str]], log: Path, variant: str, max_new_tokens: int,
@@ -284,7 +302,7 @@ class EvalConfig:
     seed: int = 0  # placement of the chosen answer (A/B), per pair
     both_orders: bool = False  # judge every pair twice, chosen at A and at B
     limit: int = 0  # judge only the first N pairs (0 = all)
-    score_only: bool = False  # score OUT/judgments.jsonl without a model
+    score_only: bool = False  # score OUT/judgments.jsonl without a model (with --data: lines need only id, chosen_at, output)
     device: str = ""  # default: cuda if available, else cpu
     question: str = ""  # one-pair mode: the question ...
     answer_a: str = ""  # ... and the two answers
@@ -353,7 +371,10 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     log = out / "judgments.jsonl"
     if cfg.score_only:
-        records = read_log(log)
+        if cfg.data:  # outputs made elsewhere: recompute verdicts, take subsets and groups from the data
+            records = rescore(read_log(log, ["id", "chosen_at", "output"]), BENCHES[cfg.bench][0](cfg.data), str(log))
+        else:
+            records = read_log(log)
         if not records:
             raise SystemExit(f"{log}: no judgments to score")
     else:

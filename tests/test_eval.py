@@ -216,6 +216,28 @@ def test_end_to_end_eval_and_resume(tiny, tmp_path):
     assert (tmp_path / "run" / "scores.json").read_text() == scores
 
 
+def test_score_outputs_made_elsewhere(tmp_path):
+    """Lines with only id, chosen_at and output (as another engine would write them) are scored against
+    the benchmark data: verdicts recomputed, subsets and groups joined by id."""
+    data_file = BENCH / "rm-bench" / "chat_filtered.json"
+    pairs = data.read_rmbench(data_file)[:18]  # two complete items
+    lines = []
+    for k, p in enumerate(pairs):
+        at = "AB"[k % 2]
+        right = k % 3 != 0  # every third judgment wrong
+        letter = at if right else "AB"[1 - k % 2]
+        lines.append({"id": p.id, "chosen_at": at, "output": f"... <answer>[[{letter}]]</answer>"})
+    (tmp_path / "judgments.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    ev.main(["--bench", "rm-bench", "--data", str(data_file), "--out", str(tmp_path), "--score-only"])
+    scores = json.loads((tmp_path / "scores.json").read_text())
+    want = ev.score_rmbench([{"group": p.group, "subset": p.subset, "extra": p.extra, "correct": int(k % 3 != 0)}
+                             for k, p in enumerate(pairs)])
+    assert scores["total"] == pytest.approx(want["total"]) and scores["domains"]["chat"]["items"] == 2
+    (tmp_path / "judgments.jsonl").write_text(json.dumps({"id": "nope", "chosen_at": "A", "output": "x"}) + "\n")
+    with pytest.raises(ValueError, match="judgments.jsonl: judgment 1 has id 'nope'"):
+        ev.main(["--bench", "rm-bench", "--data", str(data_file), "--out", str(tmp_path), "--score-only"])
+
+
 def test_malformed_log_line_is_an_error(tmp_path):
     log = tmp_path / "judgments.jsonl"
     log.write_text('{"broken": \n{"key": 1}\n')
