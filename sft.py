@@ -369,7 +369,7 @@ def train(cfg: SFTConfig):
         for g in optim.param_groups:
             g["lr"] = lr
         loss_sum = torch.zeros((), device=device)
-        tokens = padded = 0
+        tokens = real = padded = 0  # loss tokens, sequence tokens, padded positions
         for idx in micro:
             dummy = not idx
             ids, tgt, mask = collate(rows, idx or mine[:1] or batch[:1], device)
@@ -381,11 +381,12 @@ def train(cfg: SFTConfig):
             if not dummy:
                 loss_sum += part.detach()
                 tokens += int(mask.sum())
+                real += sum(len(rows[i][0]) - 1 for i in idx)
                 padded += ids.numel()
         norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
         dist.all_reduce(loss_sum)
-        stats = torch.tensor([tokens, padded], dtype=torch.float64, device=device)
+        stats = torch.tensor([tokens, real, padded], dtype=torch.float64, device=device)
         dist.all_reduce(stats)
         loss = loss_sum.item() / len(batch)
         if not (math.isfinite(loss) and math.isfinite(norm.item())):
@@ -396,9 +397,10 @@ def train(cfg: SFTConfig):
         if device.type == "cuda":
             torch.cuda.synchronize()
         dt = time.perf_counter() - t0
-        tok_s = stats[1].item() / dt  # padded tokens through the model per second
+        tok_s = stats[2].item() / dt  # positions through the model per second, padding included
         m = {"step": step + 1, "loss": loss, "lr": lr, "grad_norm": norm.item(), "loss_tokens": int(stats[0]),
-             "padding_waste": padding_share(batch, lengths, cfg), "tokens_per_s": tok_s, "mfu": 6 * n_params * tok_s / world / (cfg.peak_tflops * 1e12),
+             "padding_waste": 1 - stats[1].item() / stats[2].item(), "tokens_per_s": tok_s,
+             "mfu": 6 * n_params * tok_s / world / (cfg.peak_tflops * 1e12),
              "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None,
              "seconds": dt}
         if rank == 0:
@@ -414,17 +416,6 @@ def train(cfg: SFTConfig):
     if log:
         log.close()
     return model
-
-
-def padding_share(batch, lengths, cfg) -> float:
-    """Share of padded positions in this step's micro-batches, over all ranks."""
-    world = dist.get_world_size()
-    real = pad = 0
-    for r in range(world):
-        for mb in micro_batches(batch[r::world], lengths, cfg.micro_tokens):
-            real += sum(lengths[i] for i in mb)
-            pad += len(mb) * max(lengths[i] for i in mb)
-    return 1 - real / pad
 
 
 def main(argv=None):
