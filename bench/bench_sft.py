@@ -11,43 +11,22 @@ after 2 warm-up steps.
 
 import argparse
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
 import model as M  # noqa: E402
 import sft  # noqa: E402
-
-
-def matmul_ceiling(device):
-    x = torch.randn(8192, 8192, dtype=torch.bfloat16, device=device)
-    y = torch.randn(8192, 8192, dtype=torch.bfloat16, device=device)
-    for _ in range(3):
-        x @ y
-    torch.cuda.synchronize()
-    t = time.perf_counter()
-    for _ in range(10):
-        x @ y
-    torch.cuda.synchronize()
-    return 2 * 8192**3 * 10 / (time.perf_counter() - t)
+from bench_sample import matmul_ceiling, timed  # noqa: E402
 
 
 def time_steps(step, n):
-    for _ in range(2):
-        step()
-    times = []
-    for _ in range(n):
-        torch.cuda.synchronize()
-        t = time.perf_counter()
-        step()
-        torch.cuda.synchronize()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    step()
+    step()  # warm-up
+    return timed(step, n)
 
 
 def ours(mcfg, args, device, ids, tgt, mask):
