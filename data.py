@@ -115,7 +115,9 @@ class Tokenizer:
         self._added_re = re.compile("|".join(re.escape(n) for n in names)) if names else None
         self._escape_re = re.compile("|".join([re.escape(_ESC)] + [re.escape(n) for n in names]))
         self._unescape_re = re.compile(re.escape(_ESC) + "(.)", re.S)
-        self._by_index = names
+        # "<|im_end|>" -> ESC + one private-use character per added token; a literal ESC -> ESC ESC.
+        self._escape_of = {_ESC: _ESC + _ESC} | {n: _ESC + chr(0xF0001 + k) for k, n in enumerate(names)}
+        self._unescape_of = {v[1]: k for k, v in self._escape_of.items()}
         self.template = template
         self.config = config
         self.eos_ids = eos_ids
@@ -168,12 +170,6 @@ class Tokenizer:
     def decode(self, ids, skip_special_tokens: bool = False) -> str:
         return self.full.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
-    def token_id(self, token: str) -> int:
-        i = self.full.token_to_id(token)
-        if i is None:
-            raise KeyError(f"{self.where}: no token {token!r}")
-        return i
-
     # -- chat ---------------------------------------------------------------------------------
 
     def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = False, **kwargs) -> str:
@@ -210,19 +206,10 @@ class Tokenizer:
         return ids
 
     def _escape(self, s: str) -> str:
-        # "<|im_end|>" -> ESC + chr(base + k); a literal ESC -> ESC ESC, so the mapping is invertible.
-        def sub(m):
-            g = m.group()
-            return _ESC + (_ESC if g == _ESC else chr(0xF0001 + self._by_index.index(g)))
-
-        return self._escape_re.sub(sub, s)
+        return self._escape_re.sub(lambda m: self._escape_of[m.group()], s)
 
     def _unescape(self, s: str) -> str:
-        def sub(m):
-            c = m.group(1)
-            return _ESC if c == _ESC else self._by_index[ord(c) - 0xF0001]
-
-        return self._unescape_re.sub(sub, s)
+        return self._unescape_re.sub(lambda m: self._unescape_of[m.group(1)], s)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -290,7 +277,7 @@ def read_rows(path) -> list[tuple[str, dict]]:
     raise ValueError(f"{path}: unknown format {suffix!r} (expected .json, .jsonl or .parquet)")
 
 
-def _field(where: str, row, name: str, kind=str):
+def require(where: str, row, name: str, kind=str):
     if not isinstance(row, dict):
         raise ValueError(f"{where}: row is a {type(row).__name__}, expected an object")
     if name not in row:
@@ -330,9 +317,9 @@ def read_rewardbench(path) -> list[Pair]:
     """
     pairs = []
     for where, r in read_rows(path):
-        rid = _field(where, r, "id", None)
-        pairs.append(Pair(str(rid), [{"role": "user", "content": _field(where, r, "prompt")}],
-                          _field(where, r, "chosen"), _field(where, r, "rejected"), _field(where, r, "subset")))
+        rid = require(where, r, "id", None)
+        pairs.append(Pair(str(rid), [{"role": "user", "content": require(where, r, "prompt")}],
+                          require(where, r, "chosen"), require(where, r, "rejected"), require(where, r, "subset")))
     return _unique(pairs, str(path))
 
 
@@ -356,11 +343,11 @@ def read_rmbench(path) -> list[Pair]:
             domain = "safety" if str(domain).startswith("safety") else domain
             if domain not in RMBENCH_DOMAINS:
                 raise ValueError(f"{where}: RM-Bench domain {domain!r} is not one of {RMBENCH_DOMAINS}")
-            rid = _field(where, r, "id", None)
-            chosen, rejected = _field(where, r, "chosen", list), _field(where, r, "rejected", list)
+            rid = require(where, r, "id", None)
+            chosen, rejected = require(where, r, "chosen", list), require(where, r, "rejected", list)
             if len(chosen) != 3 or len(rejected) != 3 or not all(isinstance(x, str) for x in chosen + rejected):
                 raise ValueError(f"{where}: RM-Bench rows need 3 chosen and 3 rejected strings")
-            context = [{"role": "user", "content": _field(where, r, "prompt")}]
+            context = [{"role": "user", "content": require(where, r, "prompt")}]
             for i in range(3):
                 for j in range(3):
                     pairs.append(Pair(f"{domain}/{rid}/{i}{j}", context, chosen[i], rejected[j], domain,
@@ -380,19 +367,19 @@ def read_rmb(path) -> list[Pair]:
     pairs = []
     for f in paths:
         for where, r in read_rows(f):
-            context = _messages(where, _field(where, r, "conversation_input", list), "conversation_input")
-            category = _field(where, r, "category_path")
+            context = _messages(where, require(where, r, "conversation_input", list), "conversation_input")
+            category = require(where, r, "category_path")
             if "bon_best" in r:
-                best = _field(where, _field(where, r, "bon_best", dict), "answer")
-                losers = _field(where, r, "loser_list", list)
-                uid = str(_field(where, r, "bon_uid", None))
+                best = require(where, require(where, r, "bon_best", dict), "answer")
+                losers = require(where, r, "loser_list", list)
+                uid = str(require(where, r, "bon_uid", None))
                 for k, loser in enumerate(losers):
-                    pairs.append(Pair(f"bon/{uid}/{k}", context, best, _field(f"{where} loser {k}", loser, "answer"),
+                    pairs.append(Pair(f"bon/{uid}/{k}", context, best, require(f"{where} loser {k}", loser, "answer"),
                                       category, f"bon/{uid}"))
             else:
-                chosen = _field(where, _field(where, r, "chosen", dict), "answer")
-                rejected = _field(where, _field(where, r, "reject", dict), "answer")
-                pairs.append(Pair(f"pair/{_field(where, r, 'pair_uid', None)}", context, chosen, rejected, category))
+                chosen = require(where, require(where, r, "chosen", dict), "answer")
+                rejected = require(where, require(where, r, "reject", dict), "answer")
+                pairs.append(Pair(f"pair/{require(where, r, 'pair_uid', None)}", context, chosen, rejected, category))
     return _unique(pairs, str(path))
 
 
@@ -410,22 +397,22 @@ def read_pairs(path) -> list[Pair]:
         rid = str(r.get("id", k))
         if isinstance(r.get("chosen"), list):  # Skywork
             c = _messages(where, r["chosen"], "chosen")
-            rj = _messages(where, _field(where, r, "rejected", list), "rejected")
+            rj = _messages(where, require(where, r, "rejected", list), "rejected")
             if c[-1]["role"] != "assistant" or rj[-1]["role"] != "assistant":
                 raise ValueError(f"{where}: chosen and rejected must end with an assistant message")
             if c[:-1] != rj[:-1]:
                 raise ValueError(f"{where}: chosen and rejected conversations differ before their last message")
             pairs.append(Pair(rid, c[:-1], c[-1]["content"], rj[-1]["content"], r.get("source", "skywork")))
         elif "accepted" in r:  # Code-Preference-Pairs
-            pairs.append(Pair(rid, [{"role": "user", "content": _field(where, r, "input")}],
-                              _field(where, r, "accepted"), _field(where, r, "rejected"), "code"))
+            pairs.append(Pair(rid, [{"role": "user", "content": require(where, r, "input")}],
+                              require(where, r, "accepted"), require(where, r, "rejected"), "code"))
         elif "full_chosen" in r:  # Math-Step-DPO
-            _field(where, r, "initial_reason_steps")
-            pairs.append(Pair(rid, [{"role": "user", "content": _field(where, r, "prompt")}],
-                              _field(where, r, "full_chosen"), _field(where, r, "full_rejected"), "math"))
+            require(where, r, "initial_reason_steps")
+            pairs.append(Pair(rid, [{"role": "user", "content": require(where, r, "prompt")}],
+                              require(where, r, "full_chosen"), require(where, r, "full_rejected"), "math"))
         elif "prompt" in r:
-            pairs.append(Pair(rid, [{"role": "user", "content": _field(where, r, "prompt")}],
-                              _field(where, r, "chosen"), _field(where, r, "rejected"), str(r.get("subset", ""))))
+            pairs.append(Pair(rid, [{"role": "user", "content": require(where, r, "prompt")}],
+                              require(where, r, "chosen"), require(where, r, "rejected"), str(r.get("subset", ""))))
         else:
             raise ValueError(f"{where}: unknown pair format (fields {sorted(r)})")
     return _unique(pairs, str(path))
@@ -439,8 +426,8 @@ def read_rmr1_training(path) -> list[dict]:
     """
     out = []
     for where, r in read_rows(path):
-        msgs = _messages(where, _field(where, r, "context_messages", list), "context_messages")
-        label = _field(where, r, "winner")
+        msgs = _messages(where, require(where, r, "context_messages", list), "context_messages")
+        label = require(where, r, "winner")
         if label not in ("model_a", "model_b"):
             raise ValueError(f"{where}: winner {label!r} is neither 'model_a' nor 'model_b'")
         target = r.get("response", r.get("completion"))

@@ -337,7 +337,7 @@ def one_pair(cfg: EvalConfig):
 
     if cfg.pair_file:
         d = json.loads(Path(cfg.pair_file).read_text())
-        q, a, b = (data._field(cfg.pair_file, d, k) for k in ("question", "answer_a", "answer_b"))
+        q, a, b = (data.require(cfg.pair_file, d, k) for k in ("question", "answer_a", "answer_b"))
     else:
         q, a, b = cfg.question, cfg.answer_a, cfg.answer_b
     model, tok = load_model(cfg)

@@ -279,17 +279,6 @@ class KVCache:
         self.groups = cfg.n_heads // cfg.n_kv_heads
         self.mask = None
 
-    def rows(self, start: int, stop: int, attend_len: int) -> "KVCache":
-        """A cache over rows start..stop-1 sharing this one's storage (to prefill one prompt in place)."""
-        view = KVCache.__new__(KVCache)
-        view.k = [t[start:stop] for t in self.k]
-        view.v = [t[start:stop] for t in self.v]
-        view.max_len, view.attend_len, view.groups, view.mask = self.max_len, attend_len, self.groups, None
-        return view
-
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.k + self.v)
-
     def prepare(self, pos: torch.Tensor):
         """Build this forward's attention mask once, shared by every layer.
 
@@ -587,6 +576,3 @@ def _replace_dir(new: Path, path: Path):
     if old is not None:
         shutil.rmtree(old)
 
-
-def num_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())

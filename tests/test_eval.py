@@ -246,6 +246,10 @@ def test_malformed_log_line_is_an_error(tmp_path):
 
 
 def test_one_pair_mode_prints_reasoning_and_verdict(tiny, capsys):
+    from rubrics import parse_verdict
+
     ev.main(["--model", str(tiny), "--question", "2+2?", "--answer-a", "4", "--answer-b", "5",
              "--max-new-tokens", "5", "--device", "cpu"])
-    assert "verdict:" in capsys.readouterr().out
+    streamed, tail = capsys.readouterr().out.rsplit("\n\nverdict: ", 1)
+    verdict = parse_verdict(streamed)
+    assert tail.startswith(verdict if verdict else "invalid") and "(5 tokens, length)" in tail
