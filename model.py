@@ -173,24 +173,38 @@ class RMSNorm(nn.Module):
         return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
 
 
-def rope_cos_sin(pos: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype):
-    """cos, sin [B,T,head_dim] for integer positions pos [B,T], computed in float32.
+def rope_cos_sin(pos: torch.Tensor, cfg: Config, dtype: torch.dtype):
+    """cos, sin [B,T,G+2,1,hd] for integer positions pos [B,T], computed in float32.
 
-    Half-rotation layout (as Hugging Face): frequency i drives dims i and i + head_dim/2, so the
-    official q/k weights load without permuting rows.
+    They multiply the fused projection qkv viewed as [B,T,G+2,Hkv,hd] (G = n_heads / n_kv_heads): head
+    groups 0..G-1 are the queries, group G the keys, group G+1 the values. The values are not rotated:
+    their cos is 1 and sin 0, so one pass over qkv rotates q and k and passes v through exactly, and
+    its output already holds k and v side by side as the KVCache stores them.
+
+    Half-rotation layout (as Hugging Face): frequency i drives dims i and i + hd/2, so the official
+    q/k weights load without permuting rows. sin carries the rotation's signs: see apply_rope.
     """
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=pos.device).float() / head_dim))
+    hd, G = cfg.head_dim, cfg.n_heads // cfg.n_kv_heads
+    inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, hd, 2, device=pos.device).float() / hd))
     freqs = pos.float()[..., None] * inv_freq  # [B,T,hd/2]
-    emb = torch.cat([freqs, freqs], dim=-1)  # [B,T,hd]
-    return emb.cos().to(dtype), emb.sin().to(dtype)
+    cos = torch.ones(*pos.shape, G + 2, 1, hd, device=pos.device)
+    sin = torch.zeros(*pos.shape, G + 2, 1, hd, device=pos.device)
+    cos[..., : G + 1, 0, :] = torch.cat([freqs, freqs], dim=-1).cos()[..., None, :]
+    sin[..., : G + 1, 0, :] = torch.cat([-freqs, freqs], dim=-1).sin()[..., None, :]  # sin(-a) = -sin(a)
+    return cos.to(dtype), sin.to(dtype)
 
 
 def apply_rope(x, cos, sin):
-    """x [B,T,H,hd]; cos/sin [B,T,hd]. Rotates pairs (i, i + hd/2) by the position's angle."""
-    cos, sin = cos[:, :, None], sin[:, :, None]  # broadcast over heads
+    """x [B,T,N,hd] (the N = (G+2)*Hkv heads of qkv); cos/sin from rope_cos_sin. Returns a new tensor.
+
+    Rotating the pair (x1, x2) = (x[i], x[i + hd/2]) by angle a gives (x1 cos a - x2 sin a, x2 cos a + x1 sin a),
+    which is x * cos + [x2, x1] * [-sin, sin]: one concatenation, one multiply, one fused multiply-add.
+    """
+    B, T, N, hd = x.shape
+    x = x.view(B, T, cos.shape[2], -1, hd)  # [B,T,G+2,Hkv,hd]
     x1, x2 = x.chunk(2, dim=-1)
-    rotated = torch.cat([-x2, x1], dim=-1)
-    return torch.addcmul(x * cos, rotated, sin)  # x*cos + rotated*sin
+    swapped = torch.cat([x2, x1], dim=-1)
+    return torch.addcmul(x * cos, swapped, sin).view(B, T, N, hd)
 
 
 class Attention(nn.Module):
@@ -198,50 +212,47 @@ class Attention(nn.Module):
         super().__init__()
         self.layer = layer
         self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
-        self.q = nn.Linear(cfg.hidden_size, cfg.n_heads * cfg.head_dim, bias=cfg.qkv_bias)
-        self.k = nn.Linear(cfg.hidden_size, cfg.n_kv_heads * cfg.head_dim, bias=cfg.qkv_bias)
-        self.v = nn.Linear(cfg.hidden_size, cfg.n_kv_heads * cfg.head_dim, bias=cfg.qkv_bias)
+        # q, k and v in one matrix: rows [q heads | k heads | v heads], one matmul instead of three.
+        self.qkv = nn.Linear(cfg.hidden_size, (cfg.n_heads + 2 * cfg.n_kv_heads) * cfg.head_dim, bias=cfg.qkv_bias)
         self.o = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.hidden_size, bias=False)
         if cfg.qk_norm:
             self.q_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps)
             self.k_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps)
 
-    def forward(self, x, cos, sin, cache=None, pos=None):
+    def forward(self, x, cos, sin, cache=None):
         B, T, _ = x.shape
-        # [B,T,H*hd] -> [B,T,H,hd]; Qwen3 normalises each head before the rotation
-        q = self.q(x).view(B, T, self.n_heads, self.head_dim)
-        k = self.k(x).view(B, T, self.n_kv_heads, self.head_dim)
-        v = self.v(x).view(B, T, self.n_kv_heads, self.head_dim)
-        if hasattr(self, "q_norm"):
-            q, k = self.q_norm(q), self.k_norm(k)
-        # Rotate q and k in one pass over their concatenation (fewer kernel launches when decoding).
-        qk = apply_rope(torch.cat([q, k], dim=2), cos, sin)  # [B,T,H+Hkv,hd]
-        q, k = qk.split([self.n_heads, self.n_kv_heads], dim=2)
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B,H,T,hd]
-        if cache is None:
-            # Whole sequence at once (training, scoring): plain causal attention over these T tokens.
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+        H, Hkv = self.n_heads, self.n_kv_heads
+        qkv = self.qkv(x).view(B, T, H + 2 * Hkv, self.head_dim)  # [B,T,H+2Hkv,hd]
+        if hasattr(self, "q_norm"):  # Qwen3 normalises each q and k head before the rotation
+            q, k, v = qkv.split([H, Hkv, Hkv], dim=2)
+            qkv = torch.cat([self.q_norm(q), self.k_norm(k), v], dim=2)
+        qkv = apply_rope(qkv, cos, sin)  # q and k rotated, v unchanged
+        q, kv = qkv[:, :, :H], qkv[:, :, H:]  # [B,T,H,hd], [B,T,2Hkv,hd]
+        if cache is None or T > 1:
+            # Whole sequences (training, scoring, and the sampler's prefill, whose rows start empty):
+            # causal attention over these T tokens. A prefill also stores k and v for the decode steps.
+            k, v = kv.split(Hkv, dim=2)
+            y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                               is_causal=True, enable_gqa=True).transpose(1, 2)  # [B,T,H,hd]
+            if cache is not None:
+                cache.write(self.layer, kv)
         else:
-            # Write this step's k/v at their positions, then attend over the cache (see KVCache).
-            # The G = n_heads / n_kv_heads query heads sharing a kv head are folded into the query
-            # length, [B,H,T,hd] -> [B,Hkv,G*T,hd], so each cached k/v head is read once, by a masked
-            # kernel, instead of being expanded G times.
-            k, v, mask = cache.update(self.layer, k, v, pos)
-            G = self.n_heads // self.n_kv_heads
-            y = F.scaled_dot_product_attention(q.reshape(B, self.n_kv_heads, G * T, self.head_dim), k, v, attn_mask=mask)
-            y = y.reshape(B, self.n_heads, T, self.head_dim)
-        return self.o(y.transpose(1, 2).reshape(B, T, -1))
+            # One new token per row: store its k/v, attend over its row of the cache.
+            cache.write(self.layer, kv)
+            y = cache.attend(self.layer, q)  # [B,1,H,hd]
+        return y.reshape(B, T, H * self.head_dim)  # the block applies self.o (see add_linear)
 
 
 class MLP(nn.Module):
     def __init__(self, cfg: Config):
         super().__init__()
-        self.gate = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
-        self.up = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        # gate and up in one matrix: rows [gate | up], one matmul instead of two.
+        self.gate_up = nn.Linear(cfg.hidden_size, 2 * cfg.intermediate_size, bias=False)
         self.down = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
 
     def forward(self, x):
-        return self.down(F.silu(self.gate(x)) * self.up(x))  # SwiGLU
+        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        return F.silu(gate) * up  # SwiGLU; the block applies self.down (see add_linear)
 
 
 class Block(nn.Module):
@@ -252,52 +263,94 @@ class Block(nn.Module):
         self.mlp_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, cos, sin, cache=None, pos=None):
-        x = x + self.attn(self.attn_norm(x), cos, sin, cache, pos)
-        return x + self.mlp(self.mlp_norm(x))
+    def forward(self, x, cos, sin, cache=None):
+        x = add_linear(x, self.attn(self.attn_norm(x), cos, sin, cache), self.attn.o)
+        return add_linear(x, self.mlp(self.mlp_norm(x)), self.mlp.down)
+
+
+def add_linear(x, h, proj: nn.Linear):
+    """The residual update x + proj(h). Without autograd (sampling, scoring) the GEMM accumulates into x
+    in place (beta = 1): one kernel instead of a GEMM and an add, which counts when decoding one token."""
+    if torch.is_grad_enabled():
+        return x + proj(h)
+    return x.view(-1, x.shape[-1]).addmm_(h.reshape(-1, h.shape[-1]), proj.weight.t()).view(x.shape)
 
 
 class KVCache:
     """A static, preallocated key/value cache, passed into `forward` (never stored on modules, so it
     stays out of state_dict and FSDP).
 
-    k[l], v[l]: [B, n_kv_heads, max_len, head_dim]. Row b holds one sequence whose token at position p
-    is stored at index p. A query at position p attends to indices 0..p of its own row, so rows of
-    different lengths (ragged prompts, finished samples) share one batch with no padding logic: stale
-    entries beyond a row's position are masked until overwritten.
+    kv[l]: [batch, max_len, 2 * n_kv_heads, head_dim], the k heads then the v heads of each position (the
+    layout qkv's rotation leaves them in, so one copy stores both). Row b holds one sequence; its token
+    at position p is stored at index p.
 
-    `attend_len` (set by the sampler) makes attention read only the first `attend_len` indices when
-    every live row is shorter, instead of all of max_len.
+    Two kinds of forward use it (`prepare` is called by the model with each forward's positions):
+      * prefill, T > 1: rows `rows` start empty, the tokens sit at positions 0..T-1 (right-padded rows
+        are fine: what lies beyond a row's length is never read before decoding overwrites it);
+      * decode, T == 1: rows 0..B-1 each add one token at their own position p and attend to
+        indices 0..p of their row, so rows of different lengths share a batch with no padding logic.
+
+    Decode attention on a GPU (bf16/fp16) is the flash kernel over each row's first p + 1 entries only
+    (`seqused_k`): a short row costs what it holds, not what the longest row holds. Elsewhere (CPU,
+    float32) it is masked SDPA over the first `attend_len` indices, which the sampler keeps just above
+    the longest live row.
     """
 
     def __init__(self, cfg: Config, batch: int, max_len: int, device=None, dtype=torch.bfloat16):
-        shape = (batch, cfg.n_kv_heads, max_len, cfg.head_dim)
-        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layers)]
-        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layers)]
+        self.n_kv_heads, self.head_dim = cfg.n_kv_heads, cfg.head_dim
+        shape = (batch, max_len, 2 * cfg.n_kv_heads, cfg.head_dim)
+        self.kv = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layers)]
         self.max_len = max_len
         self.attend_len = max_len
-        self.groups = cfg.n_heads // cfg.n_kv_heads
-        self.mask = None
+        self.flash = _flash_attention_usable(self.kv[0])
 
-    def prepare(self, pos: torch.Tensor):
-        """Build this forward's attention mask once, shared by every layer.
+    def prepare(self, pos: torch.Tensor, rows: torch.Tensor | None = None):
+        """Once per forward, shared by every layer: where the new k/v go and what each query may see.
 
-        pos [B,T] -> bool mask [B,1,G*T,S]: key index j is visible to a query at position p iff j <= p,
-        repeated for the G query heads folded into the query length (see Attention).
+        pos [B,T] positions; rows [B] the cache rows (default 0..B-1).
         """
         B, T = pos.shape
-        idx = torch.arange(self.attend_len, device=pos.device)
-        mask = idx[None, None, :] <= pos[:, :, None]  # [B,T,S]
-        self.mask = mask[:, None, None].expand(B, 1, self.groups, T, self.attend_len).reshape(B, 1, self.groups * T, -1)
+        if rows is None:
+            rows = torch.arange(B, device=pos.device)
+        self.rows = rows
+        self.index = (rows[:, None] * self.max_len + pos).flatten()  # [B*T] slots in kv[l] viewed [rows*len,..]
+        if T > 1:
+            return
+        self.lens = (pos[:, 0] + 1).to(torch.int32)  # [B] keys each query attends to
+        if self.flash:  # row r's keys start at r * max_len of the flattened cache
+            self.cu_q = torch.arange(B + 1, device=pos.device, dtype=torch.int32)
+            self.cu_k = (torch.cat([rows, rows[-1:] + 1]) * self.max_len).to(torch.int32)
+        else:
+            self.mask = (torch.arange(self.attend_len, device=pos.device) < self.lens[:, None])[:, None, None]
 
-    def update(self, layer: int, k, v, pos):
-        """Write k, v [B,Hkv,T,hd] at positions pos [B,T]; return the cache's k, v [B,Hkv,S,hd] and mask."""
-        B, H, T, D = k.shape
-        index = pos[:, None, :, None].expand(B, H, T, D)
-        self.k[layer][:B].scatter_(2, index, k)
-        self.v[layer][:B].scatter_(2, index, v)
-        S = self.attend_len
-        return self.k[layer][:B, :, :S], self.v[layer][:B, :, :S], self.mask
+    def write(self, layer: int, kv: torch.Tensor):
+        """Store kv [B,T,2Hkv,hd] at the slots `prepare` computed (one copy for k and v together)."""
+        B, T, N, D = kv.shape
+        self.kv[layer].view(-1, N, D).index_copy_(0, self.index, kv.reshape(B * T, N, D))
+
+    def attend(self, layer: int, q: torch.Tensor) -> torch.Tensor:
+        """Decode attention: q [B,1,H,hd] -> [B,1,H,hd], each row up to its own position."""
+        B, _, H, D = q.shape
+        Hkv = self.n_kv_heads
+        if self.flash:
+            kv = self.kv[layer].view(-1, 2 * Hkv, D)  # [rows*max_len, 2Hkv, hd]: the varlen kernel's layout
+            y = torch.ops.aten._flash_attention_forward(
+                q.reshape(B, H, D), kv[:, :Hkv], kv[:, Hkv:], self.cu_q, self.cu_k, 1, self.attend_len,
+                0.0, False, False, seqused_k=self.lens)[0]
+            return y.view(B, 1, H, D)
+        # The G = H / Hkv query heads that share a kv head are folded into the query length,
+        # [B,H,hd] -> [B,Hkv,G,hd], so each cached head is read once instead of being expanded G times.
+        kv = self.kv[layer][self.rows, : self.attend_len].transpose(1, 2)  # [B,2Hkv,S,hd]
+        y = F.scaled_dot_product_attention(q.reshape(B, Hkv, H // Hkv, D), kv[:, :Hkv], kv[:, Hkv:],
+                                           attn_mask=self.mask)
+        return y.reshape(B, 1, H, D)
+
+
+def _flash_attention_usable(t: torch.Tensor) -> bool:
+    """The flash kernel runs on Ampere or newer GPUs in half precision."""
+    return (t.is_cuda and t.dtype in (torch.float16, torch.bfloat16)
+            and torch.backends.cuda.is_flash_attention_available()
+            and torch.cuda.get_device_capability(t.device) >= (8, 0))
 
 
 class Transformer(nn.Module):
@@ -315,32 +368,32 @@ class Transformer(nn.Module):
     def output_weight(self) -> torch.Tensor:  # [V, H]
         return self.embed.weight if self.lm_head is None else self.lm_head.weight
 
-    def hidden(self, ids, cache: KVCache | None = None, pos=None):
+    def hidden(self, ids, cache: KVCache | None = None, pos=None, rows=None):
         """Final normalised hidden states [B,T,H], before the lm_head.
 
         ids [B,T]. Without a cache, positions are 0..T-1. With a cache, pos [B,T] gives each token's
-        position in its row (the sampler's business; see KVCache).
+        position in its row and rows [B] the cache rows a prefill fills (the sampler's business; see KVCache).
         """
         B, T = ids.shape
         if pos is None:
             pos = torch.arange(T, device=ids.device).expand(B, T)
         x = self.embed(ids)  # [B,T,H]
-        cos, sin = rope_cos_sin(pos, self.cfg.head_dim, self.cfg.rope_theta, x.dtype)
+        cos, sin = rope_cos_sin(pos, self.cfg, x.dtype)
         if cache is not None:
-            cache.prepare(pos)
+            cache.prepare(pos, rows)
         for block in self.layers:
             if self.checkpoint_blocks and self.training and cache is None:
                 x = torch.utils.checkpoint.checkpoint(block, x, cos, sin, use_reentrant=False)
             else:
-                x = block(x, cos, sin, cache, pos)
+                x = block(x, cos, sin, cache)
         return self.norm(x)
 
     def logits(self, h):
         return F.linear(h, self.output_weight)  # [.., H] -> [.., V]
 
-    def forward(self, ids, cache: KVCache | None = None, pos=None):
+    def forward(self, ids, cache: KVCache | None = None, pos=None, rows=None):
         """ids [B,T] -> logits [B,T,V]."""
-        return self.logits(self.hidden(ids, cache, pos))
+        return self.logits(self.hidden(ids, cache, pos, rows))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -349,25 +402,33 @@ class Transformer(nn.Module):
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def key_map(cfg: Config) -> dict[str, str]:
-    """Hugging Face tensor name -> this model's parameter name. The one place the two namings meet."""
-    m = {"model.embed_tokens.weight": "embed.weight", "model.norm.weight": "norm.weight"}
+def key_map(cfg: Config) -> dict[str, tuple[str, int, int]]:
+    """Hugging Face tensor name -> (our parameter, first row, end row). The one place the namings meet.
+
+    q_proj, k_proj and v_proj fill consecutive rows of our attn.qkv, gate_proj and up_proj those of
+    mlp.gate_up (one matmul each); every other tensor fills a whole parameter.
+    """
+    q, kv, inter = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim, cfg.intermediate_size
+    m = {"model.embed_tokens.weight": ("embed.weight", 0, cfg.vocab_size),
+         "model.norm.weight": ("norm.weight", 0, cfg.hidden_size)}
     if not cfg.tie_word_embeddings:
-        m["lm_head.weight"] = "lm_head.weight"
+        m["lm_head.weight"] = ("lm_head.weight", 0, cfg.vocab_size)
     for i in range(cfg.n_layers):
         hf, me = f"model.layers.{i}.", f"layers.{i}."
-        m[hf + "input_layernorm.weight"] = me + "attn_norm.weight"
-        m[hf + "post_attention_layernorm.weight"] = me + "mlp_norm.weight"
-        for p in "qkvo":
-            m[hf + f"self_attn.{p}_proj.weight"] = me + f"attn.{p}.weight"
-        if cfg.qkv_bias:
-            for p in "qkv":
-                m[hf + f"self_attn.{p}_proj.bias"] = me + f"attn.{p}.bias"
+        m[hf + "input_layernorm.weight"] = (me + "attn_norm.weight", 0, cfg.hidden_size)
+        m[hf + "post_attention_layernorm.weight"] = (me + "mlp_norm.weight", 0, cfg.hidden_size)
+        parts = {"q": (0, q), "k": (q, q + kv), "v": (q + kv, q + 2 * kv)}
+        for p, (start, stop) in parts.items():
+            m[hf + f"self_attn.{p}_proj.weight"] = (me + "attn.qkv.weight", start, stop)
+            if cfg.qkv_bias:
+                m[hf + f"self_attn.{p}_proj.bias"] = (me + "attn.qkv.bias", start, stop)
+        m[hf + "self_attn.o_proj.weight"] = (me + "attn.o.weight", 0, cfg.hidden_size)
         if cfg.qk_norm:
-            m[hf + "self_attn.q_norm.weight"] = me + "attn.q_norm.weight"
-            m[hf + "self_attn.k_norm.weight"] = me + "attn.k_norm.weight"
-        for p in ("gate", "up", "down"):
-            m[hf + f"mlp.{p}_proj.weight"] = me + f"mlp.{p}.weight"
+            m[hf + "self_attn.q_norm.weight"] = (me + "attn.q_norm.weight", 0, cfg.head_dim)
+            m[hf + "self_attn.k_norm.weight"] = (me + "attn.k_norm.weight", 0, cfg.head_dim)
+        m[hf + "mlp.gate_proj.weight"] = (me + "mlp.gate_up.weight", 0, inter)
+        m[hf + "mlp.up_proj.weight"] = (me + "mlp.gate_up.weight", inter, 2 * inter)
+        m[hf + "mlp.down_proj.weight"] = (me + "mlp.down.weight", 0, cfg.hidden_size)
     return m
 
 
@@ -409,16 +470,19 @@ def _open_safetensors(file: Path):
 
 
 def read_tensors(path, cfg: Config, rows=None):
-    """Yield (our_name, hf_name, tensor) for every checkpoint tensor, checking names and shapes.
+    """Yield (our_name, hf_name, tensor, row) for every checkpoint tensor: `tensor` fills rows
+    row .. row + len(tensor) of our parameter `our_name`. Names and shapes are checked.
 
     Every tensor in the checkpoint must map to a parameter and every parameter must be present.
-    `rows(our_name) -> (start, stop)` makes a caller (an FSDP rank) read only those rows of dim 0 from
-    the memory-mapped file; the completeness, dtype and shape checks still cover the whole checkpoint.
+    `rows(our_name) -> (start, stop)` makes a caller (an FSDP rank) read only the part of each tensor
+    that falls in those rows of the parameter, from the memory-mapped file; the completeness, dtype and
+    shape checks still cover the whole checkpoint. A tied checkpoint's extra lm_head.weight comes with
+    our_name None.
     """
     path = Path(path)
     files = checkpoint_files(path)
     kmap = key_map(cfg)
-    expected = expected_shapes(cfg)
+    params = expected_shapes(cfg)
     tied_extra = cfg.tie_word_embeddings and "lm_head.weight" in files
     unknown = [n for n in files if n not in kmap and not (tied_extra and n == "lm_head.weight")]
     if unknown:
@@ -436,22 +500,24 @@ def read_tensors(path, cfg: Config, rows=None):
             for hf_name in names:
                 if hf_name not in present:
                     raise ValueError(f"{file}: the index places {hf_name!r} here but the file lacks it")
-                ours = kmap.get(hf_name, "embed.weight")  # a tied lm_head.weight is checked against embed
+                ours, start, stop = kmap.get(hf_name, ("embed.weight", 0, cfg.vocab_size))
+                expected = (stop - start, *params[ours][1:])
                 sl = f.get_slice(hf_name)
                 dtype, shape = sl.get_dtype(), tuple(sl.get_shape())
                 if dtype not in ("F32", "BF16", "F16"):
                     raise ValueError(f"{file}: tensor {hf_name!r} has dtype {dtype}; only F32, BF16, F16 load")
-                if shape != expected[ours]:
-                    raise ValueError(f"{file}: tensor {hf_name!r} has shape {shape}, expected {expected[ours]}")
+                if shape != expected:
+                    raise ValueError(f"{file}: tensor {hf_name!r} has shape {shape}, expected {expected}")
+                lo, hi = start, stop  # the rows of our parameter to read, within this tensor's
+                if rows is not None and hf_name in kmap:
+                    a, b = rows(ours)
+                    lo = min(max(start, a), stop)
+                    hi = max(min(stop, b), lo)
                 try:
-                    if rows is not None and hf_name in kmap:
-                        start, stop = rows(ours)
-                        t = sl[start:stop]
-                    else:
-                        t = f.get_tensor(hf_name)
+                    t = f.get_tensor(hf_name) if (lo, hi) == (start, stop) else sl[lo - start : hi - start]
                 except Exception as e:
                     raise ValueError(f"{file}: cannot read tensor {hf_name!r} ({e})") from None
-                yield (ours if hf_name in kmap else None), hf_name, t
+                yield (ours if hf_name in kmap else None), hf_name, t, lo
 
 
 def expected_shapes(cfg: Config) -> dict[str, tuple]:
@@ -470,14 +536,17 @@ def load(path, device="cpu", dtype: torch.dtype | None = torch.bfloat16) -> Tran
     with torch.device("meta"):
         model = Transformer(cfg)
     params = dict(model.named_parameters())
-    state = {}
-    for ours, _, t in read_tensors(path, cfg):
+    state, tied = {}, None
+    for ours, _, t, row in read_tensors(path, cfg):
         t = t.to(device=device, dtype=dtype or t.dtype)
         if ours is None:  # tied checkpoint that also stores lm_head.weight: it must be the embedding
-            state["_tied_lm_head"] = t
-            continue
-        state[ours] = t
-    tied = state.pop("_tied_lm_head", None)
+            tied = t
+        elif t.shape == params[ours].shape:
+            state[ours] = t
+        else:  # one part of a fused parameter (q of qkv, gate of gate_up, ...)
+            if ours not in state:
+                state[ours] = torch.empty(params[ours].shape, device=device, dtype=t.dtype)
+            state[ours][row : row + len(t)] = t
     if tied is not None and not torch.equal(tied, state["embed.weight"]):
         raise ValueError(f"{path}: tie_word_embeddings is true but lm_head.weight differs from the embedding")
     assert state.keys() == params.keys(), set(state) ^ set(params)
@@ -503,14 +572,14 @@ def save(model: Transformer, path, max_shard_bytes: int = 5 * 2**30, state_dict=
     path = Path(path)
     cfg = model.cfg
     sd = state_dict if state_dict is not None else model.state_dict()
-    inverse = {ours: hf for hf, ours in key_map(cfg).items()}
-    tensors = {}
-    for ours, t in sd.items():
-        if ours not in inverse:
-            raise ValueError(f"save: parameter {ours!r} has no Hugging Face name")
-        tensors[inverse[ours]] = t.detach().to("cpu").contiguous()
-    if len(tensors) != len(inverse):
-        raise ValueError(f"save: state_dict lacks {sorted(set(inverse) - set(sd))[:5]}")
+    kmap = key_map(cfg)
+    unknown = sorted(set(sd) - {ours for ours, _, _ in kmap.values()})
+    if unknown:
+        raise ValueError(f"save: parameter {unknown[0]!r} has no Hugging Face name")
+    lacking = sorted({ours for ours, _, _ in kmap.values()} - set(sd))
+    if lacking:
+        raise ValueError(f"save: state_dict lacks {lacking[:5]}")
+    tensors = {hf: sd[ours][start:stop].detach().to("cpu").contiguous() for hf, (ours, start, stop) in kmap.items()}
     dtype = {t.dtype for t in tensors.values()}
     dtype_name = {v: k for k, v in _DTYPES.items()}[dtype.pop()] if len(dtype) == 1 else cfg.dtype
 

@@ -3,7 +3,7 @@
     generate(model, prompts, max_new_tokens, n=7, temperature=1.0, eos_ids=...) -> [Sample, ...]
 
 How it works (read top to bottom):
-  * A fixed number of *slots* share one static KVCache [slots, kv_heads, max_len, head_dim].
+  * A fixed number of *slots* share one static KVCache [slots, max_len, 2 * kv_heads, head_dim].
     Every (prompt, sample) pair is a sequence waiting in a queue; a free slot takes the next one.
   * Admission: the prompt is prefilled once, in place, into one slot; its other samples copy that
     slot's prompt rows (no second prefill). The first new token is sampled from the prefill logits.
@@ -13,8 +13,9 @@ How it works (read top to bottom):
     finished sequences are collected and their slots refilled. Once the queue is empty, the live rows
     are moved to the front of the cache and only a power-of-two batch covering them is decoded, so the
     long tail of a ragged batch (GRPO's 7 samples of very different lengths) costs what it needs.
-  * Attention reads only the first `attend_len` cache positions, the live rows' maximum rounded up to
-    a bucket; one graph is captured per (batch, bucket) shape.
+  * Attention: on a GPU each row reads only its own cache positions (see KVCache). The CPU path reads
+    the first `attend_len` positions, the live rows' maximum rounded up to a bucket; one graph is
+    captured per (batch, bucket) shape.
   * Randomness is counter-based: the token at position p of sequence s is drawn with a uniform number
     hashed from (seed, s, p) by inverse-CDF sampling. A sample therefore does not depend on which slot
     or batch it ran in, and the CPU and GPU paths draw the same numbers.
@@ -189,20 +190,21 @@ class Engine:
         for _ in range(steps):
             g.replay()
 
-    def _move(self, src: int, dst: int, length: int):
-        """Move a live row (its state and first `length` cache positions) from slot src to slot dst."""
+    def _move(self, src: list[int], dst: list[int], length: int):
+        """Move live rows (their state and first `length` cache positions) from slots src to free slots dst."""
+        src_t, dst_t = torch.tensor(src, device=self.device), torch.tensor(dst, device=self.device)
         for t in vars(self.s).values():
-            t[dst] = t[src]
-        self.s.done[src] = True
-        self._copy_prompt(src, dst, length)
+            t[dst_t] = t[src_t]
+        self.s.done[src_t] = True
+        self._copy_rows(src, dst, length)
 
-    # -- admission: prefill a prompt into a slot, share it with the prompt's other samples ---------
+    # -- admission: prefill prompts into slots, share them with the prompts' other samples ---------
 
     def _prefill(self, fresh: dict[int, int], prompts) -> dict[int, torch.Tensor]:
-        """Prefill prompts {prompt index: slot} in right-padded batches of about `prefill_tokens` tokens.
+        """Prefill prompts {prompt index: slot} in right-padded batches of about `prefill_tokens` tokens,
+        straight into their slots of the cache (what lands beyond a prompt's length is padding, which
+        decoding overwrites before any query can see it).
 
-        Each batch runs through a temporary cache whose rows are then copied into the slots; padding
-        rows land beyond each prompt's length, where decoding overwrites them before they are visible.
         Returns each prompt's last-position logits [V] (float32); never a [L, V] tensor.
         """
         out, items = {}, list(fresh.items())
@@ -212,31 +214,34 @@ class Engine:
                 batch.append(items.pop(0))
                 width = max(width, len(prompts[batch[-1][0]]))
             lens = torch.tensor([len(prompts[i]) for i, _ in batch], device=self.device)
-            x = torch.zeros(len(batch), width, dtype=torch.long, device=self.device)  # [k,W], right-padded
+            x = torch.zeros(len(batch), width, dtype=torch.long)  # [k,W], right-padded
             for r, (i, _) in enumerate(batch):
-                x[r, : len(prompts[i])] = torch.tensor(prompts[i], device=self.device)
-            tmp = KVCache(self.model.cfg, len(batch), width, device=self.device, dtype=self.cache.k[0].dtype)
-            h = self.model.hidden(x, tmp, torch.arange(width, device=self.device).expand(len(batch), width))
-            logits = self.model.logits(h[torch.arange(len(batch), device=self.device), lens - 1]).float()  # [k,V]
+                x[r, : len(prompts[i])] = torch.tensor(prompts[i])
+            x = x.to(self.device)
             rows = torch.tensor([slot for _, slot in batch], device=self.device)
-            for dst, src in zip(self.cache.k + self.cache.v, tmp.k + tmp.v):
-                dst[rows, :, :width] = src
+            pos = torch.arange(width, device=self.device).expand(len(batch), width)
+            h = self.model.hidden(x, self.cache, pos, rows)  # [k,W,H]
+            logits = self.model.logits(h[torch.arange(len(batch), device=self.device), lens - 1]).float()  # [k,V]
             out.update({i: logits[r] for r, (i, _) in enumerate(batch)})
         return out
 
-    def _copy_prompt(self, src: int, dst: int, L: int):
-        for t in self.cache.k + self.cache.v:
-            t[dst, :, :L] = t[src, :, :L]
+    def _copy_rows(self, src: list[int], dst: list[int], length: int):
+        """Copy the first `length` cache positions of slots src to slots dst (every layer)."""
+        src_t, dst_t = torch.tensor(src, device=self.device), torch.tensor(dst, device=self.device)
+        for t in self.cache.kv:
+            t[dst_t, :length] = t[src_t, :length]
 
-    def _start(self, slot: int, seq: int, L: int, logits: torch.Tensor, limit: int):
-        s = self.s
-        seq_t = torch.tensor([seq], device=self.device)
-        pos_t = torch.tensor([L], device=self.device)
-        tok, lp = sample_next(logits[None], self.seed, seq_t, pos_t, self.temperature, self.top_k, self.top_p)
-        s.tok[slot], s.pos[slot], s.seq[slot] = tok[0], L, seq
-        s.n_gen[slot], s.limit[slot] = 1, limit
-        s.out_tok[slot, 0], s.out_lp[slot, 0] = tok[0], lp[0]
-        s.done[slot] = torch.isin(tok, self.eos)[0] | (limit <= 1)
+    def _start(self, slots: list[int], seqs: list[int], lens: list[int], logits: torch.Tensor, limits: list[int]):
+        """Start sequences seqs in slots: their first token is sampled from the prompts' logits [k,V]."""
+        s, dev = self.s, self.device
+        idx = torch.tensor(slots, device=dev)
+        seq_t, pos_t = torch.tensor(seqs, device=dev), torch.tensor(lens, device=dev)
+        limit_t = torch.tensor(limits, device=dev)
+        tok, lp = sample_next(logits, self.seed, seq_t, pos_t, self.temperature, self.top_k, self.top_p)
+        s.tok[idx], s.pos[idx], s.seq[idx] = tok, pos_t, seq_t
+        s.n_gen[idx], s.limit[idx] = 1, limit_t
+        s.out_tok[idx, 0], s.out_lp[idx, 0] = tok, lp
+        s.done[idx] = torch.isin(tok, self.eos) | (limit_t <= 1)
 
     @torch.no_grad()
     def generate(self, prompts, n=1, limits=None, return_logprobs=False, on_tokens=None, progress=None):
@@ -287,12 +292,18 @@ class Engine:
             if fresh:
                 first_logits.update(self._prefill(fresh, prompts))
                 resident.update(fresh)
+            # A sample whose prompt another slot holds copies those rows (up to the longest such prompt:
+            # anything copied beyond a row's own prompt is overwritten before it is visible).
+            copies = [(resident[i], slot, len(prompts[i])) for slot, i, _ in new if resident[i] != slot]
+            if copies:
+                src, dst, lens = zip(*copies)
+                self._copy_rows(list(src), list(dst), max(lens))
+            if new:
+                logits = torch.stack([first_logits[i] for _, i, _ in new])  # [k,V]
+                self._start([slot for slot, _, _ in new], [i * n + j for _, i, j in new],
+                            [len(prompts[i]) for _, i, _ in new], logits, [limits[i] for _, i, _ in new])
             for slot, i, j in new:
-                L = len(prompts[i])
-                if resident[i] != slot:  # another sample of this prompt holds its rows: copy them
-                    self._copy_prompt(resident[i], slot, L)
-                self._start(slot, i * n + j, L, first_logits[i], limits[i])
-                owner[slot], upper[slot] = (i, j), L
+                owner[slot], upper[slot] = (i, j), len(prompts[i])
                 admitted[i] += 1
                 if admitted[i] == n:  # no later sample needs the prompt rows or logits
                     del first_logits[i]
@@ -301,19 +312,25 @@ class Engine:
                 continue
             # Once nothing waits, pack the live rows to the front so that steps cost what the live rows
             # need: a batch of the next power of two >= live rows, not all slots (the ragged tail).
-            live_slots = [k for k, o in enumerate(owner) if o is not None]
-            if not queue:
-                for dst, src in enumerate(live_slots):
-                    if src != dst:
-                        self._move(src, dst, min(upper[src] + 1, self.max_len))
-                        owner[dst], upper[dst], owner[src] = owner[src], upper[src], None
-                live_slots = list(range(len(live_slots)))
-            B = min(self.slots, 1 << (live_slots[-1]).bit_length())  # covers every live row
-            # Decode a chunk of steps; attention reads up to the live rows' furthest position (bucketed).
-            live_max = max(upper[k] for k in live_slots)
-            attend = min(self.max_len, -(-(live_max + self.sync_every + 1) // self.bucket) * self.bucket)
-            self._run(self.sync_every, B, attend)
-            for slot in live_slots:
+            # Rows from the back fill the holes at the front, so each finished row costs at most one move.
+            live = [k for k, o in enumerate(owner) if o is not None]
+            cover = lambda k: min(self.slots, 1 << k.bit_length())  # noqa: E731  (power of two > slot k)
+            if not queue and cover(len(live) - 1) < cover(live[-1]):
+                holes = [k for k in range(len(live)) if owner[k] is None]
+                movers = [k for k in live if k >= len(live)]
+                self._move(movers, holes, min(max(upper[k] for k in movers) + 1, self.max_len))
+                for src, dst in zip(movers, holes):
+                    owner[dst], upper[dst], owner[src] = owner[src], upper[src], None
+                live = list(range(len(live)))
+            # Decode a chunk of steps. The masked (CPU) attention reads up to the live rows' furthest
+            # position, bucketed; the flash kernel reads each row's own length whatever this says.
+            if self.cache.flash:
+                attend = self.max_len
+            else:
+                live_max = max(upper[k] for k in live)
+                attend = min(self.max_len, -(-(live_max + self.sync_every + 1) // self.bucket) * self.bucket)
+            self._run(self.sync_every, cover(live[-1]), attend)
+            for slot in live:
                 upper[slot] += self.sync_every
         return [results[(i, j)] for i in range(len(prompts)) for j in range(n)]
 
@@ -350,23 +367,42 @@ def generate(model: Transformer, prompts, max_new_tokens, n: int = 1, temperatur
     max_new_tokens: an int, or one int per prompt. eos_ids: a row stops after emitting any of them.
     temperature 0 is greedy. Returns len(prompts) * n Samples, prompt-major, each with its new tokens,
     finish reason ("eos" / "length") and, if asked, each token's log-prob (see `sample_next`).
-    slots: how many sequences decode at once (default: all of them, at most 256).
+    slots: how many sequences decode at once (default: all of them, up to what half the free GPU memory
+    holds as KV cache; 256 on a CPU).
     prefill_tokens: padded tokens per prefill forward (new prompts are prefilled together).
     """
     global _engine
     prompts, limits = check_prompts(model, prompts, max_new_tokens)
     if not 0 < top_p <= 1 or top_k < 0 or temperature < 0:
         raise ValueError(f"generate: bad sampling settings temperature={temperature} top_k={top_k} top_p={top_p}")
-    slots = min(slots or 256, len(prompts) * n)
+    slots = min(slots or _slots_that_fit(model, max(len(p) + m for p, m in zip(prompts, limits))), len(prompts) * n)
     # Sizes rounded up to whole buckets so that consecutive calls can reuse one engine and its graphs.
     up = lambda x: -(-x // 256) * 256  # noqa: E731
     max_len = up(max(len(p) + m for p, m in zip(prompts, limits)))
     settings = (slots, max_len, up(max(limits)), tuple(eos_ids), temperature, top_k, top_p, seed, sync_every,
                 cuda_graph, 256, prefill_tokens)
-    if _engine is None or _engine.model is not model or _engine.settings != settings:
+    # An engine whose cache and output buffers are at least this long serves the call as well.
+    old = _engine.settings if _engine is not None and _engine.model is model else None
+    if not (old and old[0] == slots and old[1] >= max_len and old[2] >= settings[2] and old[3:] == settings[3:]):
         _engine = None  # free the old cache before allocating the new one
         _engine = Engine(model, *settings)
     return _engine.generate(prompts, n, limits, return_logprobs, on_tokens, progress)
+
+
+def _slots_that_fit(model: Transformer, seq_len: int) -> int:
+    """Default slot count: on a GPU, as many rows of `seq_len` tokens as half the memory available to
+    PyTorch holds as KV cache (the last engine's cache counts as available: it is freed first), rounded
+    down to a power of two so that the count, and with it the engine and its graphs, stays stable across
+    calls. All sequences at once avoid refill waves. 256 on a CPU."""
+    p = next(model.parameters())
+    if p.device.type != "cuda":
+        return 256
+    free = torch.cuda.mem_get_info(p.device)[0] + torch.cuda.memory_reserved(p.device) - torch.cuda.memory_allocated(p.device)
+    if _engine is not None and _engine.model is model:
+        free += sum(t.numel() * t.element_size() for t in _engine.cache.kv)
+    cfg = model.cfg
+    row = seq_len * cfg.n_layers * 2 * cfg.n_kv_heads * cfg.head_dim * p.element_size()
+    return 1 << max(0, int(0.5 * free / row).bit_length() - 1)
 
 
 _engine: Engine | None = None  # the last engine, kept while calls keep the same shapes and settings

@@ -262,15 +262,16 @@ def build_model(cfg: SFTConfig, device) -> LogProbs:
         start = min(n, rank * math.ceil(n / world))
         return start, start + params[name].to_local().shape[0]
 
-    seen = set()
-    for ours, _, t in M.read_tensors(cfg.model, mcfg, rows=rows):
+    filled = {name: 0 for name in params}  # rows of each local shard written so far
+    for ours, _, t, row in M.read_tensors(cfg.model, mcfg, rows=rows):
         if ours is None:
             continue  # a tied checkpoint's duplicate lm_head.weight
         local = params[ours].to_local()
+        start = rows(ours)[0]
         with torch.no_grad():
-            local.copy_(t.to(local.dtype))
-        seen.add(ours)
-    assert seen == set(params), set(params) ^ seen
+            local[row - start : row - start + len(t)].copy_(t.to(local.dtype))
+        filled[ours] += len(t)
+    assert all(filled[n] == params[n].to_local().shape[0] for n in params), filled
     gen = Path(cfg.model) / "generation_config.json"
     model.generation_config = json.loads(gen.read_text()) if gen.is_file() else None
     return root

@@ -197,3 +197,34 @@ def test_gpu_graph_path_matches_eager_and_cpu(models):
         graph = generate(gpu, ps, limits, slots=4, sync_every=3, **kw)
         eager = generate(gpu, ps, limits, slots=4, sync_every=3, cuda_graph=False, **kw)
         assert [o.tokens for o in graph] == [o.tokens for o in eager] == [o.tokens for o in cpu]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_gpu_flash_decode_matches_masked_decode_and_full_forward(models):
+    """bf16 on a GPU: decode attention through the flash kernel (each row reads only its own length)
+    gives the logits of the masked-SDPA path and of a full forward, for rows placed in scattered cache
+    rows at different positions."""
+    import copy
+
+    _, ours = models
+    gpu = copy.deepcopy(ours).to("cuda", torch.bfloat16)
+    ids = torch.tensor(prompts([40, 40, 40], seed=10), device="cuda")
+    lens, rows = [5, 12, 21], torch.tensor([3, 0, 2], device="cuda")
+    got = {}
+    with torch.no_grad():
+        full = gpu(ids).float()  # [3,40,V]
+        for flash in (True, False):
+            cache = M.KVCache(gpu.cfg, 4, 64, device="cuda", dtype=torch.bfloat16)
+            assert cache.flash  # bf16 on an Ampere-or-newer GPU
+            cache.flash = flash
+            W = max(lens)  # right-padded prefill; what lies beyond each row's length is overwritten
+            gpu(ids[:, :W], cache, torch.arange(W, device="cuda").expand(3, W), rows)
+            steps = []
+            for t in range(12):
+                pos = torch.tensor(lens, device="cuda")[:, None] + t  # [3,1]: rows at different positions
+                steps.append(gpu(ids.gather(1, pos), cache, pos, rows)[:, 0].float())
+            got[flash] = torch.stack(steps, 1)  # [3,12,V]
+    want = torch.stack([full[b, lens[b]:lens[b] + 12] for b in range(3)])
+    scale = want.abs().max().item()
+    assert (got[True] - got[False]).abs().max().item() < 0.02 * scale
+    assert (got[True] - want).abs().max().item() < 0.05 * scale

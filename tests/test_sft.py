@@ -61,11 +61,11 @@ def test_chunked_logprobs_and_loss_match_slow_reference(tiny, chunk):
     # gradients through the checkpointed chunks equal those of the plain computation
     tiny.zero_grad()
     loss.backward()
-    g = tiny.layers[0].mlp.up.weight.grad.clone()
+    g = tiny.layers[0].mlp.gate_up.weight.grad.clone()
     tiny.zero_grad()
     plain = tiny(ids).float().log_softmax(-1).gather(-1, tgt[..., None])[..., 0]
     sft.sequence_nll_sum(plain, mask).backward()
-    assert torch.allclose(g, tiny.layers[0].mlp.up.weight.grad, atol=1e-6)
+    assert torch.allclose(g, tiny.layers[0].mlp.gate_up.weight.grad, atol=1e-6)
     tiny.zero_grad()
 
 
@@ -191,7 +191,7 @@ def test_hf_export_loads_in_transformers(run_dir, straight):
     with torch.no_grad():
         assert (ref(ids).logits - ours(ids)).abs().max().item() < 1e-4
     start = M.load(run_dir / "model", dtype=torch.float32)
-    assert not torch.equal(start.layers[0].mlp.up.weight, ours.layers[0].mlp.up.weight)  # it trained
+    assert not torch.equal(start.layers[0].mlp.gate_up.weight, ours.layers[0].mlp.gate_up.weight)  # it trained
     assert Tokenizer.load(out).eos_ids == [151645, 151643]  # tokenizer files travel with it
     cfg = json.loads((run_dir / "straight" / "config.json").read_text())
     assert cfg["global_batch"] == 6 and cfg["max_len"] == 12288  # the resolved config is saved

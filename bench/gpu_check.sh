@@ -1,0 +1,7 @@
+#!/bin/bash
+# One device call: GPU tests, profiles of one decode step, then the sampling benchmark. Logs go to $OUT.
+nvidia-smi --query-gpu=name --format=csv
+RMR1_SHARED=.gpu/shared python -m pytest -q -x tests/test_sample.py tests/test_model.py 2>&1 | tail -3
+python bench/profile_step.py .gpu/hf/qwen2.5-7b-instruct 1 300 2>&1 | grep -v Warn | head -32
+python bench/profile_step.py .gpu/hf/qwen2.5-7b-instruct 64 700 2>&1 | grep -v Warn | head -32
+python bench/bench_sample.py --repeats 3 --parts ${PARTS:-b1,b64,ragged} 2>&1
