@@ -243,7 +243,7 @@ def rescore(lines: list[dict], pairs: list[data.Pair], where: str) -> list[dict]
 
 
 def judge(model, tok, items: list[tuple[data.Pair, str]], log: Path, variant: str, max_new_tokens: int,
-          batch: int, slots: int = 64, progress: bool = True) -> list[dict]:
+          batch: int, slots: int = 0, progress: bool = True) -> list[dict]:
     """Greedy judgments of (pair, chosen_at) items, appended to `log`; items already logged are skipped."""
     from tqdm import tqdm
 
@@ -298,7 +298,7 @@ class EvalConfig:
     variant: str = "auto"  # auto | instruct | reasoning
     max_new_tokens: int = 4096
     batch: int = 256  # judgments per generate() call (and per flush to the log)
-    slots: int = 64  # sequences decoding at once; the KV cache is slots x (prompt + max_new_tokens)
+    slots: int = 0  # sequences decoding at once (0: all of a batch that half the free GPU memory holds as KV cache)
     seed: int = 0  # placement of the chosen answer (A/B), per pair
     both_orders: bool = False  # judge every pair twice, chosen at A and at B
     limit: int = 0  # judge only the first N pairs (0 = all)
