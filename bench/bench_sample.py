@@ -110,7 +110,12 @@ def main():
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--skip-hf", action="store_true")
     ap.add_argument("--parts", default="b1,b64,ragged", help="comma list of: b1, b64, ragged")
+    ap.add_argument("--no-flash", action="store_true", help="decode attention by masked SDPA (comparison)")
     args = ap.parse_args()
+    if args.no_flash:
+        import model
+
+        model._flash_attention_usable = lambda t: False
     parts = set(args.parts.split(","))
     torch.backends.cuda.matmul.allow_tf32 = True
     print(torch.cuda.get_device_name(), "torch", torch.__version__, flush=True)
