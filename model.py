@@ -11,8 +11,10 @@ The two families differ only inside Attention:
   * Qwen3 (dense): no biases; an RMSNorm over each head of q and k before RoPE; head_dim is explicit
     (Qwen3-0.6B has 16 heads x 128 = 2048 > hidden 1024).
 
+q, k and v are one projection (`attn.qkv`), gate and up another (`mlp.gate_up`): fewer, larger matmuls.
 `load(path)` reads an official folder (config.json + one or many .safetensors) through one explicit
-key map; `save(model, path)` writes one that transformers and vLLM read back. No loss, no
+key map that places each Hugging Face tensor in its rows; `save(model, path)` splits them back and
+writes a folder that transformers and vLLM read. No loss, no
 distributed code here: those live in sft.py / grpo.py.
 """
 
