@@ -295,8 +295,8 @@ class KVCache:
     Two kinds of forward use it (`prepare` is called by the model with each forward's positions):
       * prefill, T > 1: rows `rows` start empty, the tokens sit at positions 0..T-1 (right-padded rows
         are fine: what lies beyond a row's length is never read before decoding overwrites it);
-      * decode, T == 1: rows 0..B-1 each add one token at their own position p and attend to
-        indices 0..p of their row, so rows of different lengths share a batch with no padding logic.
+      * decode, T == 1: each row adds one token at its own position p and attends to indices 0..p of
+        its row, so rows of different lengths share a batch with no padding logic.
 
     Decode attention on a GPU (bf16/fp16) is the flash kernel over each row's first p + 1 entries only
     (`seqused_k`): a short row costs what it holds, not what the longest row holds. Elsewhere (CPU,
@@ -508,6 +508,7 @@ def read_tensors(path, cfg: Config, rows=None):
             for hf_name in names:
                 if hf_name not in present:
                     raise ValueError(f"{file}: the index places {hf_name!r} here but the file lacks it")
+                # (a tied checkpoint's extra lm_head.weight is checked as the embedding it must equal)
                 ours, start, stop = kmap.get(hf_name, ("embed.weight", 0, cfg.vocab_size))
                 expected = (stop - start, *params[ours][1:])
                 sl = f.get_slice(hf_name)
