@@ -85,6 +85,22 @@ def test_returned_logprobs_equal_full_forward(models, temperature):
         assert torch.allclose(torch.tensor(o.logprobs), want, atol=1e-4)
 
 
+def test_engine_with_a_long_enough_cache_is_reused(models):
+    """A call whose sequences fit the last engine's cache reuses it (and its graphs); results are those of
+    a fresh engine."""
+    import sample
+
+    _, ours = models
+    ps = prompts([5, 9], seed=12)
+    long = generate(ours, ps, 60, temperature=0)
+    engine = sample._engine
+    short = generate(ours, ps, 10, temperature=0)
+    assert sample._engine is engine
+    assert [o.tokens for o in short] == [o.tokens[:10] for o in long]
+    generate(ours, ps, 10, temperature=0, slots=1)  # other settings: a new engine
+    assert sample._engine is not engine
+
+
 def test_stops_at_its_own_eos(models):
     _, ours = models
     ps = prompts([5, 8], seed=5)
