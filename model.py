@@ -318,9 +318,9 @@ class KVCache:
         pos [B,T] positions; rows [B] the cache rows (default 0..B-1).
         """
         B, T = pos.shape
+        self.rows = rows  # None: rows 0..B-1, read as a view by the masked path
         if rows is None:
             rows = torch.arange(B, device=pos.device)
-        self.rows = rows
         self.index = (rows[:, None] * self.max_len + pos).flatten()  # [B*T] slots in kv[l] viewed [rows*len,..]
         if T > 1:
             return
@@ -348,7 +348,8 @@ class KVCache:
             return y.view(B, 1, H, D)
         # The G = H / Hkv query heads that share a kv head are folded into the query length,
         # [B,H,hd] -> [B,Hkv,G,hd], so each cached head is read once instead of being expanded G times.
-        kv = self.kv[layer][self.rows, : self.attend_len].transpose(1, 2)  # [B,2Hkv,S,hd]
+        kv = self.kv[layer][:B] if self.rows is None else self.kv[layer][self.rows]
+        kv = kv[:, : self.attend_len].transpose(1, 2)  # [B,2Hkv,S,hd]
         y = F.scaled_dot_product_attention(q.reshape(B, Hkv, H // Hkv, D), kv[:, :Hkv], kv[:, Hkv:],
                                            attn_mask=self.mask)
         return y.reshape(B, 1, H, D)

@@ -148,13 +148,18 @@ class Engine:
         self.eos = torch.tensor(list(self.eos_ids) or [-1], device=dev)
         self.use_graph = self.cuda_graph and dev.type == "cuda"
         self.pool = None
-        self.settings = (self.slots, self.max_len, self.max_new, self.eos_ids, self.temperature, self.top_k,
-                         self.top_p, self.seed, self.sync_every, self.cuda_graph, self.bucket, self.prefill_tokens)
+
+    def serves(self, model: Transformer, **settings) -> bool:
+        """True if a call with these settings can run here: the same ones, except that this engine's cache
+        and output buffers may be longer than asked (a longer cache serves shorter sequences)."""
+        return (self.model is model and self.max_len >= settings.pop("max_len")
+                and self.max_new >= settings.pop("max_new")
+                and all(getattr(self, k) == v for k, v in settings.items()))
 
     # -- one decode step (static shapes, no host sync) --------------------------------------------
 
     def _step(self, B: int):
-        """Advance rows 0..B-1 by one token (the live rows are kept within them, see _compact)."""
+        """Advance rows 0..B-1 by one token (generate keeps the live rows within them)."""
         s = _Slots(*(t[:B] for t in vars(self.s).values()))  # views: updated in place
         logits = self.model(s.tok[:, None], self.cache, s.pos[:, None])[:, 0].float()  # [B,V]
         nxt, lp = sample_next(logits, self.seed, s.seq, s.pos + 1, self.temperature, self.top_k, self.top_p)
@@ -257,29 +262,31 @@ class Engine:
         results, streamed = {}, [0] * (len(prompts) * n)
         s = self.s
         while queue or any(o is not None for o in owner):
-            # Collect finished rows (one host sync per `sync_every` steps).
-            done = s.done.tolist()
-            n_gen = s.n_gen.tolist()
-            for slot, o in enumerate(owner):
-                if o is None:
-                    continue
-                i, j = o
-                if on_tokens is not None:
-                    k = n_gen[slot]
-                    if k > streamed[i * n + j]:
-                        on_tokens(i * n + j, s.out_tok[slot, streamed[i * n + j]:k].tolist())
-                        streamed[i * n + j] = k
-                if done[slot]:
-                    k = n_gen[slot]
-                    toks = s.out_tok[slot, :k].tolist()
-                    finish = "eos" if toks[-1] in self.eos_ids else "length"
-                    lps = s.out_lp[slot, :k].tolist() if return_logprobs else None
-                    results[(i, j)] = Sample(i, j, toks, finish, lps)
-                    owner[slot] = None
-                    if resident.get(i) == slot:
-                        del resident[i]
-                    if progress is not None:
-                        progress(results[(i, j)])
+            # Collect finished rows: one host sync per `sync_every` steps for the state, one for the
+            # tokens (and log-probs) of every row that finished.
+            done, n_gen = torch.stack([s.done.long(), s.n_gen]).tolist()
+            if on_tokens is not None:
+                for slot, o in enumerate(owner):
+                    if o is not None and n_gen[slot] > streamed[o[0] * n + o[1]]:
+                        q = o[0] * n + o[1]
+                        on_tokens(q, s.out_tok[slot, streamed[q]:n_gen[slot]].tolist())
+                        streamed[q] = n_gen[slot]
+            finished = [slot for slot, o in enumerate(owner) if o is not None and done[slot]]
+            if finished:
+                idx = torch.tensor(finished, device=self.device)
+                width = max(n_gen[slot] for slot in finished)
+                toks_all = s.out_tok[idx, :width].tolist()
+                lps_all = s.out_lp[idx, :width].tolist() if return_logprobs else None
+            for r, slot in enumerate(finished):
+                (i, j), k = owner[slot], n_gen[slot]
+                toks = toks_all[r][:k]
+                finish = "eos" if toks[-1] in self.eos_ids else "length"
+                results[(i, j)] = Sample(i, j, toks, finish, lps_all[r][:k] if return_logprobs else None)
+                owner[slot] = None
+                if resident.get(i) == slot:
+                    del resident[i]
+                if progress is not None:
+                    progress(results[(i, j)])
             # Refill free slots: choose the sequences, prefill their new prompts together, start them.
             new = []
             for slot in range(self.slots):
@@ -379,13 +386,12 @@ def generate(model: Transformer, prompts, max_new_tokens, n: int = 1, temperatur
     # Sizes rounded up to whole buckets so that consecutive calls can reuse one engine and its graphs.
     up = lambda x: -(-x // 256) * 256  # noqa: E731
     max_len = up(max(len(p) + m for p, m in zip(prompts, limits)))
-    settings = (slots, max_len, up(max(limits)), tuple(eos_ids), temperature, top_k, top_p, seed, sync_every,
-                cuda_graph, 256, prefill_tokens)
-    # An engine whose cache and output buffers are at least this long serves the call as well.
-    old = _engine.settings if _engine is not None and _engine.model is model else None
-    if not (old and old[0] == slots and old[1] >= max_len and old[2] >= settings[2] and old[3:] == settings[3:]):
+    settings = dict(slots=slots, max_len=max_len, max_new=up(max(limits)), eos_ids=tuple(eos_ids),
+                    temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, sync_every=sync_every,
+                    cuda_graph=cuda_graph, prefill_tokens=prefill_tokens)
+    if _engine is None or not _engine.serves(model, **settings):
         _engine = None  # free the old cache before allocating the new one
-        _engine = Engine(model, *settings)
+        _engine = Engine(model, **settings)
     return _engine.generate(prompts, n, limits, return_logprobs, on_tokens, progress)
 
 
