@@ -176,37 +176,34 @@ class RMSNorm(nn.Module):
 
 
 def rope_cos_sin(pos: torch.Tensor, cfg: Config, dtype: torch.dtype):
-    """cos, sin [B,T,G+2,1,hd] for integer positions pos [B,T], computed in float32.
+    """cos, sin [B,T,N,hd] for integer positions pos [B,T]: the angles in float32, the tables in dtype.
 
-    They multiply the fused projection qkv viewed as [B,T,G+2,Hkv,hd] (G = n_heads / n_kv_heads): head
-    groups 0..G-1 are the queries, group G the keys, group G+1 the values. The values are not rotated:
-    their cos is 1 and sin 0, so one pass over qkv rotates q and k and passes v through exactly, and
-    its output already holds k and v side by side as the KVCache stores them.
+    They have the shape of the fused projection qkv [B,T,N,hd] (N = q heads, then k heads, then v heads),
+    so one pass over qkv rotates q and k and passes v through exactly (its cos is 1, sin 0), and its output
+    already holds k and v side by side as the KVCache stores them. The tables are computed once per forward
+    and shared by every layer. They are stored at full size, not broadcast over heads, because elementwise
+    kernels run vectorised only on operands of one contiguous shape (see BENCHMARKS.md for what it saves).
 
     Half-rotation layout (as Hugging Face): frequency i drives dims i and i + hd/2, so the official
     q/k weights load without permuting rows. sin carries the rotation's signs: see apply_rope.
     """
-    hd, G = cfg.head_dim, cfg.n_heads // cfg.n_kv_heads
+    hd, n_rot, n = cfg.head_dim, cfg.n_heads + cfg.n_kv_heads, cfg.n_heads + 2 * cfg.n_kv_heads  # rotated, all
     inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, hd, 2, device=pos.device).float() / hd))
     freqs = pos.float()[..., None] * inv_freq  # [B,T,hd/2]
-    cos = torch.ones(*pos.shape, G + 2, 1, hd, device=pos.device)
-    sin = torch.zeros(*pos.shape, G + 2, 1, hd, device=pos.device)
-    cos[..., : G + 1, 0, :] = torch.cat([freqs, freqs], dim=-1).cos()[..., None, :]
-    sin[..., : G + 1, 0, :] = torch.cat([-freqs, freqs], dim=-1).sin()[..., None, :]  # sin(-a) = -sin(a)
-    return cos.to(dtype), sin.to(dtype)
+    cos = torch.ones(*pos.shape, n, hd, device=pos.device, dtype=dtype)
+    sin = torch.zeros(*pos.shape, n, hd, device=pos.device, dtype=dtype)
+    cos[..., :n_rot, :] = torch.cat([freqs, freqs], dim=-1).cos().to(dtype)[..., None, :]
+    sin[..., :n_rot, :] = torch.cat([-freqs, freqs], dim=-1).sin().to(dtype)[..., None, :]  # sin(-a) = -sin(a)
+    return cos, sin
 
 
 def apply_rope(x, cos, sin):
-    """x [B,T,N,hd] (the N = (G+2)*Hkv heads of qkv); cos/sin from rope_cos_sin. Returns a new tensor.
+    """x [B,T,N,hd] (qkv), cos/sin from rope_cos_sin. Returns a new tensor.
 
     Rotating the pair (x1, x2) = (x[i], x[i + hd/2]) by angle a gives (x1 cos a - x2 sin a, x2 cos a + x1 sin a),
-    which is x * cos + [x2, x1] * [-sin, sin]: one concatenation, one multiply, one fused multiply-add.
+    which is x * cos + [x2, x1] * [-sin, sin], and [x2, x1] is x rolled by hd/2: three kernels.
     """
-    B, T, N, hd = x.shape
-    x = x.view(B, T, cos.shape[2], -1, hd)  # [B,T,G+2,Hkv,hd]
-    x1, x2 = x.chunk(2, dim=-1)
-    swapped = torch.cat([x2, x1], dim=-1)
-    return torch.addcmul(x * cos, swapped, sin).view(B, T, N, hd)
+    return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, dims=-1), sin)
 
 
 class Attention(nn.Module):
@@ -252,13 +249,14 @@ class MLP(nn.Module):
         self.down = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
 
     def forward(self, x):
-        if torch.is_grad_enabled():
-            # Training: one GEMM per row half of the fused weight gives contiguous gate and up, whose
-            # elementwise kernels (forward and backward) run vectorised: steps about 5% faster than chunking.
+        if x.shape[1] > 1:
+            # Whole sequences (training, scoring, prefill): one GEMM per row half of the fused weight gives
+            # contiguous gate and up, whose elementwise kernels run vectorised (on strided views of one
+            # GEMM's output, SFT steps were about 5% slower, and prefills slower too: BENCHMARKS.md).
             n = self.gate_up.weight.shape[0] // 2
             gate, up = F.linear(x, self.gate_up.weight[:n]), F.linear(x, self.gate_up.weight[n:])
         else:
-            # Sampling: one GEMM, where launches dominate; gate and up are views of its output.
+            # Decoding one token per row: one GEMM, where launches dominate; gate and up are views of it.
             gate, up = self.gate_up(x).chunk(2, dim=-1)
         return F.silu(gate) * up  # SwiGLU; the block applies self.down (see add_linear)
 
