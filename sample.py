@@ -9,8 +9,9 @@ How it works (read top to bottom):
     slot's prompt rows (no second prefill). The first new token is sampled from the prefill logits.
   * Decode: one step advances every slot by one token. The step has static shapes and no host
     synchronisation, so on a GPU it is captured once in a CUDA graph and replayed. Finished rows keep
-    running (their results are masked) until the next sync point, every `sync_every` steps, where
-    finished sequences are collected and their slots refilled. Once the queue is empty, the live rows
+    running (their results are masked) until the next sync point, every `sync_every` steps (fewer when
+    every live row reaches its token limit sooner), where finished sequences are collected and their
+    slots refilled. Once the queue is empty, the live rows
     are moved to the front of the cache and only a power-of-two batch covering them is decoded, so the
     long tail of a ragged batch (GRPO's 7 samples of very different lengths) costs what it needs.
   * Attention: on a GPU each row reads only its own cache positions (see KVCache). The CPU path reads
@@ -255,7 +256,8 @@ class Engine:
         queue = [(i, j) for i in range(len(prompts)) for j in range(n)]
         queue.reverse()  # pop() from the end takes them in order
         owner = [None] * self.slots  # slot -> (prompt, sample)
-        upper = [0] * self.slots  # host-side upper bound of each live slot's position
+        upper = [0] * self.slots  # host-side upper bound of each live slot's position (exact while it runs)
+        final = [0] * self.slots  # the position at which each live slot reaches its token limit
         resident = {}  # prompt -> a slot currently holding its prefilled prompt rows
         first_logits = {}  # prompt -> last prompt logits, until all its samples are admitted
         admitted = [0] * len(prompts)
@@ -310,7 +312,7 @@ class Engine:
                 self._start([slot for slot, _, _ in new], [i * n + j for _, i, j in new],
                             [len(prompts[i]) for _, i, _ in new], logits, [limits[i] for _, i, _ in new])
             for slot, i, j in new:
-                owner[slot], upper[slot] = (i, j), len(prompts[i])
+                owner[slot], upper[slot], final[slot] = (i, j), len(prompts[i]), len(prompts[i]) + limits[i] - 1
                 admitted[i] += 1
                 if admitted[i] == n:  # no later sample needs the prompt rows or logits
                     del first_logits[i]
@@ -327,18 +329,23 @@ class Engine:
                 movers = [k for k in live if k >= len(live)]
                 self._move(movers, holes, min(max(upper[k] for k in movers) + 1, self.max_len))
                 for src, dst in zip(movers, holes):
-                    owner[dst], upper[dst], owner[src] = owner[src], upper[src], None
+                    owner[dst], upper[dst], final[dst], owner[src] = owner[src], upper[src], final[src], None
                 live = list(range(len(live)))
-            # Decode a chunk of steps. The masked (CPU) attention reads up to the live rows' furthest
-            # position, bucketed; the flash kernel reads each row's own length whatever this says.
+            # Decode a chunk of steps, no more than the furthest live row still needs to reach its limit
+            # (none if every live row is already there: a limit of 1 costs no decode step). The masked
+            # (CPU) attention reads up to the live rows' furthest position, bucketed; the flash kernel
+            # reads each row's own length whatever this says.
+            steps = min(self.sync_every, max(final[k] - upper[k] for k in live))
+            if steps <= 0:
+                continue
             if self.cache.flash:
                 attend = self.max_len
             else:
                 live_max = max(upper[k] for k in live)
-                attend = min(self.max_len, -(-(live_max + self.sync_every + 1) // self.bucket) * self.bucket)
-            self._run(self.sync_every, cover(live[-1]), attend)
+                attend = min(self.max_len, -(-(live_max + steps + 1) // self.bucket) * self.bucket)
+            self._run(steps, cover(live[-1]), attend)
             for slot in live:
-                upper[slot] += self.sync_every
+                upper[slot] += steps
         return [results[(i, j)] for i in range(len(prompts)) for j in range(n)]
 
 

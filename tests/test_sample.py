@@ -120,6 +120,21 @@ def test_per_prompt_lengths(models):
     assert [len(o.tokens) for o in outs] == [5, 1, 12]
 
 
+def test_decodes_no_step_beyond_the_longest_limit(models, monkeypatch):
+    """The first token comes from the prefill, so limits [1, 1] need no decode step and [20, 3] need 19
+    (one chunk of 16, then 3), although chunks are 16 steps long."""
+    _, ours = models
+    import sample
+
+    calls = []
+    step = sample.Engine._step
+    monkeypatch.setattr(sample.Engine, "_step", lambda self, B: calls.append(B) or step(self, B))
+    outs = generate(ours, prompts([4, 6], seed=9), 1, temperature=0, cuda_graph=False)
+    assert [len(o.tokens) for o in outs] == [1, 1] and calls == []
+    outs = generate(ours, prompts([4, 6], seed=9), [20, 3], temperature=0, sync_every=16, cuda_graph=False)
+    assert [len(o.tokens) for o in outs] == [20, 3] and len(calls) == 19
+
+
 def test_bad_input_is_refused_before_work(models):
     _, ours = models
     with pytest.raises(ValueError, match="prompt 1 is empty"):
