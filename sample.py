@@ -11,9 +11,9 @@ How it works (read top to bottom):
     synchronisation, so on a GPU it is captured once in a CUDA graph and replayed. Finished rows keep
     running (their results are masked) until the next sync point, every `sync_every` steps (fewer when
     every live row reaches its token limit sooner), where finished sequences are collected and their
-    slots refilled. Once the queue is empty, the live rows
-    are moved to the front of the cache and only a power-of-two batch covering them is decoded, so the
-    long tail of a ragged batch (GRPO's 7 samples of very different lengths) costs what it needs.
+    slots refilled. Once the queue is empty, the live rows are moved to the front of the cache and only
+    a power-of-two batch covering them is decoded, so the long tail of a ragged batch (GRPO's 7 samples
+    of very different lengths) costs what it needs.
   * Attention: on a GPU each row reads only its own cache positions (see KVCache). The CPU path reads
     the first `attend_len` positions, the live rows' maximum rounded up to a bucket; one graph is
     captured per (batch, bucket) shape.
