@@ -298,8 +298,9 @@ class KVCache:
 
     Decode attention on a GPU (bf16/fp16) is the flash kernel over each row's first p + 1 entries only
     (`seqused_k`): a short row costs what it holds, not what the longest row holds. Elsewhere (CPU,
-    float32) it is masked SDPA over the first `attend_len` indices, which the sampler keeps just above
-    the longest live row.
+    float32) it is masked SDPA over the first `attend_len` indices. Either way every row in the batch
+    must hold at most `attend_len` entries (the flash kernel sizes its work from it); the sampler keeps
+    it just above the longest row.
     """
 
     def __init__(self, cfg: Config, batch: int, max_len: int, device=None, dtype=torch.bfloat16):

@@ -14,9 +14,10 @@ How it works (read top to bottom):
     slots refilled. Once the queue is empty, the live rows are moved to the front of the cache and only
     a power-of-two batch covering them is decoded, so the long tail of a ragged batch (GRPO's 7 samples
     of very different lengths) costs what it needs.
-  * Attention: on a GPU each row reads only its own cache positions (see KVCache). The CPU path reads
-    the first `attend_len` positions, the live rows' maximum rounded up to a bucket; one graph is
-    captured per (batch, bucket) shape.
+  * Attention: each step is told `attend_len`, a bound on every row's length over the coming chunk (the
+    live rows' furthest position, rounded up to a power of two; freed slots are reset to position 0).
+    On a GPU the flash kernel reads each row's own length but sizes its split-KV work from the bound; the
+    CPU path reads the first `attend_len` positions. One graph is captured per (batch, bound) shape.
   * Randomness is counter-based: the token at position p of sequence s is drawn with a uniform number
     hashed from (seed, s, p) by inverse-CDF sampling. A sample therefore does not depend on which slot
     or batch it ran in, and the CPU and GPU paths draw the same numbers.
@@ -133,7 +134,6 @@ class Engine:
     seed: int = 0
     sync_every: int = 16
     cuda_graph: bool = True
-    bucket: int = 256
     prefill_tokens: int = 16384
     graphs: dict = field(default_factory=dict)
 
@@ -202,6 +202,7 @@ class Engine:
         for t in vars(self.s).values():
             t[dst_t] = t[src_t]
         self.s.done[src_t] = True
+        self.s.pos[src_t] = 0  # a free slot's length stays within any bound (see attend_len)
         self._copy_rows(src, dst, length)
 
     # -- admission: prefill prompts into slots, share them with the prompts' other samples ---------
@@ -279,6 +280,7 @@ class Engine:
                 width = max(n_gen[slot] for slot in finished)
                 toks_all = s.out_tok[idx, :width].tolist()
                 lps_all = s.out_lp[idx, :width].tolist() if return_logprobs else None
+                s.pos[idx] = 0  # a free slot's length stays within any bound (see attend_len)
             for r, slot in enumerate(finished):
                 (i, j), k = owner[slot], n_gen[slot]
                 toks = toks_all[r][:k]
@@ -332,17 +334,15 @@ class Engine:
                     owner[dst], upper[dst], final[dst], owner[src] = owner[src], upper[src], final[src], None
                 live = list(range(len(live)))
             # Decode a chunk of steps, no more than the furthest live row still needs to reach its limit
-            # (none if every live row is already there: a limit of 1 costs no decode step). The masked
-            # (CPU) attention reads up to the live rows' furthest position, bucketed; the flash kernel
-            # reads each row's own length whatever this says.
+            # (none if every live row is already there: a limit of 1 costs no decode step). attend_len
+            # bounds every row's length during the chunk: the masked (CPU) attention reads that many
+            # positions, and the flash kernel's split-KV choice follows it (with the cache length as
+            # the bound, attention at small batches was up to 2.5x slower: BENCHMARKS.md).
             steps = min(self.sync_every, max(final[k] - upper[k] for k in live))
             if steps <= 0:
                 continue
-            if self.cache.flash:
-                attend = self.max_len
-            else:
-                live_max = max(upper[k] for k in live)
-                attend = min(self.max_len, -(-(live_max + steps + 1) // self.bucket) * self.bucket)
+            longest = max(upper[k] for k in live) + steps + 1
+            attend = min(self.max_len, max(256, 1 << (longest - 1).bit_length()))  # a power of two
             self._run(steps, cover(live[-1]), attend)
             for slot in live:
                 upper[slot] += steps

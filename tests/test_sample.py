@@ -135,6 +135,29 @@ def test_decodes_no_step_beyond_the_longest_limit(models, monkeypatch):
     assert [len(o.tokens) for o in outs] == [20, 3] and len(calls) == 19
 
 
+def test_every_row_fits_the_attention_bound(models, monkeypatch):
+    """Each decode step's attend_len must bound the length of every row in the batch, also of a finished
+    row still inside it (the flash kernel sizes its work from the bound). Here a 600-token prompt finishes
+    in slot 3 while three short rows decode on with a bound of 256."""
+    import copy
+
+    ours = copy.deepcopy(models[1])
+    ours.cfg.max_position_embeddings = 1024  # rotary positions have no table: only the input check reads it
+    seen = []
+    attend = M.KVCache.attend
+
+    def checked(self, layer, q):
+        seen.append((int(self.lens.max()), self.attend_len))
+        return attend(self, layer, q)
+
+    monkeypatch.setattr(M.KVCache, "attend", checked)
+    ps = prompts([5, 4, 6, 600], seed=12)
+    outs = generate(ours, ps, [40, 30, 35, 2], temperature=0, slots=4, sync_every=4)
+    assert [len(o.tokens) for o in outs] == [40, 30, 35, 2]
+    assert all(n <= bound for n, bound in seen)
+    assert any(bound == 256 for _, bound in seen) and seen[0][1] == 768  # the bound did drop below 601
+
+
 def test_bad_input_is_refused_before_work(models):
     _, ours = models
     with pytest.raises(ValueError, match="prompt 1 is empty"):

@@ -1,0 +1,68 @@
+"""Exploration: does the cache length (max_len) change what one decode attention call costs?
+
+    python bench/explore_attention.py --config .gpu/hf/qwen2.5-7b-instruct
+
+The flash kernel's split-KV heuristic sees max_seqlen_k (the sampler passes the cache length, so one graph
+serves every step), not the rows' real lengths (seqused_k). This times KVCache.attend for one layer, 7B
+shapes, rows at a given position, for several cache lengths: 200 calls captured in one CUDA graph, median
+of 5 replays, microseconds per call.
+"""
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from model import Config, KVCache  # noqa: E402
+
+
+def per_call_us(fn, calls=200, repeats=5):
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        fn()
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for _ in range(calls):
+            fn()
+    times = []
+    for _ in range(repeats):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        g.replay()
+        b.record()
+        torch.cuda.synchronize()
+        times.append(a.elapsed_time(b) * 1e3 / calls)
+    return statistics.median(times)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--config", type=Path, default=Path(".gpu/hf/qwen2.5-7b-instruct"))
+    args = ap.parse_args()
+    cfg = Config.from_hf(json.loads((args.config / "config.json").read_text()))
+    cfg.n_layers = 1
+    print(torch.cuda.get_device_name(), "torch", torch.__version__, args.config.name, flush=True)
+    print(f"{'batch':>5} {'position':>8} " + " ".join(f"{'max_len ' + str(m):>14}" for m in (512, 2304, 8448, 16640)))
+    for B in (1, 4, 16, 64):
+        for p in (300, 2000, 8000):
+            cells = []
+            for max_len in (512, 2304, 8448, 16640):
+                if p >= max_len:
+                    cells.append(f"{'-':>14}")
+                    continue
+                cache = KVCache(cfg, B, max_len, device="cuda", dtype=torch.bfloat16)
+                cache.kv[0].normal_()
+                cache.prepare(torch.full((B, 1), p, device="cuda"))
+                q = torch.randn(B, 1, cfg.n_heads, cfg.head_dim, device="cuda", dtype=torch.bfloat16)
+                cells.append(f"{per_call_us(lambda c=cache, q=q: c.attend(0, q)):>11.1f} us")
+            print(f"{B:>5} {p:>8} " + " ".join(cells), flush=True)
+
+
+if __name__ == "__main__":
+    main()
