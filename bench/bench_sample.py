@@ -117,6 +117,7 @@ def main():
     ap.add_argument("--skip-hf", action="store_true")
     ap.add_argument("--parts", default="b1,b64,ragged", help="comma list of: b1, b64, ragged")
     ap.add_argument("--no-flash", action="store_true", help="decode attention by masked SDPA (comparison)")
+    ap.add_argument("--ragged-slots", default="default,256", help="slot counts for the ragged part")
     args = ap.parse_args()
     if args.no_flash:
         import model
@@ -156,7 +157,7 @@ def main():
             row(f"{name} KV cache at batch 64 x 4096 tokens", c, "GiB",
                 f"{kv_bytes_per_token(m.cfg) / 1024:.0f} KiB per token")
         if name.startswith("qwen2.5-1.5b") and "ragged" in parts:
-            ragged(m, args.repeats)
+            ragged(m, args.repeats, [None if x == "default" else int(x) for x in args.ragged_slots.split(",")])
         del m
         torch.cuda.empty_cache()
         if not args.skip_hf and parts & {"b1", "b64"}:
@@ -184,7 +185,7 @@ def KV_GiB(cfg, batch, tokens):
     return batch * tokens * kv_bytes_per_token(cfg) / 2**30
 
 
-def ragged(m, repeats):
+def ragged(m, repeats, slot_counts):
     """GRPO shape: 64 prompts x 7 samples, prompt 1024, response lengths long-tailed in [128, 2048]
     (forced: EOS ignored until each row's own length), against a uniform batch of the same total tokens."""
     rng = np.random.default_rng(0)
@@ -196,7 +197,7 @@ def ragged(m, repeats):
     seq_prompts = [prompts[i // 7] for i in range(64 * 7)]
     total = int(lengths.sum())
     uniform_len = int(round(total / len(lengths)))
-    for slots in (None, 256):  # None: the default, every sequence at once if the cache fits (448 here)
+    for slots in slot_counts:  # None: the default, every sequence at once if the cache fits (448 here)
         kw = dict(temperature=1.0, slots=slots)
         generate(m, seq_prompts, lengths.tolist(), **kw)  # warm-up: sizes the engine, captures its graphs
         t_r = timed(lambda kw=kw: generate(m, seq_prompts, lengths.tolist(), **kw), repeats)
