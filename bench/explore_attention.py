@@ -2,10 +2,14 @@
 
     python bench/explore_attention.py --config .gpu/hf/qwen2.5-7b-instruct
 
-The flash kernel's split-KV heuristic sees max_seqlen_k (the sampler passes the cache length, so one graph
-serves every step), not the rows' real lengths (seqused_k). This times KVCache.attend for one layer, 7B
-shapes, rows at a given position, for several cache lengths: 200 calls captured in one CUDA graph, median
-of 5 replays, microseconds per call.
+The flash kernel's split-KV heuristic sees max_seqlen_k (KVCache.attend_len), not the rows' real lengths
+(seqused_k). This times KVCache.attend for one layer, rows at a given position, with attend_len = the
+cache length, for several cache lengths: 200 calls captured in one CUDA graph, median of 5 replays,
+microseconds per call.
+
+Found on an H200 (2026-11-22, bench/results/2026-11-22-h200-explore-attention.log): at small batches a
+long cache made the call up to 2.5x slower (7B, batch 1, position 300: 9.3 us at 512, 23.6 us at 8,448),
+so the sampler, which passed the cache length, now passes a power-of-two bound on the rows' lengths.
 """
 
 import argparse
