@@ -187,7 +187,9 @@ def rope_cos_sin(pos: torch.Tensor, cfg: Config, dtype: torch.dtype):
     Half-rotation layout (as Hugging Face): frequency i drives dims i and i + hd/2, so the official
     q/k weights load without permuting rows. sin carries the rotation's signs: see apply_rope.
     """
-    hd, n_rot, n = cfg.head_dim, cfg.n_heads + cfg.n_kv_heads, cfg.n_heads + 2 * cfg.n_kv_heads  # rotated, all
+    hd = cfg.head_dim
+    n_rot = cfg.n_heads + cfg.n_kv_heads  # the q and k heads are rotated,
+    n = n_rot + cfg.n_kv_heads  # the v heads after them pass through
     inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, hd, 2, device=pos.device).float() / hd))
     freqs = pos.float()[..., None] * inv_freq  # [B,T,hd/2]
     cos = torch.ones(*pos.shape, n, hd, device=pos.device, dtype=dtype)
