@@ -203,7 +203,7 @@ class Engine:
             t[dst_t] = t[src_t]
         self.s.done[src_t] = True
         self.s.pos[src_t] = 0  # a free slot's length stays within any bound (see attend_len)
-        self._copy_rows(src, dst, length)
+        self._copy_rows(src_t, dst_t, length)
 
     # -- admission: prefill prompts into slots, share them with the prompts' other samples ---------
 
@@ -232,9 +232,9 @@ class Engine:
             out.update({i: logits[r] for r, (i, _) in enumerate(batch)})
         return out
 
-    def _copy_rows(self, src: list[int], dst: list[int], length: int):
-        """Copy the first `length` cache positions of slots src to slots dst (every layer)."""
-        src_t, dst_t = torch.tensor(src, device=self.device), torch.tensor(dst, device=self.device)
+    def _copy_rows(self, src, dst, length: int):
+        """Copy the first `length` cache positions of slots src to slots dst (lists or tensors), every layer."""
+        src_t, dst_t = torch.as_tensor(src, device=self.device), torch.as_tensor(dst, device=self.device)
         for t in self.cache.kv:
             t[dst_t, :length] = t[src_t, :length]
 
@@ -258,7 +258,6 @@ class Engine:
         queue.reverse()  # pop() from the end takes them in order
         owner = [None] * self.slots  # slot -> (prompt, sample)
         upper = [0] * self.slots  # host-side upper bound of each live slot's position (exact while it runs)
-        final = [0] * self.slots  # the position at which each live slot reaches its token limit
         resident = {}  # prompt -> a slot currently holding its prefilled prompt rows
         first_logits = {}  # prompt -> last prompt logits, until all its samples are admitted
         admitted = [0] * len(prompts)
@@ -314,7 +313,7 @@ class Engine:
                 self._start([slot for slot, _, _ in new], [i * n + j for _, i, j in new],
                             [len(prompts[i]) for _, i, _ in new], logits, [limits[i] for _, i, _ in new])
             for slot, i, j in new:
-                owner[slot], upper[slot], final[slot] = (i, j), len(prompts[i]), len(prompts[i]) + limits[i] - 1
+                owner[slot], upper[slot] = (i, j), len(prompts[i])
                 admitted[i] += 1
                 if admitted[i] == n:  # no later sample needs the prompt rows or logits
                     del first_logits[i]
@@ -331,14 +330,15 @@ class Engine:
                 movers = [k for k in live if k >= len(live)]
                 self._move(movers, holes, min(max(upper[k] for k in movers) + 1, self.max_len))
                 for src, dst in zip(movers, holes):
-                    owner[dst], upper[dst], final[dst], owner[src] = owner[src], upper[src], final[src], None
+                    owner[dst], upper[dst], owner[src] = owner[src], upper[src], None
                 live = list(range(len(live)))
             # Decode a chunk of steps, no more than the furthest live row still needs to reach its limit
             # (none if every live row is already there: a limit of 1 costs no decode step). attend_len
             # bounds every row's length during the chunk: the masked (CPU) attention reads that many
             # positions, and the flash kernel's split-KV choice follows it (with the cache length as
             # the bound, attention at small batches was up to 2.5x slower: BENCHMARKS.md).
-            steps = min(self.sync_every, max(final[k] - upper[k] for k in live))
+            last = lambda k: len(prompts[owner[k][0]]) + limits[owner[k][0]] - 1  # noqa: E731  (position at its limit)
+            steps = min(self.sync_every, max(last(k) - upper[k] for k in live))
             if steps <= 0:
                 continue
             longest = max(upper[k] for k in live) + steps + 1
@@ -389,10 +389,11 @@ def generate(model: Transformer, prompts, max_new_tokens, n: int = 1, temperatur
     prompts, limits = check_prompts(model, prompts, max_new_tokens)
     if not 0 < top_p <= 1 or top_k < 0 or temperature < 0:
         raise ValueError(f"generate: bad sampling settings temperature={temperature} top_k={top_k} top_p={top_p}")
-    slots = min(slots or _slots_that_fit(model, max(len(p) + m for p, m in zip(prompts, limits))), len(prompts) * n)
+    longest = max(len(p) + m for p, m in zip(prompts, limits))
+    slots = min(slots or _slots_that_fit(model, longest), len(prompts) * n)
     # Sizes rounded up to whole buckets so that consecutive calls can reuse one engine and its graphs.
     up = lambda x: -(-x // 256) * 256  # noqa: E731
-    max_len = up(max(len(p) + m for p, m in zip(prompts, limits)))
+    max_len = up(longest)
     settings = dict(slots=slots, max_len=max_len, max_new=up(max(limits)), eos_ids=tuple(eos_ids),
                     temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, sync_every=sync_every,
                     cuda_graph=cuda_graph, prefill_tokens=prefill_tokens)
