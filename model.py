@@ -251,14 +251,15 @@ class MLP(nn.Module):
         self.down = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
 
     def forward(self, x):
-        if x.shape[1] > 1:
-            # Whole sequences (training, scoring, prefill): one GEMM per row half of the fused weight gives
-            # contiguous gate and up, whose elementwise kernels run vectorised (on strided views of one
-            # GEMM's output, SFT steps were about 5% slower, and prefills slower too: BENCHMARKS.md).
+        if x.shape[0] * x.shape[1] > 1:
+            # Several tokens (training, scoring, prefill, batched decoding): one GEMM per row half of the
+            # fused weight gives contiguous gate and up, whose elementwise kernels run vectorised (on
+            # strided views of one GEMM's output, SFT steps were about 5% slower, and prefills and
+            # batch-64 decode steps slower too: BENCHMARKS.md).
             n = self.gate_up.weight.shape[0] // 2
             gate, up = F.linear(x, self.gate_up.weight[:n]), F.linear(x, self.gate_up.weight[n:])
         else:
-            # Decoding one token per row: one GEMM, where launches dominate; gate and up are views of it.
+            # Decoding one token at batch 1: one GEMM, where launches dominate; gate and up are views of it.
             gate, up = self.gate_up(x).chunk(2, dim=-1)
         return F.silu(gate) * up  # SwiGLU; the block applies self.down (see add_linear)
 
@@ -288,9 +289,9 @@ class KVCache:
     """A static, preallocated key/value cache, passed into `forward` (never stored on modules, so it
     stays out of state_dict and FSDP).
 
-    kv[l]: [batch, max_len, 2 * n_kv_heads, head_dim], the k heads then the v heads of each position (the
-    layout qkv's rotation leaves them in, so one copy stores both). Row b holds one sequence; its token
-    at position p is stored at index p.
+    kv[l]: [batch, 2 * n_kv_heads, max_len, head_dim]: row b holds one sequence, as its k heads then its
+    v heads, each a run of max_len positions; its token at position p is stored at index p of each head.
+    (Head-major, so that each head's keys are one contiguous run: see `attend`.)
 
     Two kinds of forward use it (`prepare` is called by the model with each forward's positions):
       * prefill, T > 1: rows `rows` start empty, the tokens sit at positions 0..T-1 (right-padded rows
@@ -306,12 +307,17 @@ class KVCache:
     """
 
     def __init__(self, cfg: Config, batch: int, max_len: int, device=None, dtype=torch.bfloat16):
-        self.n_kv_heads, self.head_dim = cfg.n_kv_heads, cfg.head_dim
-        shape = (batch, max_len, 2 * cfg.n_kv_heads, cfg.head_dim)
+        self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        shape = (batch, 2 * cfg.n_kv_heads, max_len, cfg.head_dim)
         self.kv = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layers)]
         self.max_len = max_len
         self.attend_len = max_len
         self.flash = _flash_attention_usable(self.kv[0])
+        if self.flash:
+            # Batches of at least this many (row, kv head) pairs fold their query heads (see attend): from
+            # there on the kernel would not split keys anyway (it splits below 0.8 x 2 blocks per SM).
+            sms = torch.cuda.get_device_properties(self.kv[0].device).multi_processor_count
+            self.fold_from = int(1.6 * sms)
 
     def prepare(self, pos: torch.Tensor, rows: torch.Tensor | None = None):
         """Once per forward, shared by every layer: where the new k/v go and what each query may see.
@@ -319,40 +325,69 @@ class KVCache:
         pos [B,T] positions; rows [B] the cache rows (default 0..B-1).
         """
         B, T = pos.shape
+        N, L = 2 * self.n_kv_heads, self.max_len
         self.rows = rows  # None: rows 0..B-1, read as a view by the masked path
         if rows is None:
             rows = torch.arange(B, device=pos.device)
-        self.index = (rows[:, None] * self.max_len + pos).flatten()  # [B*T] slots in kv[l] viewed [rows*len,..]
+        # where write puts each new token's heads: [B,T,N] indices into kv[l] seen as [rows*N*L, hd]
+        # (computed once here, in full, so the scatter itself broadcasts nothing)
+        self.index = (rows[:, None, None] * N + torch.arange(N, device=pos.device)) * L + pos[:, :, None]
         if T > 1:
             return
         self.lens = (pos[:, 0] + 1).to(torch.int32)  # [B] keys each query attends to
-        if self.flash:  # row r's keys start at r * max_len of the flattened cache
-            self.cu_q = torch.arange(B + 1, device=pos.device, dtype=torch.int32)
-            self.cu_k = (torch.cat([rows, rows[-1:] + 1]) * self.max_len).to(torch.int32)
-        else:
+        if not self.flash:
             self.mask = (torch.arange(self.attend_len, device=pos.device) < self.lens[:, None])[:, None, None]
+            return
+        # The flash kernel's variable-length form: sequence s reads keys starting at row cu_k[s] of the
+        # cache seen as rows of head_dim (see attend for the two ways the sequences are laid out).
+        self.fold = B * self.n_kv_heads >= self.fold_from
+        if self.fold:  # one sequence per (row, kv head)
+            Hkv = self.n_kv_heads
+            heads = (rows[:, None] * N + torch.arange(Hkv, device=pos.device)).flatten()  # [B*Hkv]
+            self.cu_k = (torch.cat([heads, heads[-1:] + 1]) * L).to(torch.int32)
+            self.lens = self.lens.repeat_interleave(Hkv)
+            G = self.n_heads // Hkv  # each sequence's queries: the query heads sharing its kv head
+            self.cu_q = torch.arange(B * Hkv + 1, device=pos.device, dtype=torch.int32) * G
+        else:  # one sequence per row
+            self.cu_k = (torch.cat([rows * N, rows[-1:] * N + 1]) * L).to(torch.int32)
+            self.cu_q = torch.arange(B + 1, device=pos.device, dtype=torch.int32)
 
     def write(self, layer: int, kv: torch.Tensor):
-        """Store kv [B,T,2Hkv,hd] at the slots `prepare` computed (one copy for k and v together)."""
-        B, T, N, D = kv.shape
-        self.kv[layer].view(-1, N, D).index_copy_(0, self.index, kv.reshape(B * T, N, D))
+        """Store kv [B,T,2Hkv,hd] at the places `prepare` computed: one scatter for k and v together."""
+        self.kv[layer].view(-1, kv.shape[-1]).index_put_((self.index,), kv)
 
     def attend(self, layer: int, q: torch.Tensor) -> torch.Tensor:
         """Decode attention: q [B,1,H,hd] -> [B,1,H,hd], each row up to its own position."""
         B, _, H, D = q.shape
-        Hkv = self.n_kv_heads
+        Hkv, G = self.n_kv_heads, H // self.n_kv_heads
         if self.flash:
-            kv = self.kv[layer].view(-1, 2 * Hkv, D)  # [rows*max_len, 2Hkv, hd]: the varlen kernel's layout
+            flat = self.kv[layer].view(-1)
+            if self.fold:
+                # The G query heads that share a kv head attend as G queries of one sequence, with one
+                # head: q [B,H,hd] is already [B*Hkv sequences, G queries, hd], and each sequence's keys
+                # (or values, Hkv heads further on) are one contiguous run. No copy in or out.
+                runs, shift = flat.view(-1, 1, D), Hkv * self.max_len  # v runs lie `shift` rows after k's
+                k, v = runs[:-shift], runs[shift:]
+                y = torch.ops.aten._flash_attention_forward(
+                    q.reshape(B * H, 1, D), k, v, self.cu_q, self.cu_k, G, self.attend_len,
+                    0.0, False, False, seqused_k=self.lens)[0]
+                return y.view(B, 1, H, D)
+            # One query token per row with H heads, the keys [rows, Hkv heads, hd] seen through strides:
+            # the kernel regroups the query heads itself (copying q and the output, which is why large
+            # batches fold instead) and splits long rows' keys across thread blocks, which matters when
+            # the batch alone cannot fill the GPU.
+            n = flat.numel() // D - (2 * Hkv - 1) * self.max_len  # rows of hd the view may start at
+            k = flat.as_strided((n, Hkv, D), (D, self.max_len * D, 1))
+            v = flat.as_strided((n, Hkv, D), (D, self.max_len * D, 1), Hkv * self.max_len * D)
             y = torch.ops.aten._flash_attention_forward(
-                q.reshape(B, H, D), kv[:, :Hkv], kv[:, Hkv:], self.cu_q, self.cu_k, 1, self.attend_len,
+                q.reshape(B, H, D), k, v, self.cu_q, self.cu_k, 1, self.attend_len,
                 0.0, False, False, seqused_k=self.lens)[0]
             return y.view(B, 1, H, D)
-        # The G = H / Hkv query heads that share a kv head are folded into the query length,
-        # [B,H,hd] -> [B,Hkv,G,hd], so each cached head is read once instead of being expanded G times.
-        kv = self.kv[layer][:B] if self.rows is None else self.kv[layer][self.rows]
-        kv = kv[:, : self.attend_len].transpose(1, 2)  # [B,2Hkv,S,hd]
-        y = F.scaled_dot_product_attention(q.reshape(B, Hkv, H // Hkv, D), kv[:, :Hkv], kv[:, Hkv:],
-                                           attn_mask=self.mask)
+        # The G query heads that share a kv head are folded into the query length, [B,H,hd] -> [B,Hkv,G,hd],
+        # so each cached head is read once instead of being expanded G times.
+        kv = self.kv[layer][:, :, : self.attend_len]
+        kv = kv[:B] if self.rows is None else kv[self.rows]  # [B,2Hkv,S,hd]
+        y = F.scaled_dot_product_attention(q.reshape(B, Hkv, G, D), kv[:, :Hkv], kv[:, Hkv:], attn_mask=self.mask)
         return y.reshape(B, 1, H, D)
 
 

@@ -3,7 +3,7 @@
     generate(model, prompts, max_new_tokens, n=7, temperature=1.0, eos_ids=...) -> [Sample, ...]
 
 How it works (read top to bottom):
-  * A fixed number of *slots* share one static KVCache [slots, max_len, 2 * kv_heads, head_dim].
+  * A fixed number of *slots* share one static KVCache [slots, 2 * kv_heads, max_len, head_dim].
     Every (prompt, sample) pair is a sequence waiting in a queue; a free slot takes the next one.
   * Admission: the prompt is prefilled once, in place, into one slot; its other samples copy that
     slot's prompt rows (no second prefill). The first new token is sampled from the prefill logits.
@@ -235,8 +235,8 @@ class Engine:
     def _copy_rows(self, src, dst, length: int):
         """Copy the first `length` cache positions of slots src to slots dst (lists or tensors), every layer."""
         src_t, dst_t = torch.as_tensor(src, device=self.device), torch.as_tensor(dst, device=self.device)
-        for t in self.cache.kv:
-            t[dst_t, :length] = t[src_t, :length]
+        for t in self.cache.kv:  # [slots, 2 * kv heads, max_len, hd]
+            t[dst_t, :, :length] = t[src_t, :, :length]
 
     def _start(self, slots: list[int], seqs: list[int], lens: list[int], logits: torch.Tensor, limits: list[int]):
         """Start sequences seqs in slots: their first token is sampled from the prompts' logits [k,V]."""

@@ -255,9 +255,10 @@ def test_gpu_graph_path_matches_eager_and_cpu(models):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 def test_gpu_flash_decode_matches_masked_decode_and_full_forward(models):
-    """bf16 on a GPU: decode attention through the flash kernel (each row reads only its own length)
+    """bf16 on a GPU: decode attention through the flash kernel (each row reads only its own length),
+    both as one sequence per row and with the query heads folded into one sequence per (row, kv head),
     gives the logits of the masked-SDPA path and of a full forward, for rows placed in scattered cache
-    rows at different positions."""
+    rows (the last one among them) at different positions."""
     import copy
 
     _, ours = models
@@ -267,18 +268,21 @@ def test_gpu_flash_decode_matches_masked_decode_and_full_forward(models):
     got = {}
     with torch.no_grad():
         full = gpu(ids).float()  # [3,40,V]
-        for flash in (True, False):
+        for mode in ("rows", "fold", "masked"):
             cache = M.KVCache(gpu.cfg, 4, 64, device="cuda", dtype=torch.bfloat16)
             assert cache.flash  # bf16 on an Ampere-or-newer GPU
-            cache.flash = flash
+            cache.flash = mode != "masked"
+            cache.fold_from = 0 if mode == "fold" else 10**9
             W = max(lens)  # right-padded prefill; what lies beyond each row's length is overwritten
             gpu(ids[:, :W], cache, torch.arange(W, device="cuda").expand(3, W), rows)
             steps = []
             for t in range(12):
                 pos = torch.tensor(lens, device="cuda")[:, None] + t  # [3,1]: rows at different positions
                 steps.append(gpu(ids.gather(1, pos), cache, pos, rows)[:, 0].float())
-            got[flash] = torch.stack(steps, 1)  # [3,12,V]
+            assert mode == "masked" or cache.fold == (mode == "fold")
+            got[mode] = torch.stack(steps, 1)  # [3,12,V]
     want = torch.stack([full[b, lens[b]:lens[b] + 12] for b in range(3)])
     scale = want.abs().max().item()
-    assert (got[True] - got[False]).abs().max().item() < 0.02 * scale
-    assert (got[True] - want).abs().max().item() < 0.05 * scale
+    for mode in ("rows", "fold"):
+        assert (got[mode] - got["masked"]).abs().max().item() < 0.02 * scale
+        assert (got[mode] - want).abs().max().item() < 0.05 * scale
