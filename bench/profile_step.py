@@ -3,8 +3,10 @@
     python bench/profile_step.py .gpu/hf/qwen2.5-1.5b-instruct [batch] [position] [prefill length]
 
 With a prefill length T, profiles instead the prefill of `batch` prompts of T tokens into the cache
-(as the sampler does it: last-position logits only).
+(as the sampler does it: last-position logits only). With OPS=1 in the environment, also prints the
+time of each PyTorch op's kernels (which op launched what).
 """
+import os
 import sys
 from pathlib import Path
 
@@ -35,7 +37,8 @@ with torch.no_grad():
     for _ in range(3):
         step()
     torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+    ops = os.environ.get("OPS") == "1"
+    with profile(activities=[ProfilerActivity.CUDA] + [ProfilerActivity.CPU] * ops, record_shapes=ops) as prof:
         step()
         torch.cuda.synchronize()
 ev = [e for e in prof.events() if e.device_type.name == "CUDA"]
@@ -43,3 +46,8 @@ what = f"position {p}" if T == 1 else f"prefill of {T} tokens"
 print(f"batch {B}, {what}: kernels per step: {len(ev)}, per layer: {len(ev) / m.cfg.n_layers:.1f}, "
       f"kernel time {sum(e.time_range.elapsed_us() for e in ev) / 1e3:.2f} ms")
 print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=22, max_name_column_width=70))
+if ops:
+    rows = [e for e in prof.key_averages(group_by_input_shape=True) if e.key.startswith("aten::")]
+    rows.sort(key=lambda e: -e.self_device_time_total)
+    for e in rows[:25]:
+        print(f"{e.key:28s} {e.count:5d} calls {e.self_device_time_total / e.count:8.2f} us  {str(e.input_shapes)[:110]}")
