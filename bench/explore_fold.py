@@ -8,6 +8,15 @@ across thread blocks; or one sequence per (row, kv head) holding the G query hea
 no copies and no split. This times one call, rows at a given position, with attend_len the sampler's
 bound (the next power of two above the position), both ways: 200 calls captured in one CUDA graph,
 median of 5 replays, microseconds per call. KVCache.fold_from picks the way by B * kv heads.
+A third figure: the folded sequences through the memory-efficient kernel instead (which, unlike the flash
+kernel, tiles queries by 32 rather than 128 rows, so G queries waste less of each tile).
+
+Found on an H200 (2026-11-22, bench/results/2026-11-22-h200-explore-fold*.log): folding saves about 10 us
+per call at short positions once B * kv heads >= 8 (7B, batch 64, position 300: 30.0 -> 20.0 us), but
+below about 200 pairs it loses at long positions, where the unfolded call splits the keys (7B, batch 16,
+position 3000: 47.7 -> 92.6 us). Above ~200 pairs it wins or ties, except at position 3000 with 512+ pairs
+(3-5% slower). Hence fold_from = 1.6 x SMs (211 on an H200). The memory-efficient kernel was no better
+overall (7B batch 64: 21.7 / 57.5 / 157.8 us against 20.0 / 54.2 / 163.9 folded), so it is not used.
 """
 
 import argparse
@@ -24,6 +33,15 @@ from explore_attention import per_call_us  # noqa: E402
 from model import Config, KVCache  # noqa: E402
 
 
+def efficient(c, q):
+    """The folded call (prepare with fold_from 0) through the memory-efficient kernel."""
+    B, _, H, D = q.shape
+    runs, shift = c.kv[0].view(-1, 1, D), c.n_kv_heads * c.max_len
+    return torch.ops.aten._efficient_attention_forward(
+        q.reshape(1, B * H, 1, D), runs[None, :-shift], runs[None, shift:], None, c.cu_q, c.cu_k,
+        H // c.n_kv_heads, c.attend_len, 0.0, 0, False, seqlen_k=c.lens)[0].view(B, 1, H, D)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--configs", type=Path, default=Path(".gpu/hf"))
@@ -33,8 +51,8 @@ def main():
         cfg = Config.from_hf(json.loads((d / "config.json").read_text()))
         cfg.n_layers = 1
         positions = (300, 1000, 3000)
-        print(f"\n{d.name} (kv heads {cfg.n_kv_heads}); us per call, one sequence per row / folded")
-        print(f"{'batch':>5} {'B*kv':>5} " + " ".join(f"{'position ' + str(p):>20}" for p in positions))
+        print(f"\n{d.name} (kv heads {cfg.n_kv_heads}); us per call, one sequence per row / folded / folded, memory-efficient kernel")
+        print(f"{'batch':>5} {'B*kv':>5} " + " ".join(f"{'position ' + str(p):>28}" for p in positions))
         for B in (1, 4, 16, 32, 48, 64, 96, 128, 192, 256):
             cells = []
             for p in positions:
@@ -47,8 +65,14 @@ def main():
                     cache.fold_from, cache.attend_len = fold_from, attend
                     cache.prepare(torch.full((B, 1), p, device="cuda"))
                     t.append(per_call_us(lambda c=cache, q=q: c.attend(0, q)))
-                cells.append(f"{t[0]:8.1f} / {t[1]:6.1f}{' *' if t[1] < t[0] else '  '}")
-            print(f"{B:>5} {B * cfg.n_kv_heads:>5} " + " ".join(f"{c:>20}" for c in cells), flush=True)
+                try:
+                    torch.testing.assert_close(efficient(cache, q), cache.attend(0, q), atol=2e-2, rtol=2e-2)
+                    t.append(per_call_us(lambda c=cache, q=q: efficient(c, q)))
+                except (RuntimeError, AssertionError) as e:
+                    print(f"memory-efficient kernel, batch {B}, position {p}: {str(e)[:300]}")
+                    t.append(float("nan"))
+                cells.append(f"{t[0]:7.1f} / {t[1]:6.1f} / {t[2]:6.1f}{' *' if t[1] < t[0] else '  '}")
+            print(f"{B:>5} {B * cfg.n_kv_heads:>5} " + " ".join(f"{c:>28}" for c in cells), flush=True)
 
 
 if __name__ == "__main__":
