@@ -180,7 +180,7 @@ def rope_cos_sin(pos: torch.Tensor, cfg: Config, dtype: torch.dtype):
 
     They have the shape of the fused projection qkv [B,T,N,hd] (N = q heads, then k heads, then v heads),
     so one pass over qkv rotates q and k and passes v through exactly (its cos is 1, sin 0), and its output
-    already holds k and v side by side as the KVCache stores them. The tables are computed once per forward
+    already holds k and v side by side, as one KVCache.write stores them. The tables are computed once per forward
     and shared by every layer. They are stored at full size, not broadcast over heads, because elementwise
     kernels run vectorised only on operands of one contiguous shape (see BENCHMARKS.md for what it saves).
 
@@ -315,7 +315,8 @@ class KVCache:
         self.flash = _flash_attention_usable(self.kv[0])
         if self.flash:
             # Batches of at least this many (row, kv head) pairs fold their query heads (see attend): from
-            # there on the kernel would not split keys anyway (it splits below 0.8 x 2 blocks per SM).
+            # there on the kernel would not split keys anyway (its heuristic splits them only while
+            # rows x kv heads < 0.8 x 2 x SMs; bench/explore_fold.py measures both sides of the line).
             sms = torch.cuda.get_device_properties(self.kv[0].device).multi_processor_count
             self.fold_from = int(1.6 * sms)
 
@@ -364,8 +365,9 @@ class KVCache:
             flat = self.kv[layer].view(-1)
             if self.fold:
                 # The G query heads that share a kv head attend as G queries of one sequence, with one
-                # head: q [B,H,hd] is already [B*Hkv sequences, G queries, hd], and each sequence's keys
-                # (or values, Hkv heads further on) are one contiguous run. No copy in or out.
+                # head: q [B,H,hd] in its own order is [B*Hkv sequences, G queries, hd], and each
+                # sequence's keys (or values, Hkv heads further on) are one contiguous run. The one copy
+                # is q's reshape out of the fused qkv; the output needs none.
                 runs, shift = flat.view(-1, 1, D), Hkv * self.max_len  # v runs lie `shift` rows after k's
                 k, v = runs[:-shift], runs[shift:]
                 y = torch.ops.aten._flash_attention_forward(
