@@ -12,33 +12,18 @@ Each figure: the call captured 100 times in one CUDA graph, median of 5 replays,
 """
 
 import argparse
+import functools
 import json
-import statistics
+import sys
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import explore_attention  # noqa: E402
 
-def per_call_us(fn, calls=100, repeats=5):
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        fn()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for _ in range(calls):
-            fn()
-    times = []
-    for _ in range(repeats):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        g.replay()
-        b.record()
-        torch.cuda.synchronize()
-        times.append(a.elapsed_time(b) * 1e3 / calls)
-    return statistics.median(times)
+per_call_us = functools.partial(explore_attention.per_call_us, calls=100)
 
 
 def mlp_one_gemm(x, wgu, wd):  # [B,2I]: gate and up are strided views
