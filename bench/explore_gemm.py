@@ -9,6 +9,12 @@ bandwidth. Part 2 times the whole decode MLP (gate/up matmul, SiLU * up, down ma
 residual) three ways: one [B,2I] GEMM whose gate and up are strided views (the code at the time),
 two GEMMs, and one GEMM written [2I,B], whose gate and up halves are contiguous blocks.
 Each figure: the call captured 100 times in one CUDA graph, median of 5 replays, microseconds per call.
+
+Found on an H200 (2026-11-22, bench/results/2026-11-22-h200-explore-gemm*.log, BENCHMARKS.md): both
+orientations (and torch.mv) run the same kernels' times within 1 us; the [2I,B] MLP ties with two GEMMs
+at batch 64 and loses at batch 1, so the model uses one GEMM at batch 1 and two otherwise. Under
+CUBLAS_WORKSPACE_CONFIG=:0:0 (no split-K) the 7B o and down matmuls get faster at batch 1 and the 1.5B
+down matmul more than twice as slow.
 """
 
 import argparse
