@@ -374,11 +374,13 @@ class KVCache:
                     q.reshape(B * H, 1, D), k, v, self.cu_q, self.cu_k, G, self.attend_len,
                     0.0, False, False, seqused_k=self.lens)[0]
                 return y.view(B, 1, H, D)
-            # One query token per row with H heads, the keys [rows, Hkv heads, hd] seen through strides:
-            # the kernel regroups the query heads itself (copying q and the output, which is why large
-            # batches fold instead) and splits long rows' keys across thread blocks, which matters when
-            # the batch alone cannot fill the GPU.
-            n = flat.numel() // D - (2 * Hkv - 1) * self.max_len  # rows of hd the view may start at
+            # One query token per row with H heads. The keys as the kernel takes them, [index, Hkv, hd], are a
+            # strided view: index i starts at element i*hd and head h lies max_len*hd further, so position p
+            # of cache row r is index r*N*max_len + p (cu_k); the view ends where the last row's last head
+            # would leave the buffer. The kernel regroups the query heads itself (copying q and the output,
+            # which is why large batches fold instead) and splits long rows' keys across thread blocks,
+            # which matters when the batch alone cannot fill the GPU.
+            n = flat.numel() // D - (2 * Hkv - 1) * self.max_len
             k = flat.as_strided((n, Hkv, D), (D, self.max_len * D, 1))
             v = flat.as_strided((n, Hkv, D), (D, self.max_len * D, 1), Hkv * self.max_len * D)
             y = torch.ops.aten._flash_attention_forward(
