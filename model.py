@@ -320,6 +320,11 @@ class KVCache:
             sms = torch.cuda.get_device_properties(self.kv[0].device).multi_processor_count
             self.fold_from = int(1.6 * sms)
 
+    @staticmethod
+    def bytes_per_token(cfg: Config, dtype=torch.bfloat16) -> int:
+        """What one cached position costs: its k and v heads in every layer."""
+        return cfg.n_layers * 2 * cfg.n_kv_heads * cfg.head_dim * dtype.itemsize
+
     def prepare(self, pos: torch.Tensor, rows: torch.Tensor | None = None):
         """Once per forward, shared by every layer: where the new k/v go and what each query may see.
 

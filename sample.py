@@ -414,8 +414,7 @@ def _slots_that_fit(model: Transformer, seq_len: int) -> int:
     free = torch.cuda.mem_get_info(p.device)[0] + torch.cuda.memory_reserved(p.device) - torch.cuda.memory_allocated(p.device)
     if _engine is not None and _engine.model is model:
         free += sum(t.numel() * t.element_size() for t in _engine.cache.kv)
-    cfg = model.cfg
-    row = seq_len * cfg.n_layers * 2 * cfg.n_kv_heads * cfg.head_dim * p.element_size()
+    row = seq_len * KVCache.bytes_per_token(model.cfg, p.dtype)
     return 1 << max(0, int(0.5 * free / row).bit_length() - 1)
 
 

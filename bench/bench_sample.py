@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from model import Config, Transformer  # noqa: E402
+from model import Config, KVCache, Transformer  # noqa: E402
 import sample  # noqa: E402
 from sample import Engine, generate  # noqa: E402
 
@@ -150,12 +150,12 @@ def main():
             base = torch.cuda.memory_allocated()
             t64 = bench_ours(m, 64, 512, 256, args.repeats)
             peak = torch.cuda.max_memory_allocated() - base
-            cache = 64 * (512 + 256) * kv_bytes_per_token(m.cfg)
+            cache = 64 * (512 + 256) * KVCache.bytes_per_token(m.cfg)
             row(f"{name} batch 64, prompt 512, 256 new: ours", t64, "tok/s",
                 f"peak beyond weights {peak / 2**30:.2f} GiB, of which KV cache {cache / 2**30:.2f} GiB")
             c = KV_GiB(m.cfg, 64, 4096)
             row(f"{name} KV cache at batch 64 x 4096 tokens", c, "GiB",
-                f"{kv_bytes_per_token(m.cfg) / 1024:.0f} KiB per token")
+                f"{KVCache.bytes_per_token(m.cfg) / 1024:.0f} KiB per token")
         if name.startswith("qwen2.5-1.5b") and "ragged" in parts:
             ragged(m, args.repeats, [None if x == "default" else int(x) for x in args.ragged_slots.split(",")])
         del m
@@ -177,12 +177,8 @@ def main():
         print(f"| {r[0]} | {r[1]:,.1f} | {r[2]} | {r[3]} |")
 
 
-def kv_bytes_per_token(cfg):
-    return cfg.n_layers * 2 * cfg.n_kv_heads * cfg.head_dim * 2  # k and v, bf16
-
-
 def KV_GiB(cfg, batch, tokens):
-    return batch * tokens * kv_bytes_per_token(cfg) / 2**30
+    return batch * tokens * KVCache.bytes_per_token(cfg) / 2**30
 
 
 def ragged(m, repeats, slot_counts):

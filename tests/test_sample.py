@@ -286,3 +286,12 @@ def test_gpu_flash_decode_matches_masked_decode_and_full_forward(models):
     for mode in ("rows", "fold"):
         assert (got[mode] - got["masked"]).abs().max().item() < 0.02 * scale
         assert (got[mode] - want).abs().max().item() < 0.05 * scale
+
+
+def test_kv_bytes_per_token_is_what_the_cache_allocates(models):
+    """The per-token cost the memory statement and the default slot count use is the cache's real size."""
+    cfg = models[1].cfg
+    for dtype in (torch.float32, torch.bfloat16):
+        cache = M.KVCache(cfg, 3, 32, dtype=dtype)
+        allocated = sum(t.numel() * t.element_size() for t in cache.kv)
+        assert allocated == 3 * 32 * M.KVCache.bytes_per_token(cfg, dtype) > 0
