@@ -38,21 +38,27 @@ from model import KVCache, Transformer
 # Pure sampling functions
 
 
-def uniform(seed: int, seq: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-    """A uniform number in [0, 1) for each (seed, seq[i], pos[i]): an integer hash, no RNG state.
+_M32 = 0xFFFFFFFF
 
-    Arithmetic stays below 2**63 (32-bit values times constants below 2**31), so int64 never overflows.
-    """
-    M = 0xFFFFFFFF
 
-    def mix(x):  # a 32-bit avalanche mix (each input bit flips about half the output bits)
-        for _ in range(2):
-            x = ((x ^ (x >> 16)) * 0x45D9F3B) & M
-        return x ^ (x >> 16)
+def _mix(x):
+    """A 32-bit avalanche mix (each input bit flips about half the output bits) of int64 values below 2**32.
+    Arithmetic stays below 2**63 (32-bit values times constants below 2**31), so int64 never overflows."""
+    for _ in range(2):
+        x = ((x ^ (x >> 16)) * 0x45D9F3B) & _M32
+    return x ^ (x >> 16)
 
-    x = mix(torch.full_like(seq, seed & 0x7FFFFFFF) ^ 0x2545F491)
-    x = mix((x + seq) & M)
-    x = mix((x + pos) & M)
+
+def sequence_key(seed: int, seq: torch.Tensor) -> torch.Tensor:
+    """The hash state of sequences seq [B] under seed, from which `uniform_at` draws. Computed once per
+    sequence, so that a decode step hashes only the position (15 small kernels instead of 39)."""
+    x = _mix(torch.full_like(seq, seed & 0x7FFFFFFF) ^ 0x2545F491)
+    return _mix((x + seq) & _M32)
+
+
+def uniform_at(key: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """A uniform number in [0, 1) for each (key[i], pos[i]): an integer hash, no RNG state."""
+    x = _mix((key + pos) & _M32)
     return (x >> 8).float() / 2**24  # 24 random bits: exact in float32
 
 
@@ -75,8 +81,9 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
     return logits
 
 
-def sample_next(logits, seed, seq, pos, temperature=1.0, top_k=0, top_p=1.0):
-    """Pick the next token of each row. logits [B,V] float32; seq, pos [B] (pos = where the new token goes).
+def sample_next(logits, key, pos, temperature=1.0, top_k=0, top_p=1.0):
+    """Pick the next token of each row. logits [B,V] float32; key [B] each row's `sequence_key`, pos [B]
+    where the new token goes.
 
     Returns tokens [B] and their log-probs [B] under softmax(logits / temperature) *before* top-k/top-p
     filtering, which is what GRPO's old_logp recomputes (temperature 0 = greedy, log-probs of softmax(logits)).
@@ -85,10 +92,10 @@ def sample_next(logits, seed, seq, pos, temperature=1.0, top_k=0, top_p=1.0):
         tok = logits.argmax(-1)
         scaled = logits
     else:
-        scaled = logits / temperature
+        scaled = logits if temperature == 1 else logits / temperature
         probs = filter_logits(scaled, top_k, top_p).softmax(-1)  # [B,V]
         cdf = probs.cumsum(-1)  # [B,V]
-        u = uniform(seed, seq, pos)[:, None] * cdf[:, -1:]  # [B,1], scaled by the total to absorb rounding
+        u = uniform_at(key, pos)[:, None] * cdf[:, -1:]  # [B,1], scaled by the total to absorb rounding
         tok = torch.searchsorted(cdf, u, right=True)[:, 0].clamp_(max=logits.shape[-1] - 1)
     logp = scaled.gather(-1, tok[:, None])[:, 0] - torch.logsumexp(scaled, -1)
     return tok, logp
@@ -113,7 +120,7 @@ class _Slots:
 
     tok: torch.Tensor  # [S] the last token of the row (not yet in the cache)
     pos: torch.Tensor  # [S] its position
-    seq: torch.Tensor  # [S] sequence id = prompt_index * n + sample_index (for the random numbers)
+    key: torch.Tensor  # [S] sequence_key(seed, prompt_index * n + sample_index): the row's random numbers
     n_gen: torch.Tensor  # [S] tokens generated so far
     limit: torch.Tensor  # [S] max new tokens of the row
     done: torch.Tensor  # [S] bool; empty slots are done
@@ -163,7 +170,7 @@ class Engine:
         """Advance rows 0..B-1 by one token (generate keeps the live rows within them)."""
         s = _Slots(*(t[:B] for t in vars(self.s).values()))  # views: updated in place
         logits = self.model(s.tok[:, None], self.cache, s.pos[:, None])[:, 0].float()  # [B,V]
-        nxt, lp = sample_next(logits, self.seed, s.seq, s.pos + 1, self.temperature, self.top_k, self.top_p)
+        nxt, lp = sample_next(logits, s.key, s.pos + 1, self.temperature, self.top_k, self.top_p)
         live = ~s.done
         col = torch.where(live, s.n_gen, self.max_new)[:, None]  # finished rows write to the sink column
         s.out_tok.scatter_(1, col, nxt[:, None])
@@ -242,10 +249,10 @@ class Engine:
         """Start sequences seqs in slots: their first token is sampled from the prompts' logits [k,V]."""
         s, dev = self.s, self.device
         idx = torch.tensor(slots, device=dev)
-        seq_t, pos_t = torch.tensor(seqs, device=dev), torch.tensor(lens, device=dev)
+        key, pos_t = sequence_key(self.seed, torch.tensor(seqs, device=dev)), torch.tensor(lens, device=dev)
         limit_t = torch.tensor(limits, device=dev)
-        tok, lp = sample_next(logits, self.seed, seq_t, pos_t, self.temperature, self.top_k, self.top_p)
-        s.tok[idx], s.pos[idx], s.seq[idx] = tok, pos_t, seq_t
+        tok, lp = sample_next(logits, key, pos_t, self.temperature, self.top_k, self.top_p)
+        s.tok[idx], s.pos[idx], s.key[idx] = tok, pos_t, key
         s.n_gen[idx], s.limit[idx] = 1, limit_t
         s.out_tok[idx, 0], s.out_lp[idx, 0] = tok, lp
         s.done[idx] = torch.isin(tok, self.eos) | (limit_t <= 1)

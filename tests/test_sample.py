@@ -7,7 +7,7 @@ import torch
 from conftest import hf_model
 
 import model as M
-from sample import filter_logits, generate, sample_next, uniform
+from sample import filter_logits, generate, sample_next, sequence_key, uniform_at
 
 
 @pytest.fixture(scope="module", params=["qwen2", "qwen3"])
@@ -202,7 +202,7 @@ def test_empirical_frequencies_match_filtered_distribution(temperature, top_k, t
     V, N = 10, 200_000
     logits = torch.randn(V) * 1.5
     want = torch.tensor(reference_distribution(logits.tolist(), temperature, top_k, top_p))
-    tok, _ = sample_next(logits.expand(N, V), seed=123, seq=torch.arange(N), pos=torch.full((N,), 7),
+    tok, _ = sample_next(logits.expand(N, V), key=sequence_key(123, torch.arange(N)), pos=torch.full((N,), 7),
                          temperature=temperature, top_k=top_k, top_p=top_p)
     freq = torch.bincount(tok, minlength=V).double() / N
     # Each frequency is a binomial proportion: allow 5 standard deviations (a false alarm ~1e-6 per cell).
@@ -214,10 +214,10 @@ def test_empirical_frequencies_match_filtered_distribution(temperature, top_k, t
 def test_filter_keeps_the_top_token_and_same_seed_same_draws():
     logits = torch.tensor([[5.0, 1.0, 0.0, -1.0]])
     assert torch.isfinite(filter_logits(logits, top_p=0.01)).tolist() == [[True, False, False, False]]
-    u1 = uniform(3, torch.arange(1000), torch.full((1000,), 5))
-    u2 = uniform(3, torch.arange(1000), torch.full((1000,), 5))
+    draw = lambda seed: uniform_at(sequence_key(seed, torch.arange(1000)), torch.full((1000,), 5))  # noqa: E731
+    u1, u2 = draw(3), draw(3)
     assert torch.equal(u1, u2) and 0 <= u1.min() and u1.max() < 1
-    assert abs(u1.mean().item() - 0.5) < 0.03 and not torch.equal(u1, uniform(4, torch.arange(1000), torch.full((1000,), 5)))
+    assert abs(u1.mean().item() - 0.5) < 0.03 and not torch.equal(u1, draw(4))
 
 
 def test_ragged_lengths_with_compaction_match_one_at_a_time(models):
