@@ -12,7 +12,7 @@ How it works (read top to bottom):
     running (their results are masked) until the next sync point, every `sync_every` steps (fewer when
     every live row reaches its token limit sooner), where finished sequences are collected and their
     slots refilled. Once the queue is empty, the live rows are moved to the front of the cache and only
-    a power-of-two batch covering them is decoded, so the long tail of a ragged batch (GRPO's 7 samples
+    the smallest batch size covering them (`decode_batch`) is decoded, so the long tail of a ragged batch (GRPO's 7 samples
     of very different lengths) costs what it needs.
   * Attention: each step is told `attend_len`, a bound on every row's length over the coming chunk (the
     live rows' furthest position, rounded up to a power of two; freed slots are reset to position 0).
@@ -328,10 +328,10 @@ class Engine:
             if all(o is None for o in owner):
                 continue
             # Once nothing waits, pack the live rows to the front so that steps cost what the live rows
-            # need: a batch of the next power of two >= live rows, not all slots (the ragged tail).
+            # need: the smallest decode batch size >= live rows, not all slots (the ragged tail).
             # Rows from the back fill the holes at the front, so each finished row costs at most one move.
             live = [k for k, o in enumerate(owner) if o is not None]
-            cover = lambda k: min(self.slots, 1 << k.bit_length())  # noqa: E731  (power of two > slot k)
+            cover = lambda k: min(self.slots, decode_batch(k + 1))  # noqa: E731  (a batch holding slot k)
             if not queue and cover(len(live) - 1) < cover(live[-1]):
                 holes = [k for k in range(len(live)) if owner[k] is None]
                 movers = [k for k in live if k >= len(live)]
@@ -354,6 +354,16 @@ class Engine:
             for slot in live:
                 upper[slot] += steps
         return [results[(i, j)] for i in range(len(prompts)) for j in range(n)]
+
+
+def decode_batch(rows: int) -> int:
+    """The batch size a decode step runs for `rows` live rows: powers of two up to 16, then four sizes per
+    doubling (20, 24, 28, 32, 40, 48, ...), so that at most a fifth of a large batch is padding while
+    the number of CUDA graphs stays small (one per size and attention bound)."""
+    if rows <= 16:
+        return 1 << (rows - 1).bit_length()
+    step = 1 << ((rows - 1).bit_length() - 3)
+    return -(-rows // step) * step
 
 
 def check_prompts(model: Transformer, prompts, max_new_tokens):

@@ -7,6 +7,7 @@ import torch
 from conftest import hf_model
 
 import model as M
+import sample
 from sample import filter_logits, generate, sample_next, sequence_key, uniform_at
 
 
@@ -234,6 +235,31 @@ def test_ragged_lengths_with_compaction_match_one_at_a_time(models):
     serial = generate(ours, ps, limits, slots=1, **kw)  # every row alone in a batch of one
     assert [o.tokens for o in batched] == [o.tokens for o in serial]
     assert [len(o.tokens) for o in batched] == [m for m in limits for _ in range(2)]
+
+
+def test_decode_batch_sizes():
+    """The smallest allowed size >= n: powers of two up to 16, then m * 2**e with m in 5..8."""
+    allowed = sorted({1, 2, 4, 8, 16} | {m << e for m in range(5, 9) for e in range(2, 12)})
+    for n in range(1, 4097):
+        assert sample.decode_batch(n) == min(a for a in allowed if a >= n), n
+
+
+def test_shrinking_batches_of_every_size_match_one_at_a_time(models, monkeypatch):
+    """40 rows finishing at different steps: the decoded batch shrinks through sizes that are not powers of
+    two (40, 28, 20, ...), moving rows to the front each time; every row is what it is alone."""
+    _, ours = models
+    sizes = []
+    step = sample.Engine._step
+    monkeypatch.setattr(sample.Engine, "_step", lambda self, B: sizes.append(B) or step(self, B))
+    ps = prompts([3 + i % 5 for i in range(40)], seed=21)
+    limits = [2 + 3 * i for i in range(40)]
+    kw = dict(temperature=1.0, seed=5, return_logprobs=True, cuda_graph=False)
+    batched = generate(ours, ps, limits, slots=40, sync_every=1, **kw)
+    assert {40, 28, 20} <= set(sizes) and sizes == sorted(sizes, reverse=True)
+    serial = generate(ours, ps, limits, slots=1, **kw)
+    assert [o.tokens for o in batched] == [o.tokens for o in serial]
+    assert all(torch.allclose(torch.tensor(b.logprobs), torch.tensor(s.logprobs), atol=1e-5)
+               for b, s in zip(batched, serial))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
