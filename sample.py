@@ -366,6 +366,14 @@ def decode_batch(rows: int) -> int:
     return -(-rows // step) * step
 
 
+def largest_decode_batch(rows: int) -> int:
+    """The largest `decode_batch` size <= rows."""
+    if rows <= 16:
+        return 1 << (rows.bit_length() - 1)
+    step = 1 << (rows.bit_length() - 3)
+    return rows // step * step
+
+
 def check_prompts(model: Transformer, prompts, max_new_tokens):
     """Reject bad input before any work: empty prompts, ids outside the vocabulary, too long."""
     cfg = model.cfg
@@ -423,8 +431,8 @@ def generate(model: Transformer, prompts, max_new_tokens, n: int = 1, temperatur
 def _slots_that_fit(model: Transformer, seq_len: int) -> int:
     """Default slot count: on a GPU, as many rows of `seq_len` tokens as half the memory available to
     PyTorch holds as KV cache (the last engine's cache counts as available: it is freed first), rounded
-    down to a power of two so that the count, and with it the engine and its graphs, stays stable across
-    calls. All sequences at once avoid refill waves. 256 on a CPU."""
+    down to a decode batch size so that the count, and with it the engine and its graphs, stays stable across
+    calls (452 rows that fit give 448 slots). All sequences at once avoid refill waves. 256 on a CPU."""
     p = next(model.parameters())
     if p.device.type != "cuda":
         return 256
@@ -432,7 +440,7 @@ def _slots_that_fit(model: Transformer, seq_len: int) -> int:
     if _engine is not None and _engine.model is model:
         free += sum(t.numel() * t.element_size() for t in _engine.cache.kv)
     row = seq_len * KVCache.bytes_per_token(model.cfg, p.dtype)
-    return 1 << max(0, int(0.5 * free / row).bit_length() - 1)
+    return largest_decode_batch(max(1, int(0.5 * free / row)))
 
 
 _engine: Engine | None = None  # the last engine, kept while calls keep the same shapes and settings

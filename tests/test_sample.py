@@ -238,10 +238,12 @@ def test_ragged_lengths_with_compaction_match_one_at_a_time(models):
 
 
 def test_decode_batch_sizes():
-    """The smallest allowed size >= n: powers of two up to 16, then m * 2**e with m in 5..8."""
+    """The smallest allowed size >= n, and the largest <= n (the default slot count): powers of two up to
+    16, then m * 2**e with m in 5..8."""
     allowed = sorted({1, 2, 4, 8, 16} | {m << e for m in range(5, 9) for e in range(2, 12)})
     for n in range(1, 4097):
         assert sample.decode_batch(n) == min(a for a in allowed if a >= n), n
+        assert sample.largest_decode_batch(n) == max(a for a in allowed if a <= n), n
 
 
 def test_shrinking_batches_of_every_size_match_one_at_a_time(models, monkeypatch):
