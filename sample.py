@@ -12,8 +12,8 @@ How it works (read top to bottom):
     running (their results are masked) until the next sync point, every `sync_every` steps (fewer when
     every live row reaches its token limit sooner), where finished sequences are collected and their
     slots refilled. Once the queue is empty, the live rows are moved to the front of the cache and only
-    the smallest batch size covering them (`decode_batch`) is decoded, so the long tail of a ragged batch (GRPO's 7 samples
-    of very different lengths) costs what it needs.
+    the smallest batch size covering them (`decode_batch`) is decoded, so the long tail of a ragged batch
+    (GRPO's 7 samples of very different lengths) costs what it needs.
   * Attention: each step is told `attend_len`, a bound on every row's length over the coming chunk (the
     live rows' furthest position, rounded up to a power of two; freed slots are reset to position 0).
     On a GPU the flash kernel reads each row's own length but sizes its split-KV work from the bound; the
@@ -431,8 +431,8 @@ def generate(model: Transformer, prompts, max_new_tokens, n: int = 1, temperatur
 def _slots_that_fit(model: Transformer, seq_len: int) -> int:
     """Default slot count: on a GPU, as many rows of `seq_len` tokens as half the memory available to
     PyTorch holds as KV cache (the last engine's cache counts as available: it is freed first), rounded
-    down to a decode batch size so that the count, and with it the engine and its graphs, stays stable across
-    calls (452 rows that fit give 448 slots). All sequences at once avoid refill waves. 256 on a CPU."""
+    down to a decode batch size (452 rows give 448 slots) so that the count, and with it the engine and
+    its graphs, stays stable across calls. All sequences at once avoid refill waves. 256 on a CPU."""
     p = next(model.parameters())
     if p.device.type != "cuda":
         return 256
