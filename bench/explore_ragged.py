@@ -1,10 +1,11 @@
 """Where a ragged GRPO-shaped batch spends its time: the bench_sample.py ragged workload, run once after a
-warm-up, with each engine phase timed (synchronised, so phases add up to the wall time).
+warm-up, then again with each engine phase timed (synchronised, so phases add up to the wall time).
 
-    python bench/explore_ragged.py [--config .gpu/hf/qwen2.5-1.5b-instruct] [--slots N] [--uniform]
+    python bench/explore_ragged.py [--config .gpu/hf/qwen2.5-1.5b-instruct] [--slots N] [--uniform] [--sync-every K]
 
-Prints, per decode batch size: chunks, steps, rows still live at the chunk's end, per step, ms per step; then prefill, row moves and
-copies, and the rest (host bookkeeping and its syncs).
+Prints tokens/s of a plain run; then, for the timed run, per decode batch size: chunks, steps, rows still
+live at each chunk's end, ms per step; then prefill, row moves, prompt-row copies, and the rest (host
+bookkeeping and its syncs).
 """
 
 import argparse
@@ -26,6 +27,7 @@ def main():
     ap.add_argument("--config", type=Path, default=Path(".gpu/hf/qwen2.5-1.5b-instruct"))
     ap.add_argument("--slots", type=int, default=None)
     ap.add_argument("--uniform", action="store_true", help="every sequence at the mean length instead")
+    ap.add_argument("--sync-every", type=int, default=16, help="decode steps between host syncs")
     args = ap.parse_args()
     m = our_model(args.config)
     rng = np.random.default_rng(0)  # the lengths of bench_sample.ragged
@@ -35,8 +37,14 @@ def main():
     g = torch.Generator().manual_seed(2)
     prompts = torch.randint(0, 150000, (64, 1024), generator=g).tolist()
     seq_prompts = [prompts[i // 7] for i in range(64 * 7)]
-    run = lambda: sample.generate(m, seq_prompts, lengths, temperature=1.0, slots=args.slots)  # noqa: E731
+    run = lambda: sample.generate(m, seq_prompts, lengths, temperature=1.0, slots=args.slots,
+                                   sync_every=args.sync_every)  # noqa: E731
     run()  # warm-up: engine and graphs
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    run()
+    torch.cuda.synchronize()
+    plain = time.perf_counter() - t0  # the same run without the phase timers' syncs
 
     phases = collections.defaultdict(float)
     chunks = collections.defaultdict(lambda: [0, 0, 0, 0.0])  # batch -> chunks, steps, live row-steps, seconds
@@ -70,8 +78,9 @@ def main():
     run()
     torch.cuda.synchronize()
     wall = time.perf_counter() - t0
-    print(f"{args.config.name}, {'uniform' if args.uniform else 'ragged'}, slots {args.slots or 'default'}: "
-          f"{sum(lengths)} tokens in {wall:.2f} s = {sum(lengths) / wall:,.0f} tok/s")
+    print(f"{args.config.name}, {'uniform' if args.uniform else 'ragged'}, slots {args.slots or 'default'}, sync every {args.sync_every}: "
+          f"{sum(lengths)} tokens in {plain:.2f} s = {sum(lengths) / plain:,.0f} tok/s "
+          f"({wall:.2f} s with the phase timers)")
     print("| decode batch | chunks | steps | rows still live at the chunk's end, per step | ms per step | seconds |\n|---|---|---|---|---|---|")
     for B in sorted(chunks, reverse=True):
         n, steps, live, sec = chunks[B]
