@@ -181,22 +181,29 @@ def KV_GiB(cfg, batch, tokens):
     return batch * tokens * KVCache.bytes_per_token(cfg) / 2**30
 
 
-def ragged(m, repeats, slot_counts):
+def ragged_workload():
     """GRPO shape: 64 prompts x 7 samples, prompt 1024, response lengths long-tailed in [128, 2048]
-    (forced: EOS ignored until each row's own length), against a uniform batch of the same total tokens."""
+    (forced: EOS ignored until each row's own length). Returns the 64 prompts, the 448 sequences'
+    prompts and their lengths.
+
+    generate() takes one limit per prompt, so each of the 448 sequences gets its own prompt entry (n=1)
+    and with it its own length, while prompts repeat in groups of 7 as in GRPO."""
     rng = np.random.default_rng(0)
-    lengths = np.clip(rng.lognormal(np.log(450), 0.75, 64 * 7), 128, 2048).astype(int)
+    lengths = np.clip(rng.lognormal(np.log(450), 0.75, 64 * 7), 128, 2048).astype(int).tolist()
     g = torch.Generator().manual_seed(2)
     prompts = torch.randint(0, 150000, (64, 1024), generator=g).tolist()
-    # generate() takes one limit per prompt; give each of the 448 sequences its own prompt entry (n=1)
-    # so every row has its own length, while prompts repeat in groups of 7 as in GRPO.
-    seq_prompts = [prompts[i // 7] for i in range(64 * 7)]
-    total = int(lengths.sum())
+    return prompts, [prompts[i // 7] for i in range(64 * 7)], lengths
+
+
+def ragged(m, repeats, slot_counts):
+    """The ragged workload against a uniform batch of the same total tokens."""
+    prompts, seq_prompts, lengths = ragged_workload()
+    total = sum(lengths)
     uniform_len = int(round(total / len(lengths)))
     for slots in slot_counts:  # None: the default, every sequence at once if the cache fits (448 here)
         kw = dict(temperature=1.0, slots=slots)
-        generate(m, seq_prompts, lengths.tolist(), **kw)  # warm-up: sizes the engine, captures its graphs
-        t_r = timed(lambda kw=kw: generate(m, seq_prompts, lengths.tolist(), **kw), repeats)
+        generate(m, seq_prompts, lengths, **kw)  # warm-up: sizes the engine, captures its graphs
+        t_r = timed(lambda kw=kw: generate(m, seq_prompts, lengths, **kw), repeats)
         t_u = timed(lambda kw=kw: generate(m, seq_prompts, [uniform_len] * len(lengths), **kw), repeats)
         r, u = total / t_r, uniform_len * len(lengths) / t_u
         name = "default slots (all 448)" if slots is None else f"{slots} slots"

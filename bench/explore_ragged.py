@@ -14,12 +14,11 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import sample  # noqa: E402
-from bench_sample import our_model  # noqa: E402
+from bench_sample import our_model, ragged_workload, timed  # noqa: E402
 
 
 def main():
@@ -30,28 +29,20 @@ def main():
     ap.add_argument("--sync-every", type=int, default=16, help="decode steps between host syncs")
     args = ap.parse_args()
     m = our_model(args.config)
-    rng = np.random.default_rng(0)  # the lengths of bench_sample.ragged
-    lengths = np.clip(rng.lognormal(np.log(450), 0.75, 64 * 7), 128, 2048).astype(int).tolist()
+    _, seq_prompts, lengths = ragged_workload()
     if args.uniform:
         lengths = [round(sum(lengths) / len(lengths))] * len(lengths)
-    g = torch.Generator().manual_seed(2)
-    prompts = torch.randint(0, 150000, (64, 1024), generator=g).tolist()
-    seq_prompts = [prompts[i // 7] for i in range(64 * 7)]
     run = lambda: sample.generate(m, seq_prompts, lengths, temperature=1.0, slots=args.slots,
                                    sync_every=args.sync_every)  # noqa: E731
     run()  # warm-up: engine and graphs
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    run()
-    torch.cuda.synchronize()
-    plain = time.perf_counter() - t0  # the same run without the phase timers' syncs
+    plain = timed(run, 1)  # the same run without the phase timers' syncs
 
     phases = collections.defaultdict(float)
     chunks = collections.defaultdict(lambda: [0, 0, 0, 0.0])  # batch -> chunks, steps, live row-steps, seconds
 
     depth = [0]  # only outermost calls are timed (_move calls _copy_rows), so the phases are disjoint
 
-    def timed(name, fn):
+    def phase_timer(name, fn):
         def wrapper(self, *a):
             if depth[0]:
                 return fn(self, *a)
@@ -72,12 +63,8 @@ def main():
         return wrapper
 
     for name in ("_run", "_prefill", "_move", "_copy_rows", "_start"):
-        setattr(sample.Engine, name, timed(name, getattr(sample.Engine, name)))
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    run()
-    torch.cuda.synchronize()
-    wall = time.perf_counter() - t0
+        setattr(sample.Engine, name, phase_timer(name, getattr(sample.Engine, name)))
+    wall = timed(run, 1)
     print(f"{args.config.name}, {'uniform' if args.uniform else 'ragged'}, slots {args.slots or 'default'}, sync every {args.sync_every}: "
           f"{sum(lengths)} tokens in {plain:.2f} s = {sum(lengths) / plain:,.0f} tok/s "
           f"({wall:.2f} s with the phase timers)")

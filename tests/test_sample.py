@@ -24,6 +24,13 @@ def prompts(lengths, seed=0):
     return [torch.randint(0, 512, (L,), generator=g).tolist() for L in lengths]
 
 
+def record_steps(monkeypatch) -> list[int]:
+    """The batch size of every decode step the engine runs from now on (eager steps: cuda_graph=False)."""
+    sizes, step = [], sample.Engine._step
+    monkeypatch.setattr(sample.Engine, "_step", lambda self, B: sizes.append(B) or step(self, B))
+    return sizes
+
+
 def test_greedy_equals_transformers_generate(models):
     ref, ours = models
     ps = prompts([5, 17, 1, 9, 12])
@@ -89,8 +96,6 @@ def test_returned_logprobs_equal_full_forward(models, temperature):
 def test_engine_with_a_long_enough_cache_is_reused(models):
     """A call whose sequences fit the last engine's cache reuses it (and its graphs); results are those of
     a fresh engine."""
-    import sample
-
     _, ours = models
     ps = prompts([5, 9], seed=12)
     long = generate(ours, ps, 60, temperature=0)
@@ -125,11 +130,7 @@ def test_decodes_no_step_beyond_the_longest_limit(models, monkeypatch):
     """The first token comes from the prefill, so limits [1, 1] need no decode step and [20, 3] need 19
     (one chunk of 16, then 3), although chunks are 16 steps long."""
     _, ours = models
-    import sample
-
-    calls = []
-    step = sample.Engine._step
-    monkeypatch.setattr(sample.Engine, "_step", lambda self, B: calls.append(B) or step(self, B))
+    calls = record_steps(monkeypatch)
     outs = generate(ours, prompts([4, 6], seed=9), 1, temperature=0, cuda_graph=False)
     assert [len(o.tokens) for o in outs] == [1, 1] and calls == []
     outs = generate(ours, prompts([4, 6], seed=9), [20, 3], temperature=0, sync_every=16, cuda_graph=False)
@@ -250,9 +251,7 @@ def test_shrinking_batches_of_every_size_match_one_at_a_time(models, monkeypatch
     """40 rows finishing at different steps: the decoded batch shrinks through sizes that are not powers of
     two (40, 28, 20, ...), moving rows to the front each time; every row is what it is alone."""
     _, ours = models
-    sizes = []
-    step = sample.Engine._step
-    monkeypatch.setattr(sample.Engine, "_step", lambda self, B: sizes.append(B) or step(self, B))
+    sizes = record_steps(monkeypatch)
     ps = prompts([3 + i % 5 for i in range(40)], seed=21)
     limits = [2 + 3 * i for i in range(40)]
     kw = dict(temperature=1.0, seed=5, return_logprobs=True, cuda_graph=False)
