@@ -31,6 +31,7 @@ import time
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 
 from model import KVCache, Transformer
 
@@ -81,24 +82,54 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
     return logits
 
 
+_RUN = 128  # vocabulary entries per run in `inverse_cdf` (Qwen's vocabularies are multiples of it)
+
+
+def inverse_cdf(weights: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """For each row of weights [B,V] (non-negative, any scale, float32) the first index whose running sum
+    exceeds u [B] in [0, 1) times the row's total: a draw from the row's distribution.
+
+    In two levels, because a scan over a whole vocabulary is slow on a GPU at the batch sizes sampling
+    runs (torch scans a row's last dimension with one thread block per 32 rows: 190 us per step at batch
+    2 to 32 on an H100, bench/explore_sampling.py): first the runs of _RUN entries (their sums are one
+    parallel reduction), then the entries of the chosen run. The index returned always has a positive
+    weight, also when rounding puts u x total at the very end of a row.
+    """
+    B, V = weights.shape
+    runs = F.pad(weights, (0, -V % _RUN)).view(B, -1, _RUN) if V % _RUN else weights.view(B, -1, _RUN)
+    mass = runs.sum(-1)  # [B,R] each run's weight
+    ends = mass.cumsum(-1)  # [B,R] running total at each run's end
+    target = strictly_below(u[:, None] * ends[:, -1:], ends[:, -1:])  # [B,1]
+    r = torch.searchsorted(ends, target, right=True)  # [B,1] the run where target falls: its mass is > 0
+    start = torch.where(r > 0, ends.gather(-1, (r - 1).clamp(min=0)), 0.0)
+    inside = runs.gather(1, r[:, :, None].expand(B, 1, _RUN))[:, 0].cumsum(-1)  # [B,_RUN] running sums in it
+    # target's place within the run, rescaled to the run's own running sum (the two sums round apart)
+    t = strictly_below((target - start).clamp(min=0) / mass.gather(-1, r) * inside[:, -1:], inside[:, -1:])
+    return (r * _RUN + torch.searchsorted(inside, t, right=True))[:, 0]
+
+
+def strictly_below(x: torch.Tensor, bound: torch.Tensor) -> torch.Tensor:
+    """x, lowered where needed to the largest float below bound (bound > 0)."""
+    return torch.minimum(x, torch.nextafter(bound, torch.zeros_like(bound)))
+
+
 def sample_next(logits, key, pos, temperature=1.0, top_k=0, top_p=1.0):
-    """Pick the next token of each row. logits [B,V] float32; key [B] each row's `sequence_key`, pos [B]
-    where the new token goes.
+    """Pick the next token of each row. logits [B,V] in the model's dtype (the arithmetic is float32);
+    key [B] each row's `sequence_key`, pos [B] where the new token goes.
 
     Returns tokens [B] and their log-probs [B] under softmax(logits / temperature) *before* top-k/top-p
     filtering, which is what GRPO's old_logp recomputes (temperature 0 = greedy, log-probs of softmax(logits)).
     """
     if temperature == 0:
         tok = logits.argmax(-1)
-        scaled = logits
-    else:
-        scaled = logits if temperature == 1 else logits / temperature
-        probs = filter_logits(scaled, top_k, top_p).softmax(-1)  # [B,V]
-        cdf = probs.cumsum(-1)  # [B,V]
-        u = uniform_at(key, pos)[:, None] * cdf[:, -1:]  # [B,1], scaled by the total to absorb rounding
-        tok = torch.searchsorted(cdf, u, right=True)[:, 0].clamp_(max=logits.shape[-1] - 1)
-    logp = scaled.gather(-1, tok[:, None])[:, 0] - torch.logsumexp(scaled, -1)
-    return tok, logp
+        return tok, logits.gather(-1, tok[:, None])[:, 0].float() - torch.logsumexp(logits.float(), -1)
+    scaled = logits if temperature == 1 else logits.float() / temperature
+    probs = scaled.softmax(-1, dtype=torch.float32)  # [B,V]
+    keep = probs
+    if top_k or top_p < 1:
+        keep = filter_logits(scaled.float(), top_k, top_p).softmax(-1)
+    tok = inverse_cdf(keep, uniform_at(key, pos))
+    return tok, probs.gather(-1, tok[:, None])[:, 0].log()  # > 0 inside the log: keep > 0 there
 
 
 # ----------------------------------------------------------------------------------------------
@@ -169,7 +200,7 @@ class Engine:
     def _step(self, B: int):
         """Advance rows 0..B-1 by one token (generate keeps the live rows within them)."""
         s = _Slots(*(t[:B] for t in vars(self.s).values()))  # views: updated in place
-        logits = self.model(s.tok[:, None], self.cache, s.pos[:, None])[:, 0].float()  # [B,V]
+        logits = self.model(s.tok[:, None], self.cache, s.pos[:, None])[:, 0]  # [B,V]
         nxt, lp = sample_next(logits, s.key, s.pos + 1, self.temperature, self.top_k, self.top_p)
         live = ~s.done
         col = torch.where(live, s.n_gen, self.max_new)[:, None]  # finished rows write to the sink column

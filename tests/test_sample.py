@@ -213,6 +213,33 @@ def test_empirical_frequencies_match_filtered_distribution(temperature, top_k, t
     assert torch.all(freq[want == 0] == 0)  # filtered tokens are never drawn
 
 
+@pytest.mark.parametrize("V", [10, 300, 512, 1000])
+def test_inverse_cdf_matches_a_float64_scan(V):
+    """The two-level draw picks the first index whose running sum exceeds u x total, as one float64 scan
+    over the row does (up to rounding right at a boundary), and never an index of zero weight: rows with
+    zero runs, zeros at the end of a row (also past the last full run of 128), and u next to 0 and 1."""
+    g = torch.Generator().manual_seed(V)
+    B, draws = 6, 400
+    w = torch.rand(B, V, generator=g) ** 4
+    w[w < 0.3] = 0  # scattered zeros
+    w[:, 0] = w[:, -1] = 0.5  # every row has some weight
+    w[1, : V // 2] = 0  # all of the first half (whole runs) empty
+    w[2, -V // 3:] = 0  # the end of the row empty
+    w[3, 1:] = 0  # one token
+    w[4] *= 1e-30  # tiny weights
+    u = torch.rand(draws, B, generator=g)
+    u[0], u[1] = 0.0, 1 - 2**-24
+    got = torch.stack([sample.inverse_cdf(w, u[i]) for i in range(draws)])  # [draws, B]
+    cdf = w.double().cumsum(-1)
+    target = u.double()[:, :, None] * cdf[:, -1][None, :, None]  # [draws, B, 1]
+    want = (cdf[None] <= target).sum(-1).clamp(max=V - 1)  # first index whose running sum exceeds target
+    assert torch.all(w.gather(1, got.T) > 0)
+    near = (cdf[None] - target).abs().min(-1).values <= 1e-5 * cdf[:, -1][None]  # rounding may go either way
+    assert torch.equal(got[~near], want[~near]) and near.float().mean() < 0.01
+    assert got[1, 2] == torch.nonzero(w[2]).max()  # u just below 1: the last token of positive weight
+    assert torch.all(got[:, 3] == 0)
+
+
 def test_filter_keeps_the_top_token_and_same_seed_same_draws():
     logits = torch.tensor([[5.0, 1.0, 0.0, -1.0]])
     assert torch.isfinite(filter_logits(logits, top_p=0.01)).tolist() == [[True, False, False, False]]

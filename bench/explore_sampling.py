@@ -1,0 +1,105 @@
+"""Exploration: what does picking the next token cost next to the decode forward, at the batch sizes a
+ragged batch runs through?
+
+    python bench/explore_sampling.py [--config .gpu/hf/qwen2.5-1.5b-instruct]
+
+Times, per call, captured 200 times in one CUDA graph (median of 5 replays): the 1.5B decode forward at
+the shapes a ragged batch runs, then picking tokens from [B, vocab] bf16 logits (as the model returns
+them) for several batch sizes B: `sample.sample_next` before (one cumsum over the vocabulary, with the
+float32 copy the engine made first) and now (`inverse_cdf`), a variant with exp(x - max) in place of the
+softmax, greedy before and now, and the full and a blocked cumsum alone.
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import sample  # noqa: E402
+from bench_sample import our_model  # noqa: E402
+from explore_attention import per_call_us  # noqa: E402
+from model import Config, KVCache  # noqa: E402
+
+
+def blocked_cumsum(x, c=128):
+    B, V = x.shape
+    x = F.pad(x, (0, (-V) % c))
+    runs = x.view(B, -1, c).cumsum(-1)  # [B, V/c, c], each run on its own
+    ends = runs[:, :, -1].cumsum(-1)  # [B, V/c] inclusive totals
+    return (runs + F.pad(ends[:, :-1], (1, 0))[:, :, None]).view(B, -1)[:, :V]
+
+
+@torch.no_grad()
+def time_forward(path, cfg):
+    m = our_model(path)
+    for B, p in ((1, 300), (16, 2500), (64, 2000), (448, 1300)):
+        cache = KVCache(cfg, B, 3072, device="cuda")
+        cache.attend_len = 3072
+        tok = torch.zeros(B, 1, dtype=torch.long, device="cuda")
+        pos = torch.full((B, 1), p, device="cuda")
+        cache.prepare(pos)
+        us = per_call_us(lambda: m(tok, cache, pos), calls=20)
+        print(f"decode forward, batch {B:>3} at position {p}: {us:9.1f} us", flush=True)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--config", type=Path, default=Path(".gpu/hf/qwen2.5-1.5b-instruct"))
+    args = ap.parse_args()
+    cfg = Config.from_hf(json.loads((args.config / "config.json").read_text()))
+    V = cfg.vocab_size
+    print(torch.cuda.get_device_name(), "torch", torch.__version__, args.config.name, "vocab", V, flush=True)
+
+    time_forward(args.config, cfg)
+    torch.cuda.empty_cache()
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    names = ("before", "now", "exp variant", "greedy before", "greedy now", "cumsum", "blocked cumsum")
+    print(f"{'batch':>5} " + " ".join(f"{n:>14}" for n in names) + "   same tokens as before")
+    for B in (1, 2, 8, 16, 64, 256, 448):
+        logits = (torch.randn(B, V, device="cuda", generator=g) * 3).bfloat16()  # as the model returns them
+        key = sample.sequence_key(0, torch.arange(B, device="cuda"))
+        pos = torch.full((B,), 1000, device="cuda")
+        probs = logits.float().softmax(-1)
+        same = (before(logits, key, pos, 1.0)[0] == sample.sample_next(logits, key, pos, 1.0)[0]).float().mean()
+        cells = [per_call_us(f) for f in (
+            lambda: before(logits, key, pos, 1.0),
+            lambda: sample.sample_next(logits, key, pos, 1.0),
+            lambda: exp_variant(logits, key, pos),
+            lambda: before(logits, key, pos, 0.0),
+            lambda: sample.sample_next(logits, key, pos, 0.0),
+            lambda: probs.cumsum(-1),
+            lambda: blocked_cumsum(probs),
+        )]
+        print(f"{B:>5} " + " ".join(f"{c:>11.1f} us" for c in cells) + f"   {same:.4f}", flush=True)
+
+
+def before(logits, key, pos, temperature):
+    """sample_next as it was at ed4931b (softmax, one cumsum over the vocabulary, logsumexp), with the
+    float32 copy of the logits the engine made before calling it."""
+    logits = logits.float()
+    if temperature == 0:
+        tok = logits.argmax(-1)
+    else:
+        probs = logits.softmax(-1)
+        cdf = probs.cumsum(-1)
+        u = sample.uniform_at(key, pos)[:, None] * cdf[:, -1:]
+        tok = torch.searchsorted(cdf, u, right=True)[:, 0].clamp_(max=logits.shape[-1] - 1)
+    return tok, logits.gather(-1, tok[:, None])[:, 0] - torch.logsumexp(logits, -1)
+
+
+def exp_variant(logits, key, pos):
+    """Unnormalised weights exp(x - max) instead of softmax; log-prob from their sum."""
+    m = logits.amax(-1, keepdim=True).float()
+    w = torch.sub(logits, m).exp_()
+    tok = sample.inverse_cdf(w, sample.uniform_at(key, pos))
+    return tok, (logits.gather(-1, tok[:, None]).float() - m)[:, 0] - w.sum(-1).log()
+
+
+if __name__ == "__main__":
+    main()
