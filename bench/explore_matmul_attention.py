@@ -1,0 +1,71 @@
+"""Exploration: decode attention of a large batch as two batched matmuls instead of the flash kernel.
+
+    python bench/explore_matmul_attention.py
+
+At large batches KVCache.attend folds each kv head's G query heads into one flash sequence of G queries,
+and the flash kernel multiplies 128-row query tiles of which G (6 for Qwen2.5-1.5B, 7 for 7B) are real.
+This times, for one layer, that call against scores = q K^T (one bmm over (row, kv head) pairs), a
+length mask, softmax, and p V (a second bmm), with k and v each as one [rows * kv heads, L, head_dim]
+tensor, L the rows' common length (a uniform batch). Both in bf16 (and once with float32 scores); 200 calls in a CUDA graph, median of
+5 replays, microseconds per call; also the bytes of keys and values read per microsecond.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from explore_attention import per_call_us  # noqa: E402
+from model import Config, KVCache  # noqa: E402
+
+
+def matmul_attention(q, k, v, mask, scale):
+    """q [B*Hkv, G, D], k and v [B*Hkv, L, D], mask [B*Hkv, 1, L] True where a key is beyond the row."""
+    s = torch.baddbmm(mask, q, k.transpose(1, 2), alpha=scale)  # [B*Hkv, G, L]; mask is 0 or -inf
+    return torch.bmm(s.softmax(-1), v)
+
+
+def main():
+    print(torch.cuda.get_device_name(), "torch", torch.__version__, flush=True)
+    for name in ("qwen2.5-1.5b-instruct", "qwen2.5-7b-instruct"):
+        cfg = Config.from_hf(json.loads((Path(".gpu/hf") / name / "config.json").read_text()))
+        cfg.n_layers = 1
+        H, Hkv, D = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        print(f"{name}: {'batch':>5} {'position':>8} {'flash folded':>14} {'matmuls':>14} {'matmuls fp32 s':>15}"
+              f" {'GB/s flash':>10} {'GB/s mm':>8} {'max diff':>9}", flush=True)
+        for B in (64, 256, 448):
+            for p in (600, 1300, 2500):
+                L = p + 1
+                cache = KVCache(cfg, B, 3072, device="cuda", dtype=torch.bfloat16)
+                cache.kv[0].normal_()
+                cache.attend_len = 4096 if p >= 2048 else 2048
+                cache.prepare(torch.full((B, 1), p, device="cuda"))
+                q = torch.randn(B, 1, H, D, device="cuda", dtype=torch.bfloat16)
+                flash = per_call_us(lambda: cache.attend(0, q))
+                kv = cache.kv[0][:, :, :L]  # [B, 2Hkv, L, D]
+                k = kv[:, :Hkv].reshape(B * Hkv, L, D).contiguous()
+                v = kv[:, Hkv:].reshape(B * Hkv, L, D).contiguous()
+                qf = q.view(B * Hkv, H // Hkv, D)
+                mask = torch.zeros(B * Hkv, 1, L, device="cuda", dtype=torch.bfloat16)
+                mm = per_call_us(lambda: matmul_attention(qf, k, v, mask, D**-0.5))
+                mask32 = mask.float()
+                try:  # float32 scores straight out of the bmm (torch's out_dtype form, CUDA only)
+                    mm32 = per_call_us(lambda: torch.bmm(torch.baddbmm(
+                        mask32, qf, k.transpose(1, 2), alpha=D**-0.5, out_dtype=torch.float32
+                    ).softmax(-1).bfloat16(), v))
+                except (RuntimeError, TypeError) as e:
+                    print("float32 scores:", str(e)[:100])
+                    mm32 = float("nan")
+                ref = torch.nn.functional.scaled_dot_product_attention(
+                    qf.float()[:, None], k.float()[:, None], v.float()[:, None])[:, 0]
+                diff = (matmul_attention(qf, k, v, mask, D**-0.5).float() - ref).abs().max().item()
+                gb = 2 * k.numel() * 2 / 1e3
+                print(f"{'':>{len(name) + 1}} {B:>5} {p:>8} {flash:>11.1f} us {mm:>11.1f} us {mm32:>12.1f} us"
+                      f" {gb / flash:>10.0f} {gb / mm:>8.0f} {diff:>9.1e}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
