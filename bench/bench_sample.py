@@ -139,7 +139,7 @@ def main():
         if "b1" in parts:
             t = bench_ours(m, 1, 128, 256, args.repeats)
             row(f"{name} batch 1, prompt 128, 256 new: ours", t, "tok/s",
-                f"{t / roof:.0%} of weight-read roofline {roof:.0f} tok/s (target {b1_target:.0%})")
+                f"{t / roof:.1%} of weight-read roofline {roof:.0f} tok/s (target {b1_target:.0%})")
             t = bench_ours(m, 1, 128, 256, args.repeats, cuda_graph=False)
             row(f"{name} batch 1: ours without CUDA graphs", t, "tok/s", f"{t / roof:.0%} of roofline")
             t = bench_ours(m, 1, 128, 256, args.repeats, engine_len=8448)
@@ -208,7 +208,7 @@ def ragged(m, repeats, slot_counts):
         r, u = total / t_r, uniform_len * len(lengths) / t_u
         name = "default slots (all 448)" if slots is None else f"{slots} slots"
         row(f"ragged GRPO batch (448 seqs, {total} tokens, {name})", r, "tok/s",
-            f"uniform {uniform_len} each: {u:.0f} tok/s; ragged/uniform = {r / u:.0%} (target 70%)")
+            f"uniform {uniform_len} each: {u:.0f} tok/s; ragged/uniform = {r / u:.1%} (target 70%)")
         if slots is None:
             # With n=7 each prompt is prefilled once and copied to its samples.
             t = timed(lambda kw=kw: generate(m, prompts, uniform_len, n=7, **kw), repeats)
