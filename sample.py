@@ -17,7 +17,8 @@ How it works (read top to bottom):
   * Attention: each step is told `attend_len`, a bound on every row's length over the coming chunk (the
     live rows' furthest position, rounded up to a power of two; freed slots are reset to position 0).
     On a GPU the flash kernel reads each row's own length but sizes its split-KV work from the bound; the
-    CPU path reads the first `attend_len` positions. One graph is captured per (batch, bound) shape.
+    CPU path reads the first `attend_len` positions. One graph is captured per (batch, bound) shape and
+    per whether the call asks for log-probs (greedy decoding without them skips a logsumexp per step).
   * Randomness is counter-based: the token at position p of sequence s is drawn with a uniform number
     hashed from (seed, s, p) by inverse-CDF sampling. A sample therefore does not depend on which slot
     or batch it ran in, and the CPU and GPU paths draw the same numbers.
@@ -113,15 +114,18 @@ def strictly_below(x: torch.Tensor, bound: torch.Tensor) -> torch.Tensor:
     return torch.minimum(x, torch.nextafter(bound, torch.zeros_like(bound)))
 
 
-def sample_next(logits, key, pos, temperature=1.0, top_k=0, top_p=1.0):
+def sample_next(logits, key, pos, temperature=1.0, top_k=0, top_p=1.0, logprobs=True):
     """Pick the next token of each row. logits [B,V] in the model's dtype (the arithmetic is float32);
     key [B] each row's `sequence_key`, pos [B] where the new token goes.
 
     Returns tokens [B] and their log-probs [B] under softmax(logits / temperature) *before* top-k/top-p
-    filtering, which is what GRPO's old_logp recomputes (temperature 0 = greedy, log-probs of softmax(logits)).
+    filtering, which is what GRPO's old_logp recomputes (temperature 0 = greedy, log-probs of softmax(logits)),
+    or None for them when logprobs is False (greedy then skips a logsumexp over the vocabulary).
     """
     if temperature == 0:
         tok = logits.argmax(-1)
+        if not logprobs:
+            return tok, None
         return tok, logits.gather(-1, tok[:, None])[:, 0].float() - torch.logsumexp(logits.float(), -1)
     scaled = logits if temperature == 1 else logits.float() / temperature
     probs = scaled.softmax(-1, dtype=torch.float32)  # [B,V]
@@ -129,6 +133,8 @@ def sample_next(logits, key, pos, temperature=1.0, top_k=0, top_p=1.0):
     if top_k or top_p < 1:
         keep = filter_logits(scaled.float(), top_k, top_p).softmax(-1)
     tok = inverse_cdf(keep, uniform_at(key, pos))
+    if not logprobs:
+        return tok, None
     return tok, probs.gather(-1, tok[:, None])[:, 0].log()  # > 0 inside the log: keep > 0 there
 
 
@@ -187,6 +193,7 @@ class Engine:
         self.eos = torch.tensor(list(self.eos_ids) or [-1], device=dev)
         self.use_graph = self.cuda_graph and dev.type == "cuda"
         self.pool = None
+        self.logprobs = False  # set by each generate call
 
     def serves(self, model: Transformer, **settings) -> bool:
         """True if a call with these settings can run here: the same ones, except that this engine's cache
@@ -201,11 +208,12 @@ class Engine:
         """Advance rows 0..B-1 by one token (generate keeps the live rows within them)."""
         s = _Slots(*(t[:B] for t in vars(self.s).values()))  # views: updated in place
         logits = self.model(s.tok[:, None], self.cache, s.pos[:, None])[:, 0]  # [B,V]
-        nxt, lp = sample_next(logits, s.key, s.pos + 1, self.temperature, self.top_k, self.top_p)
+        nxt, lp = sample_next(logits, s.key, s.pos + 1, self.temperature, self.top_k, self.top_p, self.logprobs)
         live = ~s.done
         col = torch.where(live, s.n_gen, self.max_new)[:, None]  # finished rows write to the sink column
         s.out_tok.scatter_(1, col, nxt[:, None])
-        s.out_lp.scatter_(1, col, lp[:, None])
+        if self.logprobs:
+            s.out_lp.scatter_(1, col, lp[:, None])
         s.n_gen += live
         s.pos += live
         s.tok.copy_(torch.where(live, nxt, s.tok))
@@ -217,7 +225,7 @@ class Engine:
             for _ in range(steps):
                 self._step(B)
             return
-        g = self.graphs.get((B, attend_len))
+        g = self.graphs.get((B, attend_len, self.logprobs))
         if g is None:
             # The first step of a new shape runs eagerly on a side stream (warm-up), then is captured.
             side = torch.cuda.Stream()
@@ -230,7 +238,7 @@ class Engine:
             with torch.cuda.graph(g, pool=self.pool):
                 self._step(B)
             self.pool = g.pool()
-            self.graphs[(B, attend_len)] = g
+            self.graphs[(B, attend_len, self.logprobs)] = g
         for _ in range(steps):
             g.replay()
 
@@ -282,15 +290,18 @@ class Engine:
         idx = torch.tensor(slots, device=dev)
         key, pos_t = sequence_key(self.seed, torch.tensor(seqs, device=dev)), torch.tensor(lens, device=dev)
         limit_t = torch.tensor(limits, device=dev)
-        tok, lp = sample_next(logits, key, pos_t, self.temperature, self.top_k, self.top_p)
+        tok, lp = sample_next(logits, key, pos_t, self.temperature, self.top_k, self.top_p, self.logprobs)
         s.tok[idx], s.pos[idx], s.key[idx] = tok, pos_t, key
         s.n_gen[idx], s.limit[idx] = 1, limit_t
-        s.out_tok[idx, 0], s.out_lp[idx, 0] = tok, lp
+        s.out_tok[idx, 0] = tok
+        if self.logprobs:
+            s.out_lp[idx, 0] = lp
         s.done[idx] = torch.isin(tok, self.eos) | (limit_t <= 1)
 
     @torch.no_grad()
     def generate(self, prompts, n=1, limits=None, return_logprobs=False, on_tokens=None, progress=None):
         """prompts: lists of ids; limits[i]: max new tokens of prompt i. See the module docstring."""
+        self.logprobs = return_logprobs  # computed only when asked for; the step's graphs are keyed by it
         limits = limits or [self.max_new] * len(prompts)
         queue = [(i, j) for i in range(len(prompts)) for j in range(n)]
         queue.reverse()  # pop() from the end takes them in order

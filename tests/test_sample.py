@@ -93,6 +93,20 @@ def test_returned_logprobs_equal_full_forward(models, temperature):
         assert torch.allclose(torch.tensor(o.logprobs), want, atol=1e-4)
 
 
+def test_logprobs_only_when_asked(models):
+    """Without return_logprobs the same tokens come back, with no log-probs; an engine that ran without
+    them returns them again on the next call that asks (greedy and sampled)."""
+    _, ours = models
+    ps = prompts([5, 9, 3], seed=12)
+    for kw in (dict(temperature=0), dict(temperature=1.0, seed=2)):
+        without = generate(ours, ps, 12, **kw)
+        asked = generate(ours, ps, 12, return_logprobs=True, **kw)
+        again = generate(ours, ps, 12, **kw)
+        assert all(o.logprobs is None for o in without + again)
+        assert [o.tokens for o in without] == [o.tokens for o in asked] == [o.tokens for o in again]
+        assert all(len(o.logprobs) == 12 and all(lp < 0 for lp in o.logprobs) for o in asked)
+
+
 def test_engine_with_a_long_enough_cache_is_reused(models):
     """A call whose sequences fit the last engine's cache reuses it (and its graphs); results are those of
     a fresh engine."""
@@ -305,6 +319,12 @@ def test_gpu_graph_path_matches_eager_and_cpu(models):
         graph = generate(gpu, ps, limits, slots=4, sync_every=3, **kw)
         eager = generate(gpu, ps, limits, slots=4, sync_every=3, cuda_graph=False, **kw)
         assert [o.tokens for o in graph] == [o.tokens for o in eager] == [o.tokens for o in cpu]
+        # the same engine, now asked for log-probs: graphs captured with them, equal to the CPU's
+        cpu = generate(ours, ps, limits, slots=4, sync_every=3, return_logprobs=True, **kw)
+        graph = generate(gpu, ps, limits, slots=4, sync_every=3, return_logprobs=True, **kw)
+        assert [o.tokens for o in graph] == [o.tokens for o in cpu]
+        assert all(torch.allclose(torch.tensor(g.logprobs), torch.tensor(c.logprobs), atol=1e-4)
+                   for g, c in zip(graph, cpu))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
