@@ -97,7 +97,7 @@ def inverse_cdf(weights: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     weight, also when rounding puts u x total at the very end of a row.
     """
     B, V = weights.shape
-    runs = F.pad(weights, (0, -V % _RUN)).view(B, -1, _RUN) if V % _RUN else weights.view(B, -1, _RUN)
+    runs = (F.pad(weights, (0, -V % _RUN)) if V % _RUN else weights).view(B, -1, _RUN)  # [B,R,_RUN], zeros padded
     mass = runs.sum(-1)  # [B,R] each run's weight
     ends = mass.cumsum(-1)  # [B,R] running total at each run's end
     target = strictly_below(u[:, None] * ends[:, -1:], ends[:, -1:])  # [B,1]
@@ -135,7 +135,7 @@ def sample_next(logits, key, pos, temperature=1.0, top_k=0, top_p=1.0, logprobs=
     tok = inverse_cdf(keep, uniform_at(key, pos))
     if not logprobs:
         return tok, None
-    return tok, probs.gather(-1, tok[:, None])[:, 0].log()  # > 0 inside the log: keep > 0 there
+    return tok, probs.gather(-1, tok[:, None])[:, 0].log()  # finite: a drawn token has keep > 0, so probs > 0
 
 
 # ----------------------------------------------------------------------------------------------
