@@ -247,9 +247,14 @@ class Engine:
         src_t, dst_t = torch.tensor(src, device=self.device), torch.tensor(dst, device=self.device)
         for t in vars(self.s).values():
             t[dst_t] = t[src_t]
-        self.s.done[src_t] = True
-        self.s.pos[src_t] = 0  # a free slot's length stays within any bound (see attend_len)
+        self._free(src_t)
         self._copy_rows(src_t, dst_t, length)
+
+    def _free(self, idx: torch.Tensor):
+        """Mark slots idx empty: done, and at position 0 so that their length stays within any bound (see
+        attend_len) while a batch still covers them."""
+        self.s.done[idx] = True
+        self.s.pos[idx] = 0
 
     # -- admission: prefill prompts into slots, share them with the prompts' other samples ---------
 
@@ -258,7 +263,7 @@ class Engine:
         straight into their slots of the cache (what lands beyond a prompt's length is padding, which
         decoding overwrites before any query can see it).
 
-        Returns each prompt's last-position logits [V] (float32); never a [L, V] tensor.
+        Returns each prompt's last-position logits [V] (in the model's dtype); never a [L, V] tensor.
         """
         out, items = {}, list(fresh.items())
         while items:
@@ -274,7 +279,7 @@ class Engine:
             rows = torch.tensor([slot for _, slot in batch], device=self.device)
             pos = torch.arange(width, device=self.device).expand(len(batch), width)
             h = self.model.hidden(x, self.cache, pos, rows)  # [k,W,H]
-            logits = self.model.logits(h[torch.arange(len(batch), device=self.device), lens - 1]).float()  # [k,V]
+            logits = self.model.logits(h[torch.arange(len(batch), device=self.device), lens - 1])  # [k,V]
             out.update({i: logits[r] for r, (i, _) in enumerate(batch)})
         return out
 
@@ -328,7 +333,7 @@ class Engine:
                 width = max(n_gen[slot] for slot in finished)
                 toks_all = s.out_tok[idx, :width].tolist()
                 lps_all = s.out_lp[idx, :width].tolist() if return_logprobs else None
-                s.pos[idx] = 0  # a free slot's length stays within any bound (see attend_len)
+                self._free(idx)
             for r, slot in enumerate(finished):
                 (i, j), k = owner[slot], n_gen[slot]
                 toks = toks_all[r][:k]
@@ -480,7 +485,7 @@ def _slots_that_fit(model: Transformer, seq_len: int) -> int:
         return 256
     free = torch.cuda.mem_get_info(p.device)[0] + torch.cuda.memory_reserved(p.device) - torch.cuda.memory_allocated(p.device)
     if _engine is not None and _engine.model is model:
-        free += sum(t.numel() * t.element_size() for t in _engine.cache.kv)
+        free += _engine.slots * _engine.max_len * KVCache.bytes_per_token(model.cfg, p.dtype)
     row = seq_len * KVCache.bytes_per_token(model.cfg, p.dtype)
     return largest_decode_batch(max(1, int(0.5 * free / row)))
 

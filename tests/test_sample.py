@@ -105,6 +105,8 @@ def test_logprobs_only_when_asked(models):
         assert all(o.logprobs is None for o in without + again)
         assert [o.tokens for o in without] == [o.tokens for o in asked] == [o.tokens for o in again]
         assert all(len(o.logprobs) == 12 and all(lp < 0 for lp in o.logprobs) for o in asked)
+        sample._engine = None  # a fresh engine, whose log-prob buffer no earlier call has written
+        assert [o.logprobs for o in asked] == [o.logprobs for o in generate(ours, ps, 12, return_logprobs=True, **kw)]
 
 
 def test_engine_with_a_long_enough_cache_is_reused(models):
