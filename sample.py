@@ -12,10 +12,10 @@ How it works (read top to bottom):
     running (their results are masked) until the next sync point, every `sync_every` steps (fewer when
     every live row reaches its token limit sooner), where finished sequences are collected and their
     slots refilled. Once the queue is empty, the live rows are moved to the front of the cache and only
-    the smallest batch size covering them (`decode_batch`) is decoded, so the long tail of a ragged batch
+    the smallest batch size covering them (`round_size`) is decoded, so the long tail of a ragged batch
     (GRPO's 7 samples of very different lengths) costs what it needs.
   * Attention: each step is told `attend_len`, a bound on every row's length over the coming chunk (the
-    live rows' furthest position, rounded up to a power of two; freed slots are reset to position 0).
+    live rows' furthest position, rounded up by `round_size`; freed slots are reset to position 0).
     On a GPU the flash kernel reads each row's own length but sizes its split-KV work from the bound; the
     CPU path reads the first `attend_len` positions. One graph is captured per (batch, bound) shape and
     per whether the call asks for log-probs (greedy decoding without them skips a logsumexp per step).
@@ -378,7 +378,7 @@ class Engine:
             # need: the smallest decode batch size >= live rows, not all slots (the ragged tail).
             # Rows from the back fill the holes at the front, so each finished row costs at most one move.
             live = [k for k, o in enumerate(owner) if o is not None]
-            cover = lambda k: min(self.slots, decode_batch(k + 1))  # noqa: E731  (a batch holding slot k)
+            cover = lambda k: min(self.slots, round_size(k + 1))  # noqa: E731  (a batch holding slot k)
             if not queue and cover(len(live) - 1) < cover(live[-1]):
                 holes = [k for k in range(len(live)) if owner[k] is None]
                 movers = [k for k in live if k >= len(live)]
@@ -389,36 +389,37 @@ class Engine:
             # Decode a chunk of steps, no more than the furthest live row still needs to reach its limit
             # (none if every live row is already there: a limit of 1 costs no decode step). attend_len
             # bounds every row's length during the chunk: the masked (CPU) attention reads that many
-            # positions, and the flash kernel's split-KV choice follows it (with the cache length as
-            # the bound, attention at small batches was up to 2.5x slower: BENCHMARKS.md).
+            # positions, and the flash kernel's split-KV choice follows it: it splits the bound, not the
+            # rows, so the bound stays close above the longest row (with the cache length as the bound,
+            # attention at small batches was up to 2.5x slower; with a power of two, up to 1.3x: BENCHMARKS.md).
             last = lambda k: len(prompts[owner[k][0]]) + limits[owner[k][0]] - 1  # noqa: E731  (position at its limit)
             steps = min(self.sync_every, max(last(k) - upper[k] for k in live))
             if steps <= 0:
                 continue
             longest = max(upper[k] for k in live) + steps + 1
-            attend = min(self.max_len, max(256, 1 << (longest - 1).bit_length()))  # a power of two
+            attend = min(self.max_len, max(256, round_size(longest)))
             self._run(steps, cover(live[-1]), attend)
             for slot in live:
                 upper[slot] += steps
         return [results[(i, j)] for i in range(len(prompts)) for j in range(n)]
 
 
-def decode_batch(rows: int) -> int:
-    """The batch size a decode step runs for `rows` live rows: powers of two up to 16, then four sizes per
-    doubling (20, 24, 28, 32, 40, 48, ...), so that at most a fifth of a large batch is padding while
-    the number of CUDA graphs stays small (one per size and attention bound)."""
-    if rows <= 16:
-        return 1 << (rows - 1).bit_length()
-    step = 1 << ((rows - 1).bit_length() - 3)
-    return -(-rows // step) * step
+def round_size(n: int) -> int:
+    """n rounded up to a power of two up to 16, above that to one of four sizes per doubling (20, 24, 28, 32,
+    40, 48, ...): at most a fifth of the result is padding, while few distinct sizes occur. Decode batch
+    sizes and attention bounds are rounded so; each (size, bound) pair is one CUDA graph."""
+    if n <= 16:
+        return 1 << (n - 1).bit_length()
+    step = 1 << ((n - 1).bit_length() - 3)
+    return -(-n // step) * step
 
 
-def largest_decode_batch(rows: int) -> int:
-    """The largest `decode_batch` size <= rows."""
-    if rows <= 16:
-        return 1 << (rows.bit_length() - 1)
-    step = 1 << (rows.bit_length() - 3)
-    return rows // step * step
+def round_size_down(n: int) -> int:
+    """The largest `round_size` value <= n."""
+    if n <= 16:
+        return 1 << (n.bit_length() - 1)
+    step = 1 << (n.bit_length() - 3)
+    return n // step * step
 
 
 def check_prompts(model: Transformer, prompts, max_new_tokens):
@@ -478,7 +479,7 @@ def generate(model: Transformer, prompts, max_new_tokens, n: int = 1, temperatur
 def _slots_that_fit(model: Transformer, seq_len: int) -> int:
     """Default slot count: on a GPU, as many rows of `seq_len` tokens as half the memory available to
     PyTorch holds as KV cache (the last engine's cache counts as available: it is freed first), rounded
-    down to a decode batch size (452 rows give 448 slots) so that the count, and with it the engine and
+    down by `round_size_down` (452 rows give 448 slots) so that the count, and with it the engine and
     its graphs, stays stable across calls. All sequences at once avoid refill waves. 256 on a CPU."""
     p = next(model.parameters())
     if p.device.type != "cuda":
@@ -487,7 +488,7 @@ def _slots_that_fit(model: Transformer, seq_len: int) -> int:
     if _engine is not None and _engine.model is model:
         free += _engine.slots * _engine.max_len * KVCache.bytes_per_token(model.cfg, p.dtype)
     row = seq_len * KVCache.bytes_per_token(model.cfg, p.dtype)
-    return largest_decode_batch(max(1, int(0.5 * free / row)))
+    return round_size_down(max(1, int(0.5 * free / row)))
 
 
 _engine: Engine | None = None  # the last engine, kept while calls keep the same shapes and settings

@@ -173,7 +173,7 @@ def test_every_row_fits_the_attention_bound(models, monkeypatch):
     outs = generate(ours, ps, [40, 30, 35, 2], temperature=0, slots=4, sync_every=4)
     assert [len(o.tokens) for o in outs] == [40, 30, 35, 2]
     assert all(n <= bound for n, bound in seen)
-    assert any(bound == 256 for _, bound in seen) and seen[0][1] == 768  # the bound did drop below 601
+    assert any(bound == 256 for _, bound in seen) and seen[0][1] == 640  # 605 rounded up; it did drop below 601
 
 
 def test_bad_input_is_refused_before_work(models):
@@ -281,13 +281,13 @@ def test_ragged_lengths_with_compaction_match_one_at_a_time(models):
     assert [len(o.tokens) for o in batched] == [m for m in limits for _ in range(2)]
 
 
-def test_decode_batch_sizes():
-    """The smallest allowed size >= n, and the largest <= n (the default slot count): powers of two up to
-    16, then m * 2**e with m in 5..8."""
+def test_round_sizes():
+    """The smallest allowed size >= n (decode batches, attention bounds), and the largest <= n (the default
+    slot count): powers of two up to 16, then m * 2**e with m in 5..8."""
     allowed = sorted({1, 2, 4, 8, 16} | {m << e for m in range(5, 9) for e in range(2, 12)})
     for n in range(1, 4097):
-        assert sample.decode_batch(n) == min(a for a in allowed if a >= n), n
-        assert sample.largest_decode_batch(n) == max(a for a in allowed if a <= n), n
+        assert sample.round_size(n) == min(a for a in allowed if a >= n), n
+        assert sample.round_size_down(n) == max(a for a in allowed if a <= n), n
 
 
 def test_shrinking_batches_of_every_size_match_one_at_a_time(models, monkeypatch):
