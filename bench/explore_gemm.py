@@ -15,6 +15,12 @@ orientations (and torch.mv) run the same kernels' times within 1 us; the [2I,B] 
 at batch 64 and loses at batch 1, so the model uses one GEMM at batch 1 and two otherwise. Under
 CUBLAS_WORKSPACE_CONFIG=:0:0 (no split-K) the 7B o and down matmuls get faster at batch 1 and the 1.5B
 down matmul more than twice as slow.
+
+On an H100 (2026-11-22, bench/results/2026-11-22-h100-explore-gemm.log, MLP at 1-448 rows): the [2I,B] MLP
+is 1-5 us faster than two GEMMs from 8 to 256 rows for both models, and 204 us faster for the 7B at 448
+(294.8 against 498.8 us). Used for every decode step of more than one row, it ran the 7B batch-64
+benchmark 0.9-1.3% faster but the 1.5B ragged batch 0.5-0.6% slower (its uniform batch +0.3% and -0.7%),
+in two interleaved rounds (2026-11-22-h100-mlp-transposed-ab.log), so it was not kept.
 """
 
 import argparse
@@ -73,7 +79,7 @@ def main():
         print(f"{'batch':>5} {'one GEMM [B,2I]':>16} {'two GEMMs':>16} {'one GEMM [2I,B]':>16}")
         wgu = torch.randn(2 * I, H, device=dev, dtype=dt) * 0.02
         wd = torch.randn(H, I, device=dev, dtype=dt) * 0.02
-        for B in (1, 8, 64, 256):
+        for B in (1, 8, 16, 32, 64, 128, 256, 448):
             x = torch.randn(B, H, device=dev, dtype=dt)
             ref = mlp_one_gemm(x.clone(), wgu, wd).float()
             for f in (mlp_two_gemms, mlp_transposed):  # same result up to rounding
