@@ -120,7 +120,8 @@ def sample_next(logits, key, pos, temperature=1.0, top_k=0, top_p=1.0, logprobs=
 
     Returns tokens [B] and their log-probs [B] under softmax(logits / temperature) *before* top-k/top-p
     filtering, which is what GRPO's old_logp recomputes (temperature 0 = greedy, log-probs of softmax(logits)),
-    or None for them when logprobs is False (greedy then skips a logsumexp over the vocabulary).
+    or None for them when logprobs is False (greedy then skips a logsumexp over the vocabulary, and filtered
+    sampling the unfiltered softmax).
     """
     if temperature == 0:
         tok = logits.argmax(-1)
@@ -128,10 +129,10 @@ def sample_next(logits, key, pos, temperature=1.0, top_k=0, top_p=1.0, logprobs=
             return tok, None
         return tok, logits.gather(-1, tok[:, None])[:, 0].float() - torch.logsumexp(logits.float(), -1)
     scaled = logits if temperature == 1 else logits.float() / temperature
-    probs = scaled.softmax(-1, dtype=torch.float32)  # [B,V]
-    keep = probs
-    if top_k or top_p < 1:
-        keep = filter_logits(scaled.float(), top_k, top_p).softmax(-1)
+    filtered = top_k or top_p < 1
+    # [B,V] the unfiltered distribution: drawn from when nothing is filtered, else only for the log-probs
+    probs = scaled.softmax(-1, dtype=torch.float32) if logprobs or not filtered else None
+    keep = filter_logits(scaled.float(), top_k, top_p).softmax(-1) if filtered else probs
     tok = inverse_cdf(keep, uniform_at(key, pos))
     if not logprobs:
         return tok, None

@@ -13,7 +13,6 @@ so the sampler, which passed the cache length, now passes a power-of-two bound o
 """
 
 import argparse
-import json
 import statistics
 import sys
 from pathlib import Path
@@ -21,7 +20,21 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from model import Config, KVCache  # noqa: E402
+from model import KVCache, load_config  # noqa: E402
+
+
+def one_layer(config_dir):
+    """The model config of a Hugging Face folder, cut to one layer (attention is timed per layer)."""
+    cfg = load_config(config_dir)
+    cfg.n_layers = 1
+    return cfg
+
+
+def random_cache(cfg, batch: int, max_len: int):
+    """A one-layer bf16 KVCache on the GPU filled with random entries, and a decode query [batch,1,H,hd]."""
+    cache = KVCache(cfg, batch, max_len, device="cuda", dtype=torch.bfloat16)
+    cache.kv[0].normal_()
+    return cache, torch.randn(batch, 1, cfg.n_heads, cfg.head_dim, device="cuda", dtype=torch.bfloat16)
 
 
 def per_call_us(fn, calls=200, repeats=5):
@@ -49,8 +62,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--config", type=Path, default=Path(".gpu/hf/qwen2.5-7b-instruct"))
     args = ap.parse_args()
-    cfg = Config.from_hf(json.loads((args.config / "config.json").read_text()))
-    cfg.n_layers = 1
+    cfg = one_layer(args.config)
     print(torch.cuda.get_device_name(), "torch", torch.__version__, args.config.name, flush=True)
     print(f"{'batch':>5} {'position':>8} " + " ".join(f"{'max_len ' + str(m):>14}" for m in (512, 2304, 8448, 16640)))
     for B in (1, 4, 16, 64):
@@ -60,10 +72,8 @@ def main():
                 if p >= max_len:
                     cells.append(f"{'-':>14}")
                     continue
-                cache = KVCache(cfg, B, max_len, device="cuda", dtype=torch.bfloat16)
-                cache.kv[0].normal_()
+                cache, q = random_cache(cfg, B, max_len)
                 cache.prepare(torch.full((B, 1), p, device="cuda"))
-                q = torch.randn(B, 1, cfg.n_heads, cfg.head_dim, device="cuda", dtype=torch.bfloat16)
                 cells.append(f"{per_call_us(lambda c=cache, q=q: c.attend(0, q)):>11.1f} us")
             print(f"{B:>5} {p:>8} " + " ".join(cells), flush=True)
 

@@ -17,7 +17,6 @@ is nearly as fast as multiples of 128 and up to 1.3x faster than a power of two 
 """
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -25,9 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from explore_attention import per_call_us  # noqa: E402
-
-from model import Config, KVCache  # noqa: E402
+from explore_attention import one_layer, per_call_us, random_cache  # noqa: E402
 
 
 def bounds(n: int) -> dict[str, int]:
@@ -42,16 +39,13 @@ def main():
     args = ap.parse_args()
     print(torch.cuda.get_device_name(), "torch", torch.__version__, flush=True)
     for d in sorted(args.configs.iterdir()):
-        cfg = Config.from_hf(json.loads((d / "config.json").read_text()))
-        cfg.n_layers = 1
+        cfg = one_layer(d)
         print(f"\n{d.name}; us per call, bound rounded to: " + " / ".join(bounds(1000)))
         for B in (1, 4, 8, 16, 32, 64):
             cells = []
             for p in (600, 1100, 1600, 2100, 2600, 3000, 5000):
                 b = bounds(p + 1)
-                cache = KVCache(cfg, B, max(b.values()), device="cuda", dtype=torch.bfloat16)
-                cache.kv[0].normal_()
-                q = torch.randn(B, 1, cfg.n_heads, cfg.head_dim, device="cuda", dtype=torch.bfloat16)
+                cache, q = random_cache(cfg, B, max(b.values()))
                 t = []
                 for bound in b.values():
                     cache.attend_len = bound

@@ -20,7 +20,6 @@ overall (7B batch 64: 21.7 / 57.5 / 157.8 us against 20.0 / 54.2 / 163.9 folded)
 """
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -28,9 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from explore_attention import per_call_us  # noqa: E402
-
-from model import Config, KVCache  # noqa: E402
+from explore_attention import one_layer, per_call_us, random_cache  # noqa: E402
 
 
 def efficient(c, q):
@@ -48,8 +45,7 @@ def main():
     args = ap.parse_args()
     print(torch.cuda.get_device_name(), "torch", torch.__version__, flush=True)
     for d in sorted(args.configs.iterdir()):
-        cfg = Config.from_hf(json.loads((d / "config.json").read_text()))
-        cfg.n_layers = 1
+        cfg = one_layer(d)
         positions = (300, 1000, 3000)
         print(f"\n{d.name} (kv heads {cfg.n_kv_heads}); us per call, one sequence per row / folded / folded, memory-efficient kernel")
         print(f"{'batch':>5} {'B*kv':>5} " + " ".join(f"{'position ' + str(p):>28}" for p in positions))
@@ -57,9 +53,7 @@ def main():
             cells = []
             for p in positions:
                 attend = 1 << (p + 1).bit_length()
-                cache = KVCache(cfg, B, attend, device="cuda", dtype=torch.bfloat16)
-                cache.kv[0].normal_()
-                q = torch.randn(B, 1, cfg.n_heads, cfg.head_dim, device="cuda", dtype=torch.bfloat16)
+                cache, q = random_cache(cfg, B, attend)
                 t = []
                 for fold_from in (10**9, 0):
                     cache.fold_from, cache.attend_len = fold_from, attend

@@ -15,7 +15,6 @@ flash call reads 2.2-2.4 TB/s from 256 rows up (copy bandwidth 3.0), the matmuls
 rows at position 1,300: 259.6 against 579.9 us). Not used.
 """
 
-import json
 import sys
 from pathlib import Path
 
@@ -23,8 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from explore_attention import per_call_us  # noqa: E402
-from model import Config, KVCache  # noqa: E402
+from explore_attention import one_layer, per_call_us, random_cache  # noqa: E402
 
 
 def matmul_attention(q, k, v, mask, scale):
@@ -36,19 +34,16 @@ def matmul_attention(q, k, v, mask, scale):
 def main():
     print(torch.cuda.get_device_name(), "torch", torch.__version__, flush=True)
     for name in ("qwen2.5-1.5b-instruct", "qwen2.5-7b-instruct"):
-        cfg = Config.from_hf(json.loads((Path(".gpu/hf") / name / "config.json").read_text()))
-        cfg.n_layers = 1
+        cfg = one_layer(Path(".gpu/hf") / name)
         H, Hkv, D = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
         print(f"{name}: {'batch':>5} {'position':>8} {'flash folded':>14} {'matmuls':>14} {'matmuls fp32 s':>15}"
               f" {'GB/s flash':>10} {'GB/s mm':>8} {'max diff':>9}", flush=True)
         for B in (64, 256, 448):
             for p in (600, 1300, 2500):
                 L = p + 1
-                cache = KVCache(cfg, B, 3072, device="cuda", dtype=torch.bfloat16)
-                cache.kv[0].normal_()
+                cache, q = random_cache(cfg, B, 3072)
                 cache.attend_len = 4096 if p >= 2048 else 2048
                 cache.prepare(torch.full((B, 1), p, device="cuda"))
-                q = torch.randn(B, 1, H, D, device="cuda", dtype=torch.bfloat16)
                 flash = per_call_us(lambda: cache.attend(0, q))
                 kv = cache.kv[0][:, :, :L]  # [B, 2Hkv, L, D]
                 k = kv[:, :Hkv].reshape(B * Hkv, L, D).contiguous()

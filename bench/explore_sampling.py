@@ -15,7 +15,6 @@ step at batch 16 and 1,726 us at 448; the two-level draw (a58b64a) 125 and 828 u
 """
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -27,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import sample  # noqa: E402
 from bench_sample import our_model  # noqa: E402
 from explore_attention import per_call_us  # noqa: E402
-from model import Config, KVCache  # noqa: E402
+from model import KVCache, load_config  # noqa: E402
 
 
 def blocked_cumsum(x, c=128):
@@ -55,7 +54,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--config", type=Path, default=Path(".gpu/hf/qwen2.5-1.5b-instruct"))
     args = ap.parse_args()
-    cfg = Config.from_hf(json.loads((args.config / "config.json").read_text()))
+    cfg = load_config(args.config)
     V = cfg.vocab_size
     print(torch.cuda.get_device_name(), "torch", torch.__version__, args.config.name, "vocab", V, flush=True)
 

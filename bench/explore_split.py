@@ -22,7 +22,6 @@ kernels) add 12-17 us, so the chunked call is slower than the call now at every 
 """
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -30,9 +29,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from explore_attention import per_call_us  # noqa: E402
+from explore_attention import one_layer, per_call_us, random_cache  # noqa: E402
 
-from model import Config, KVCache  # noqa: E402
+from model import KVCache  # noqa: E402
 
 
 class Chunks:
@@ -75,17 +74,14 @@ def main():
     print(torch.cuda.get_device_name(), "torch", torch.__version__, flush=True)
     splits = (2, 4, 8, 16, 32)
     for d in sorted(args.configs.iterdir()):
-        cfg = Config.from_hf(json.loads((d / "config.json").read_text()))
-        cfg.n_layers = 1
+        cfg = one_layer(d)
         print(f"\n{d.name} (kv heads {cfg.n_kv_heads}); us per call: attend now / chunked, c ranges (flash call alone)")
         print(f"{'batch':>5} {'position':>8} {'now':>7} " + " ".join(f"{'c=' + str(c):>15}" for c in splits))
         for B in (1, 4, 8, 16, 32, 64):
             for p in (300, 1000, 2500, 6000):
                 attend = 1 << (p + 1).bit_length()
-                cache = KVCache(cfg, B, attend, device="cuda", dtype=torch.bfloat16)
-                cache.kv[0].normal_()
+                cache, q = random_cache(cfg, B, attend)
                 cache.attend_len = attend
-                q = torch.randn(B, 1, cfg.n_heads, cfg.head_dim, device="cuda", dtype=torch.bfloat16)
                 # correctness on rows of mixed lengths (1 .. p+1), then timing with every row at p
                 mixed = torch.randint(0, p + 1, (B, 1), device="cuda")
                 mixed[0] = 0
