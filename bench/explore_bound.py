@@ -26,11 +26,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from explore_attention import one_layer, per_call_us, random_cache  # noqa: E402
 
+import sample  # noqa: E402
+
 
 def bounds(n: int) -> dict[str, int]:
-    quarter = 1 << ((n - 1).bit_length() - 3)
     return {"power of two": max(256, 1 << (n - 1).bit_length()),
-            "four per doubling": max(256, -(-n // quarter) * quarter), "multiple of 128": -(-n // 128) * 128}
+            "four per doubling": max(256, sample.round_size(n)), "multiple of 128": -(-n // 128) * 128}
 
 
 def main():
