@@ -21,7 +21,8 @@ How it works (read top to bottom):
     per whether the call asks for log-probs (greedy decoding without them skips a logsumexp per step).
   * Randomness is counter-based: the token at position p of sequence s is drawn with a uniform number
     hashed from (seed, s, p) by inverse-CDF sampling. A sample therefore does not depend on which slot
-    or batch it ran in, and the CPU and GPU paths draw the same numbers.
+    or batch it ran in, and the CPU and GPU paths draw the same numbers. A sequence's numbers are hashed
+    for all its positions when it starts, so a decode step reads one instead of hashing (15 small kernels).
 """
 
 from __future__ import annotations
@@ -52,16 +53,16 @@ def _mix(x):
 
 
 def sequence_key(seed: int, seq: torch.Tensor) -> torch.Tensor:
-    """The hash state of sequences seq [B] under seed, from which `uniform_at` draws. Computed once per
-    sequence, so that a decode step hashes only the position (15 small kernels instead of 39)."""
+    """The hash state of sequences seq [B] under seed, from which `uniform_at` draws."""
     x = _mix(torch.full_like(seq, seed & 0x7FFFFFFF) ^ 0x2545F491)
     return _mix((x + seq) & _M32)
 
 
 def uniform_at(key: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-    """A uniform number in [0, 1) for each (key[i], pos[i]): an integer hash, no RNG state."""
+    """A uniform number in [0, 1 - 2**-23] for each (key, pos) pair (broadcast): an integer hash, no RNG state.
+    23 random bits: exact in float32, and u * x stays below x after rounding (what `inverse_cdf` relies on)."""
     x = _mix((key + pos) & _M32)
-    return (x >> 8).float() / 2**24  # 24 random bits: exact in float32
+    return (x >> 9).float() / 2**23
 
 
 def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
@@ -87,36 +88,40 @@ _RUN = 128  # vocabulary entries per run in `inverse_cdf` (Qwen's vocabularies a
 
 
 def inverse_cdf(weights: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """For each row of weights [B,V] (non-negative, any scale, float32) the first index whose running sum
-    exceeds u [B] in [0, 1) times the row's total: a draw from the row's distribution.
+    """For each row of weights [B,V] (non-negative float32, a positive total) the first index whose running
+    sum exceeds u [B] times the row's total, u in [0, 1 - 2**-23] as `uniform_at` draws it: a draw from the
+    row's distribution.
 
     In two levels, because a scan over a whole vocabulary is slow on a GPU at the batch sizes sampling
     runs (torch scans a row's last dimension with one thread block per 32 rows: 190 us per step at batch
     2 to 32 on an H100, bench/explore_sampling.py): first the runs of _RUN entries (their sums are one
     parallel reduction), then the entries of the chosen run. The index returned always has a positive
-    weight, also when rounding puts u x total at the very end of a row.
+    weight: u * total rounds to below the total, and the running sums stay flat over zeros (`flat_cumsum`).
     """
     B, V = weights.shape
     runs = (F.pad(weights, (0, -V % _RUN)) if V % _RUN else weights).view(B, -1, _RUN)  # [B,R,_RUN], zeros padded
     mass = runs.sum(-1)  # [B,R] each run's weight
-    ends = mass.cumsum(-1)  # [B,R] running total at each run's end
-    target = strictly_below(u[:, None] * ends[:, -1:], ends[:, -1:])  # [B,1]
-    r = torch.searchsorted(ends, target, right=True)  # [B,1] the run where target falls: its mass is > 0
-    start = torch.where(r > 0, ends.gather(-1, (r - 1).clamp(min=0)), 0.0)
-    inside = runs.gather(1, r[:, :, None].expand(B, 1, _RUN))[:, 0].cumsum(-1)  # [B,_RUN] running sums in it
-    # target's place within the run, rescaled to the run's own running sum (the two sums round apart)
-    t = strictly_below((target - start).clamp(min=0) / mass.gather(-1, r) * inside[:, -1:], inside[:, -1:])
-    return (r * _RUN + torch.searchsorted(inside, t, right=True))[:, 0]
+    ends = flat_cumsum(mass)  # [B,R] running total at each run's end
+    target = u[:, None] * ends[:, -1:]  # [B,1] below the total
+    r = torch.searchsorted(ends, target, right=True)  # [B,1] the first run ending above target: its mass is > 0
+    # how far into run r target falls, as a fraction of the run (clamped: the run's sum and its end round apart)
+    frac = (1 - (ends.gather(-1, r) - target) / mass.gather(-1, r)).clamp(0, 1 - 2**-23)
+    inside = flat_cumsum(runs.gather(1, r[:, :, None].expand(B, 1, _RUN))[:, 0])  # [B,_RUN] running sums in run r
+    return (torch.searchsorted(inside, frac * inside[:, -1:], right=True) + r * _RUN)[:, 0]
 
 
-def strictly_below(x: torch.Tensor, bound: torch.Tensor) -> torch.Tensor:
-    """x, lowered where needed to the largest float below bound (bound > 0)."""
-    return torch.minimum(x, torch.nextafter(bound, torch.zeros_like(bound)))
+def flat_cumsum(x: torch.Tensor) -> torch.Tensor:
+    """Running sums of x >= 0 along the last dimension that stay exactly flat over zero entries, so that a
+    search for the first sum above a target never lands on a zero. torch's scan does not promise it: a
+    parallel scan may add the sums on either side of a zero in different orders, which round apart (none
+    did on an H100 for the shapes sampling uses, bench/explore_sampling.py; three small kernels buy the
+    guarantee)."""
+    return torch.where(x > 0, x.cumsum(-1), 0).cummax(-1).values
 
 
-def sample_next(logits, key, pos, temperature=1.0, top_k=0, top_p=1.0, logprobs=True):
+def sample_next(logits, u, temperature=1.0, top_k=0, top_p=1.0, logprobs=True):
     """Pick the next token of each row. logits [B,V] in the model's dtype (the arithmetic is float32);
-    key [B] each row's `sequence_key`, pos [B] where the new token goes.
+    u [B] each row's uniform number for this token (`uniform_at`; unused when greedy).
 
     Returns tokens [B] and their log-probs [B] under softmax(logits / temperature) *before* top-k/top-p
     filtering, which is what GRPO's old_logp recomputes (temperature 0 = greedy, log-probs of softmax(logits)),
@@ -133,7 +138,7 @@ def sample_next(logits, key, pos, temperature=1.0, top_k=0, top_p=1.0, logprobs=
     # [B,V] the unfiltered distribution: drawn from when nothing is filtered, else only for the log-probs
     probs = scaled.softmax(-1, dtype=torch.float32) if logprobs or not filtered else None
     keep = filter_logits(scaled.float(), top_k, top_p).softmax(-1) if filtered else probs
-    tok = inverse_cdf(keep, uniform_at(key, pos))
+    tok = inverse_cdf(keep, u)
     if not logprobs:
         return tok, None
     return tok, probs.gather(-1, tok[:, None])[:, 0].log()  # finite: a drawn token has keep > 0, so probs > 0
@@ -158,7 +163,7 @@ class _Slots:
 
     tok: torch.Tensor  # [S] the last token of the row (not yet in the cache)
     pos: torch.Tensor  # [S] its position
-    key: torch.Tensor  # [S] sequence_key(seed, prompt_index * n + sample_index): the row's random numbers
+    u: torch.Tensor  # [S, max_new + 1] the uniform number of each new token (uniform_at, drawn at the start)
     n_gen: torch.Tensor  # [S] tokens generated so far
     limit: torch.Tensor  # [S] max new tokens of the row
     done: torch.Tensor  # [S] bool; empty slots are done
@@ -188,9 +193,9 @@ class Engine:
         S, dev = self.slots, self.device
         self.cache = KVCache(self.model.cfg, S, self.max_len, device=dev, dtype=dtype)
         z = lambda dt=torch.long: torch.zeros(S, dtype=dt, device=dev)  # noqa: E731
-        self.s = _Slots(z(), z(), z(), z(), z(), torch.ones(S, dtype=torch.bool, device=dev),
-                        torch.zeros(S, self.max_new + 1, dtype=torch.long, device=dev),
-                        torch.zeros(S, self.max_new + 1, dtype=torch.float, device=dev))
+        row = lambda dt: torch.zeros(S, self.max_new + 1, dtype=dt, device=dev)  # noqa: E731
+        self.s = _Slots(z(), z(), row(torch.float), z(), z(), torch.ones(S, dtype=torch.bool, device=dev),
+                        row(torch.long), row(torch.float))
         self.eos = torch.tensor(list(self.eos_ids) or [-1], device=dev)
         self.use_graph = self.cuda_graph and dev.type == "cuda"
         self.pool = None
@@ -209,16 +214,19 @@ class Engine:
         """Advance rows 0..B-1 by one token (generate keeps the live rows within them)."""
         s = _Slots(*(t[:B] for t in vars(self.s).values()))  # views: updated in place
         logits = self.model(s.tok[:, None], self.cache, s.pos[:, None])[:, 0]  # [B,V]
-        nxt, lp = sample_next(logits, s.key, s.pos + 1, self.temperature, self.top_k, self.top_p, self.logprobs)
-        live = ~s.done
-        col = torch.where(live, s.n_gen, self.max_new)[:, None]  # finished rows write to the sink column
+        u = s.u.gather(1, s.n_gen[:, None])[:, 0] if self.temperature else None  # [B] for the new tokens
+        nxt, lp = sample_next(logits, u, self.temperature, self.top_k, self.top_p, self.logprobs)
+        col = s.n_gen.masked_fill(s.done, self.max_new)[:, None]  # finished rows write to the sink column
         s.out_tok.scatter_(1, col, nxt[:, None])
         if self.logprobs:
             s.out_lp.scatter_(1, col, lp[:, None])
+        live = ~s.done
         s.n_gen += live
         s.pos += live
-        s.tok.copy_(torch.where(live, nxt, s.tok))
-        s.done |= live & (torch.isin(nxt, self.eos) | (s.n_gen >= s.limit))
+        # A finished row keeps decoding (at its last position, rewriting it) until it is collected; what it
+        # draws is never read, and its done flag stays set.
+        s.tok.copy_(nxt)
+        s.done |= torch.isin(nxt, self.eos) | (s.n_gen >= s.limit)
 
     def _run(self, steps: int, B: int, attend_len: int):
         self.cache.attend_len = attend_len
@@ -294,10 +302,12 @@ class Engine:
         """Start sequences seqs in slots: their first token is sampled from the prompts' logits [k,V]."""
         s, dev = self.s, self.device
         idx = torch.tensor(slots, device=dev)
-        key, pos_t = sequence_key(self.seed, torch.tensor(seqs, device=dev)), torch.tensor(lens, device=dev)
-        limit_t = torch.tensor(limits, device=dev)
-        tok, lp = sample_next(logits, key, pos_t, self.temperature, self.top_k, self.top_p, self.logprobs)
-        s.tok[idx], s.pos[idx], s.key[idx] = tok, pos_t, key
+        pos_t, limit_t = torch.tensor(lens, device=dev), torch.tensor(limits, device=dev)
+        if self.temperature:  # the uniform number of every token the sequences may draw, new token j at pos + j
+            key = sequence_key(self.seed, torch.tensor(seqs, device=dev))
+            s.u[idx] = uniform_at(key[:, None], pos_t[:, None] + torch.arange(self.max_new + 1, device=dev))
+        tok, lp = sample_next(logits, s.u[idx, 0], self.temperature, self.top_k, self.top_p, self.logprobs)
+        s.tok[idx], s.pos[idx] = tok, pos_t
         s.n_gen[idx], s.limit[idx] = 1, limit_t
         s.out_tok[idx, 0] = tok
         if self.logprobs:

@@ -220,8 +220,8 @@ def test_empirical_frequencies_match_filtered_distribution(temperature, top_k, t
     V, N = 10, 200_000
     logits = torch.randn(V) * 1.5
     want = torch.tensor(reference_distribution(logits.tolist(), temperature, top_k, top_p))
-    tok, _ = sample_next(logits.expand(N, V), key=sequence_key(123, torch.arange(N)), pos=torch.full((N,), 7),
-                         temperature=temperature, top_k=top_k, top_p=top_p, logprobs=False)
+    u = uniform_at(sequence_key(123, torch.arange(N)), torch.full((N,), 7))
+    tok, _ = sample_next(logits.expand(N, V), u, temperature=temperature, top_k=top_k, top_p=top_p, logprobs=False)
     freq = torch.bincount(tok, minlength=V).double() / N
     # Each frequency is a binomial proportion: allow 5 standard deviations (a false alarm ~1e-6 per cell).
     tol = 5 * torch.sqrt(want * (1 - want) / N) + 1e-9
@@ -244,7 +244,7 @@ def test_inverse_cdf_matches_a_float64_scan(V):
     w[3, 1:] = 0  # one token
     w[4] *= 1e-30  # tiny weights
     u = torch.rand(draws, B, generator=g)
-    u[0], u[1] = 0.0, 1 - 2**-24
+    u[0], u[1] = 0.0, 1 - 2**-23  # the smallest and largest numbers uniform_at draws
     got = torch.stack([sample.inverse_cdf(w, u[i]) for i in range(draws)])  # [draws, B]
     cdf = w.double().cumsum(-1)
     target = u.double()[:, :, None] * cdf[:, -1][None, :, None]  # [draws, B, 1]
@@ -254,6 +254,34 @@ def test_inverse_cdf_matches_a_float64_scan(V):
     assert torch.equal(got[~near], want[~near]) and near.float().mean() < 0.01
     assert got[1, 2] == torch.nonzero(w[2]).max()  # u just below 1: the last token of positive weight
     assert torch.all(got[:, 3] == 0)
+
+
+def test_inverse_cdf_never_draws_a_zero_when_the_scan_rounds(monkeypatch):
+    """A GPU scan adds in a tree, so the running sums on either side of a zero weight can round apart; a
+    search could then land on the zero. Simulated here by a cumsum that drifts up at every entry: the
+    draws must still only pick positive weights, and u = 1 - 2**-23 (the largest uniform_at draws) the last."""
+    g = torch.Generator().manual_seed(0)
+    B, V = 4, 1024
+    w = torch.rand(B, V, generator=g)
+    w[w < 0.7] = 0  # most entries zero
+    w[0, 128:512] = 0  # whole empty runs
+    w[1, -300:] = 0  # an empty end
+    real = torch.Tensor.cumsum
+    drift = lambda x, dim: real(x, dim) * (1 + 1e-6 * torch.arange(1, x.shape[-1] + 1))  # noqa: E731
+    monkeypatch.setattr(torch.Tensor, "cumsum", drift)
+    u = torch.cat([torch.rand(2000, B, generator=g), torch.full((1, B), 1 - 2**-23), torch.zeros(1, B)])
+    got = torch.stack([sample.inverse_cdf(w, u[i]) for i in range(len(u))])  # [draws, B]
+    assert torch.all((got >= 0) & (got < V)) and torch.all(w.gather(1, got.T) > 0)
+    assert got[-2].tolist() == [int(torch.nonzero(w[b]).max()) for b in range(B)]  # u at its largest: the last
+    assert got[-1].tolist() == [int(torch.nonzero(w[b]).min()) for b in range(B)]  # u = 0: the first
+
+
+def test_uniform_numbers_stay_below_one_by_a_float32_step():
+    """inverse_cdf needs u * total < total after float32 rounding: u <= 1 - 2**-23 guarantees it."""
+    u = uniform_at(sequence_key(0, torch.arange(1)), torch.arange(1 << 20))
+    assert u.max() <= 1 - 2**-23 and u.min() >= 0 and (u * 2**23 == (u * 2**23).round()).all()
+    totals = torch.rand(100_000) * 10 + 1e-3
+    assert torch.all(torch.tensor(1 - 2**-23) * totals < totals)
 
 
 def test_filter_keeps_the_top_token_and_same_seed_same_draws():
