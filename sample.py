@@ -28,6 +28,7 @@ How it works (read top to bottom):
 from __future__ import annotations
 
 import argparse
+import operator
 import sys
 import time
 from dataclasses import dataclass, field
@@ -434,25 +435,33 @@ def round_size_down(n: int) -> int:
 
 
 def check_prompts(model: Transformer, prompts, max_new_tokens):
-    """Reject bad input before any work: empty prompts, ids outside the vocabulary, too long."""
+    """Reject bad input before any work: empty prompts, ids that are not integers or outside the vocabulary,
+    too long. Returns the prompts as lists of ints, and one max_new_tokens per prompt."""
     cfg = model.cfg
     if not prompts:
         raise ValueError("generate: no prompts")
     limits = max_new_tokens if isinstance(max_new_tokens, (list, tuple)) else [max_new_tokens] * len(prompts)
     if len(limits) != len(prompts):
         raise ValueError(f"generate: {len(limits)} max_new_tokens values for {len(prompts)} prompts")
+    checked = []
     for i, (p, m) in enumerate(zip(prompts, limits)):
         if len(p) == 0:
             raise ValueError(f"generate: prompt {i} is empty")
         if m < 1:
             raise ValueError(f"generate: prompt {i}: max_new_tokens must be >= 1, got {m}")
-        bad = [t for t in p if not 0 <= t < cfg.vocab_size]
-        if bad:
-            raise ValueError(f"generate: prompt {i} has token id {bad[0]} outside the vocabulary [0, {cfg.vocab_size})")
+        try:
+            ids = list(map(operator.index, p))  # ints, numpy or 0-d integer tensors; a float is an error
+        except TypeError:
+            raise TypeError(f"generate: prompt {i} has a token id that is not an integer: "
+                            f"{next(t for t in p if not hasattr(t, '__index__'))!r}") from None
+        if min(ids) < 0 or max(ids) >= cfg.vocab_size:
+            bad = next(t for t in ids if not 0 <= t < cfg.vocab_size)
+            raise ValueError(f"generate: prompt {i} has token id {bad} outside the vocabulary [0, {cfg.vocab_size})")
         if len(p) + m > cfg.max_position_embeddings:
             raise ValueError(f"generate: prompt {i} has {len(p)} tokens + max_new_tokens {m} = {len(p) + m}, over the "
                              f"model's limit of {cfg.max_position_embeddings} (max_position_embeddings)")
-    return [list(map(int, p)) for p in prompts], limits
+        checked.append(ids)
+    return checked, limits
 
 
 @torch.no_grad()

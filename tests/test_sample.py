@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from conftest import hf_model
@@ -186,6 +187,16 @@ def test_bad_input_is_refused_before_work(models):
         generate(ours, [[1] * 200], 57)
     with pytest.raises(ValueError, match="token id -1"):
         generate(ours, [[-1]], 4)
+    with pytest.raises(TypeError, match="prompt 0 has a token id that is not an integer: 2.5"):
+        generate(ours, [[1, 2.5]], 4)  # never truncated to 2
+
+
+def test_prompts_of_numpy_or_tensor_ids_decode_as_lists(models):
+    _, ours = models
+    ids = [3, 17, 99, 4]
+    want = generate(ours, [ids], 6, temperature=0)[0].tokens
+    assert generate(ours, [torch.tensor(ids)], 6, temperature=0)[0].tokens == want
+    assert generate(ours, [np.array(ids)], 6, temperature=0)[0].tokens == want
 
 
 # -- the sampling distribution ---------------------------------------------------------------------
