@@ -452,8 +452,8 @@ def check_prompts(model: Transformer, prompts, max_new_tokens):
         try:
             ids = list(map(operator.index, p))  # ints, numpy or 0-d integer tensors; a float is an error
         except TypeError:
-            raise TypeError(f"generate: prompt {i} has a token id that is not an integer: "
-                            f"{next(t for t in p if not hasattr(t, '__index__'))!r}") from None
+            j = next(j for j, t in enumerate(p) if not _is_index(t))
+            raise TypeError(f"generate: prompt {i} has a token id that is not an integer at {j}: {p[j]!r}") from None
         if min(ids) < 0 or max(ids) >= cfg.vocab_size:
             bad = next(t for t in ids if not 0 <= t < cfg.vocab_size)
             raise ValueError(f"generate: prompt {i} has token id {bad} outside the vocabulary [0, {cfg.vocab_size})")
@@ -462,6 +462,14 @@ def check_prompts(model: Transformer, prompts, max_new_tokens):
                              f"model's limit of {cfg.max_position_embeddings} (max_position_embeddings)")
         checked.append(ids)
     return checked, limits
+
+
+def _is_index(t) -> bool:
+    try:
+        operator.index(t)
+        return True
+    except TypeError:
+        return False
 
 
 @torch.no_grad()

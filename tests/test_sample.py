@@ -187,8 +187,10 @@ def test_bad_input_is_refused_before_work(models):
         generate(ours, [[1] * 200], 57)
     with pytest.raises(ValueError, match="token id -1"):
         generate(ours, [[-1]], 4)
-    with pytest.raises(TypeError, match="prompt 0 has a token id that is not an integer: 2.5"):
+    with pytest.raises(TypeError, match="prompt 0 has a token id that is not an integer at 1: 2.5"):
         generate(ours, [[1, 2.5]], 4)  # never truncated to 2
+    with pytest.raises(TypeError, match="prompt 1 has a token id that is not an integer at 0: tensor"):
+        generate(ours, [[1], torch.ones(1, 3, dtype=torch.long)], 4)  # a [1, L] tensor: its rows are not ids
 
 
 def test_prompts_of_numpy_or_tensor_ids_decode_as_lists(models):
@@ -268,9 +270,10 @@ def test_inverse_cdf_matches_a_float64_scan(V):
 
 
 def test_inverse_cdf_never_draws_a_zero_when_the_scan_rounds(monkeypatch):
-    """A GPU scan adds in a tree, so the running sums on either side of a zero weight can round apart; a
-    search could then land on the zero. Simulated here by a cumsum that drifts up at every entry: the
-    draws must still only pick positive weights, and u = 1 - 2**-23 (the largest uniform_at draws) the last."""
+    """torch does not promise that a GPU scan keeps the running sum flat over a zero weight (a parallel scan
+    may add the two sides in different orders); a search could then land on the zero. Simulated here by a
+    cumsum that drifts up at every entry: the draws must still only pick positive weights, and
+    u = 1 - 2**-23 (the largest uniform_at draws) the last."""
     g = torch.Generator().manual_seed(0)
     B, V = 4, 1024
     w = torch.rand(B, V, generator=g)
