@@ -64,6 +64,24 @@ def test_sampled_tokens_do_not_depend_on_slots_or_sync(models):
     assert [x.tokens for x in a] != [x.tokens for x in c]
 
 
+def test_each_token_is_drawn_with_the_number_of_its_sequence_and_position(models):
+    """The documented counter: new token t of sample j of prompt i is the draw of sample_next from the
+    logits that predict it (a full forward) with uniform_at(sequence_key(seed, i * n + j), len(prompt) + t),
+    whatever slot, batch or chunk produced it."""
+    _, ours = models
+    ps, n, seed = prompts([5, 12, 3], seed=13), 2, 9
+    kw = dict(temperature=0.8, top_k=40)
+    outs = generate(ours, ps, [9, 14, 6], n=n, seed=seed, slots=4, sync_every=3, **kw)
+    for o in outs:
+        p = ps[o.prompt_index]
+        with torch.no_grad():
+            logits = ours(torch.tensor([p + o.tokens]))[0, len(p) - 1:-1]  # [T,V] what predicted each token
+        key = sequence_key(seed, torch.tensor([o.prompt_index * n + o.sample_index]))
+        u = uniform_at(key, len(p) + torch.arange(len(o.tokens)))  # [T]
+        want = [sample_next(logits[t:t + 1], u[t:t + 1], logprobs=False, **kw)[0].item() for t in range(len(u))]
+        assert o.tokens == want
+
+
 def test_cached_decoding_logits_equal_full_forward(models):
     _, ours = models
     seq = prompts([24], seed=3)[0]
