@@ -59,8 +59,11 @@ def sequence_key(seed: int, seq: torch.Tensor) -> torch.Tensor:
     return _mix((x + seq) & _M32)
 
 
+_U_MAX = 1 - 2**-23  # the largest number uniform_at draws: x * _U_MAX rounds to below x for any normal float32 x
+
+
 def uniform_at(key: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-    """A uniform number in [0, 1 - 2**-23] for each (key, pos) pair (broadcast): an integer hash, no RNG state.
+    """A uniform number in [0, _U_MAX] for each (key, pos) pair (broadcast): an integer hash, no RNG state.
     23 random bits: exact in float32, and u * x stays below x after rounding (what `inverse_cdf` relies on)."""
     x = _mix((key + pos) & _M32)
     return (x >> 9).float() / 2**23
@@ -90,7 +93,7 @@ _RUN = 128  # vocabulary entries per run in `inverse_cdf` (Qwen's vocabularies a
 
 def inverse_cdf(weights: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     """For each row of weights [B,V] (non-negative float32, a positive total) the first index whose running
-    sum exceeds u [B] times the row's total, u in [0, 1 - 2**-23] as `uniform_at` draws it: a draw from the
+    sum exceeds u [B] times the row's total, u in [0, _U_MAX] as `uniform_at` draws it: a draw from the
     row's distribution.
 
     In two levels, because a scan over a whole vocabulary is slow on a GPU at the batch sizes sampling
@@ -105,8 +108,9 @@ def inverse_cdf(weights: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     ends = flat_cumsum(mass)  # [B,R] running total at each run's end
     target = u[:, None] * ends[:, -1:]  # [B,1] below the total
     r = torch.searchsorted(ends, target, right=True)  # [B,1] the first run ending above target: its mass is > 0
-    # how far into run r target falls, as a fraction of the run (clamped: the run's sum and its end round apart)
-    frac = (1 - (ends.gather(-1, r) - target) / mass.gather(-1, r)).clamp(0, 1 - 2**-23)
+    # how far into run r target falls, as a fraction of the run (clamped: the run's sum and its end round apart;
+    # at most _U_MAX, so that frac x the run's total stays below that total as u x total does)
+    frac = (1 - (ends.gather(-1, r) - target) / mass.gather(-1, r)).clamp(0, _U_MAX)
     inside = flat_cumsum(runs.gather(1, r[:, :, None].expand(B, 1, _RUN))[:, 0])  # [B,_RUN] running sums in run r
     return (torch.searchsorted(inside, frac * inside[:, -1:], right=True) + r * _RUN)[:, 0]
 
