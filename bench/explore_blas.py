@@ -18,15 +18,16 @@ The defaults stay.
 import argparse
 import contextlib
 import functools
-import json
 import sys
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import explore_attention  # noqa: E402
+from model import load_config  # noqa: E402
 
 per_call_us = functools.partial(explore_attention.per_call_us, calls=100)
 
@@ -55,10 +56,9 @@ def main():
     dev, dt = "cuda", torch.bfloat16
     settings = [("cublas", True), ("cublas", False), ("cublaslt", True), ("cublaslt", False)]
     for d in sorted(args.configs.iterdir()):
-        c = json.loads((d / "config.json").read_text())
-        H, I, V = c["hidden_size"], c["intermediate_size"], c["vocab_size"]
-        hd = H // c["num_attention_heads"]
-        qkv = (c["num_attention_heads"] + 2 * c["num_key_value_heads"]) * hd
+        c = load_config(d)
+        H, I, V = c.hidden_size, c.intermediate_size, c.vocab_size
+        qkv = (c.n_heads + 2 * c.n_kv_heads) * c.head_dim
         print(f"\n{d.name}: us per call; " + " | ".join(f"{lib} reduced={r}" for lib, r in settings))
         for B in (1, 16, 64):
             x = torch.randn(B, H, device=dev, dtype=dt)
