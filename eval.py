@@ -263,7 +263,7 @@ def judge(model, tok, items: list[tuple[data.Pair, str]], log: Path, variant: st
                 if len(ids) >= limit:
                     raise ValueError(f"pair {p.id}: judge prompt has {len(ids)} tokens, over the model's {limit}")
             budgets = [min(max_new_tokens, limit - len(ids)) for ids in prompts]
-            outs = generate(model, prompts, budgets, temperature=0, eos_ids=tok.eos_ids, slots=slots)
+            outs = generate(model, prompts, budgets, temperature=0, eos_ids=tok.eos_ids, slots=slots or None)
             for (p, at), o in zip(chunk, outs):
                 text = tok.decode(o.tokens, skip_special_tokens=True)
                 verdict = parse_verdict(text)

@@ -451,8 +451,8 @@ def check_prompts(model: Transformer, prompts, max_new_tokens):
     for i, (p, m) in enumerate(zip(prompts, limits)):
         if len(p) == 0:
             raise ValueError(f"generate: prompt {i} is empty")
-        if m < 1:
-            raise ValueError(f"generate: prompt {i}: max_new_tokens must be >= 1, got {m}")
+        if not _is_count(m):
+            raise ValueError(f"generate: prompt {i}: max_new_tokens must be an integer >= 1, got {m!r}")
         try:
             ids = list(map(operator.index, p))  # ints, numpy or 0-d integer tensors; a float is an error
         except TypeError:
@@ -476,6 +476,29 @@ def _is_index(t) -> bool:
         return False
 
 
+def _is_count(x) -> bool:
+    """An integer >= 1 (a bool is not a count)."""
+    return _is_index(x) and not isinstance(x, bool) and x >= 1
+
+
+def check_settings(n, temperature, top_k, top_p, eos_ids, seed, slots, sync_every, prefill_tokens):
+    """Reject bad generate() settings by name before any work (a sync interval of 0 would never return)."""
+    counts = dict(n=n, sync_every=sync_every, prefill_tokens=prefill_tokens, slots=1 if slots is None else slots)
+    for name, v in counts.items():
+        if not _is_count(v):
+            raise ValueError(f"generate: {name} must be an integer >= 1, got {v!r}")
+    if not (isinstance(temperature, (int, float)) and 0 <= temperature < float("inf")):
+        raise ValueError(f"generate: temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}")
+    if not (_is_index(top_k) and not isinstance(top_k, bool) and top_k >= 0):
+        raise ValueError(f"generate: top_k must be an integer >= 0 (0 = off), got {top_k!r}")
+    if not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
+        raise ValueError(f"generate: top_p must be in (0, 1], got {top_p!r}")
+    if not _is_index(seed):
+        raise ValueError(f"generate: seed must be an integer, got {seed!r}")
+    if isinstance(eos_ids, (str, bytes)) or not all(_is_index(e) and not isinstance(e, bool) for e in eos_ids):
+        raise TypeError(f"generate: eos_ids must be integer token ids, got {eos_ids!r}")
+
+
 @torch.no_grad()
 def generate(model: Transformer, prompts, max_new_tokens, n: int = 1, temperature: float = 1.0, top_k: int = 0,
              top_p: float = 1.0, eos_ids=(), seed: int = 0, return_logprobs: bool = False, slots: int | None = None,
@@ -492,8 +515,7 @@ def generate(model: Transformer, prompts, max_new_tokens, n: int = 1, temperatur
     """
     global _engine
     prompts, limits = check_prompts(model, prompts, max_new_tokens)
-    if not 0 < top_p <= 1 or top_k < 0 or temperature < 0:
-        raise ValueError(f"generate: bad sampling settings temperature={temperature} top_k={top_k} top_p={top_p}")
+    check_settings(n, temperature, top_k, top_p, eos_ids, seed, slots, sync_every, prefill_tokens)
     longest = max(len(p) + m for p, m in zip(prompts, limits))
     slots = min(slots or _slots_that_fit(model, longest), len(prompts) * n)
     # Sizes rounded up to whole buckets so that consecutive calls can reuse one engine and its graphs.

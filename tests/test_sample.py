@@ -209,6 +209,20 @@ def test_bad_input_is_refused_before_work(models):
         generate(ours, [[1, 2.5]], 4)  # never truncated to 2
     with pytest.raises(TypeError, match="prompt 1 has a token id that is not an integer at 0: tensor"):
         generate(ours, [[1], torch.ones(1, 3, dtype=torch.long)], 4)  # a [1, L] tensor: its rows are not ids
+    for kw, msg in [(dict(max_new_tokens=4.0), "prompt 0: max_new_tokens must be an integer >= 1, got 4.0"),
+                    (dict(max_new_tokens=[4, True]), "prompt 1: max_new_tokens must be an integer >= 1, got True"),
+                    (dict(n=0), "n must be an integer >= 1, got 0"),
+                    (dict(slots=0), "slots must be an integer >= 1, got 0"),
+                    (dict(sync_every=0), "sync_every must be an integer >= 1, got 0"),  # it would never return
+                    (dict(prefill_tokens=-1), "prefill_tokens must be an integer >= 1"),
+                    (dict(temperature=float("nan")), "temperature must be a finite number >= 0"),
+                    (dict(top_k=2.5), "top_k must be an integer >= 0"),
+                    (dict(top_p=0), r"top_p must be in \(0, 1\]"),
+                    (dict(seed=1.5), "seed must be an integer, got 1.5"),
+                    (dict(eos_ids="7"), "eos_ids must be integer token ids, got '7'")]:
+        kw = {"max_new_tokens": 4} | kw
+        with pytest.raises((ValueError, TypeError), match=msg):
+            generate(ours, [[1, 2], [3]], **kw)
 
 
 def test_prompts_of_numpy_or_tensor_ids_decode_as_lists(models):
