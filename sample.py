@@ -449,6 +449,8 @@ def check_prompts(model: Transformer, prompts, max_new_tokens):
         raise ValueError(f"generate: {len(limits)} max_new_tokens values for {len(prompts)} prompts")
     checked = []
     for i, (p, m) in enumerate(zip(prompts, limits)):
+        if _is_index(p) or isinstance(p, str):
+            raise TypeError(f"generate: prompt {i} is {p!r}, not a list of token ids (one prompt is [ids])")
         if len(p) == 0:
             raise ValueError(f"generate: prompt {i} is empty")
         if not _is_count(m):

@@ -209,6 +209,10 @@ def test_bad_input_is_refused_before_work(models):
         generate(ours, [[1, 2.5]], 4)  # never truncated to 2
     with pytest.raises(TypeError, match="prompt 1 has a token id that is not an integer at 0: tensor"):
         generate(ours, [[1], torch.ones(1, 3, dtype=torch.long)], 4)  # a [1, L] tensor: its rows are not ids
+    with pytest.raises(TypeError, match=r"prompt 0 is 1, not a list of token ids \(one prompt is \[ids\]\)"):
+        generate(ours, [1, 2], 4)
+    with pytest.raises(TypeError, match="prompt 0 is 'hi', not a list of token ids"):
+        generate(ours, ["hi"], 4)
     for kw, msg in [(dict(max_new_tokens=4.0), "prompt 0: max_new_tokens must be an integer >= 1, got 4.0"),
                     (dict(max_new_tokens=[4, True]), "prompt 1: max_new_tokens must be an integer >= 1, got True"),
                     (dict(n=0), "n must be an integer >= 1, got 0"),
