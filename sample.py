@@ -28,6 +28,7 @@ How it works (read top to bottom):
 from __future__ import annotations
 
 import argparse
+import numbers
 import operator
 import sys
 import time
@@ -483,22 +484,29 @@ def _is_count(x) -> bool:
     return _is_index(x) and not isinstance(x, bool) and x >= 1
 
 
-def check_settings(n, temperature, top_k, top_p, eos_ids, seed, slots, sync_every, prefill_tokens):
-    """Reject bad generate() settings by name before any work (a sync interval of 0 would never return)."""
-    counts = dict(n=n, sync_every=sync_every, prefill_tokens=prefill_tokens, slots=1 if slots is None else slots)
+def check_settings(n, temperature, top_k, top_p, eos_ids, seed, slots, sync_every, prefill_tokens) -> tuple:
+    """Reject bad generate() settings by name before any work (a sync interval of 0 would never return).
+    Returns eos_ids as a tuple (read once: a generator of ids is not silently used up)."""
+    counts = dict(n=n, sync_every=sync_every, prefill_tokens=prefill_tokens)
+    if slots is not None:  # None: the default count
+        counts["slots"] = slots
     for name, v in counts.items():
         if not _is_count(v):
             raise ValueError(f"generate: {name} must be an integer >= 1, got {v!r}")
-    if not (isinstance(temperature, (int, float)) and 0 <= temperature < float("inf")):
+    if not (isinstance(temperature, numbers.Real) and 0 <= temperature < float("inf")):
         raise ValueError(f"generate: temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}")
     if not (_is_index(top_k) and not isinstance(top_k, bool) and top_k >= 0):
         raise ValueError(f"generate: top_k must be an integer >= 0 (0 = off), got {top_k!r}")
-    if not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
+    if not (isinstance(top_p, numbers.Real) and 0 < top_p <= 1):
         raise ValueError(f"generate: top_p must be in (0, 1], got {top_p!r}")
     if not _is_index(seed):
         raise ValueError(f"generate: seed must be an integer, got {seed!r}")
-    if isinstance(eos_ids, (str, bytes)) or not all(_is_index(e) and not isinstance(e, bool) for e in eos_ids):
-        raise TypeError(f"generate: eos_ids must be integer token ids, got {eos_ids!r}")
+    if _is_index(eos_ids) or isinstance(eos_ids, (str, bytes)):
+        raise TypeError(f"generate: eos_ids must be a collection of token ids, got {eos_ids!r}")
+    eos = tuple(eos_ids)
+    if not all(_is_index(e) and not isinstance(e, bool) for e in eos):
+        raise TypeError(f"generate: eos_ids must be integer token ids, got {eos!r}")
+    return tuple(map(operator.index, eos))
 
 
 @torch.no_grad()
@@ -517,13 +525,13 @@ def generate(model: Transformer, prompts, max_new_tokens, n: int = 1, temperatur
     """
     global _engine
     prompts, limits = check_prompts(model, prompts, max_new_tokens)
-    check_settings(n, temperature, top_k, top_p, eos_ids, seed, slots, sync_every, prefill_tokens)
+    eos_ids = check_settings(n, temperature, top_k, top_p, eos_ids, seed, slots, sync_every, prefill_tokens)
     longest = max(len(p) + m for p, m in zip(prompts, limits))
     slots = min(slots or _slots_that_fit(model, longest), len(prompts) * n)
     # Sizes rounded up to whole buckets so that consecutive calls can reuse one engine and its graphs.
     up = lambda x: -(-x // 256) * 256  # noqa: E731
     max_len = up(longest)
-    settings = dict(slots=slots, max_len=max_len, max_new=up(max(limits)), eos_ids=tuple(eos_ids),
+    settings = dict(slots=slots, max_len=max_len, max_new=up(max(limits)), eos_ids=eos_ids,
                     temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, sync_every=sync_every,
                     cuda_graph=cuda_graph, prefill_tokens=prefill_tokens)
     if _engine is None or not _engine.serves(model, **settings):

@@ -153,6 +153,9 @@ def test_stops_at_its_own_eos(models):
     other = free[1].tokens
     want = other[:other.index(eos) + 1] if eos in other else other
     assert outs[1].tokens == want and outs[1].finish == ("eos" if eos in other else "length")
+    # eos ids given as a generator (read once) or numpy ints stop the same way
+    for ids in ((e for e in [eos]), np.array([eos])):
+        assert [o.tokens for o in generate(ours, ps, 30, temperature=0, eos_ids=ids)] == [o.tokens for o in outs]
 
 
 def test_per_prompt_lengths(models):
@@ -223,7 +226,9 @@ def test_bad_input_is_refused_before_work(models):
                     (dict(top_k=2.5), "top_k must be an integer >= 0"),
                     (dict(top_p=0), r"top_p must be in \(0, 1\]"),
                     (dict(seed=1.5), "seed must be an integer, got 1.5"),
-                    (dict(eos_ids="7"), "eos_ids must be integer token ids, got '7'")]:
+                    (dict(eos_ids="7"), "eos_ids must be a collection of token ids, got '7'"),
+                    (dict(eos_ids=7), "eos_ids must be a collection of token ids, got 7"),
+                    (dict(eos_ids=[7, 2.0]), r"eos_ids must be integer token ids, got \(7, 2.0\)")]:
         kw = {"max_new_tokens": 4} | kw
         with pytest.raises((ValueError, TypeError), match=msg):
             generate(ours, [[1, 2], [3]], **kw)
