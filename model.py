@@ -344,19 +344,16 @@ class KVCache:
         if not self.flash:
             self.mask = (torch.arange(self.attend_len, device=pos.device) < self.lens[:, None])[:, None, None]
             return
-        # The flash kernel's variable-length form: sequence s reads keys starting at row cu_k[s] of the
-        # cache seen as rows of head_dim (see attend for the two ways the sequences are laid out).
-        self.fold = B * self.n_kv_heads >= self.fold_from
-        if self.fold:  # one sequence per (row, kv head)
-            Hkv = self.n_kv_heads
-            heads = (rows[:, None] * N + torch.arange(Hkv, device=pos.device)).flatten()  # [B*Hkv]
-            self.cu_k = (torch.cat([heads, heads[-1:] + 1]) * L).to(torch.int32)
-            self.lens = self.lens.repeat_interleave(Hkv)
-            G = self.n_heads // Hkv  # each sequence's queries: the query heads sharing its kv head
-            self.cu_q = torch.arange(B * Hkv + 1, device=pos.device, dtype=torch.int32) * G
-        else:  # one sequence per row
-            self.cu_k = (torch.cat([rows * N, rows[-1:] * N + 1]) * L).to(torch.int32)
-            self.cu_q = torch.arange(B + 1, device=pos.device, dtype=torch.int32)
+        # The flash kernel's variable-length form, one sequence per (row, kv head): sequence s reads keys
+        # starting at row cu_k[s] of the cache seen as rows of head_dim (its head's run), lens[s] of them.
+        Hkv, G = self.n_kv_heads, self.n_heads // self.n_kv_heads
+        heads = (rows[:, None] * N + torch.arange(Hkv, device=pos.device)).flatten()  # [B*Hkv]
+        self.cu_k = (torch.cat([heads, heads[-1:] + 1]) * L).to(torch.int32)
+        self.lens = self.lens.repeat_interleave(Hkv)
+        # Its queries (see attend): the G query heads sharing the kv head, as G query tokens when folded,
+        # else as G heads of one query token.
+        self.fold = B * Hkv >= self.fold_from
+        self.cu_q = torch.arange(B * Hkv + 1, device=pos.device, dtype=torch.int32) * (G if self.fold else 1)
 
     def write(self, layer: int, kv: torch.Tensor):
         """Store kv [B,T,2Hkv,hd] at the places `prepare` computed: one scatter for k and v together."""
@@ -367,30 +364,22 @@ class KVCache:
         B, _, H, D = q.shape
         Hkv, G = self.n_kv_heads, H // self.n_kv_heads
         if self.flash:
-            flat = self.kv[layer].view(-1)
-            if self.fold:
-                # The G query heads that share a kv head attend as G queries of one sequence, with one
-                # head: q [B,H,hd] in its own order is [B*Hkv sequences, G queries, hd], and each
-                # sequence's keys (or values, Hkv heads further on) are one contiguous run. The one copy
-                # is q's reshape out of the fused qkv; the output needs none.
-                runs, shift = flat.view(-1, 1, D), Hkv * self.max_len  # v runs lie `shift` rows after k's
-                k, v = runs[:-shift], runs[shift:]
-                y = torch.ops.aten._flash_attention_forward(
-                    q.reshape(B * H, 1, D), k, v, self.cu_q, self.cu_k, G, self.attend_len,
-                    0.0, False, False, seqused_k=self.lens)[0]
-                return y.view(B, 1, H, D)
-            # One query token per row with H heads. The keys as the kernel takes them, [index, Hkv, hd], are a
-            # strided view: index i starts at element i*hd and head h lies max_len*hd further, so position p
-            # of cache row r is index r*N*max_len + p (cu_k); the view ends where the last row's last head
-            # would leave the buffer. The kernel regroups the query heads itself (copying q and the output,
-            # which is why large batches fold instead) and splits long rows' keys across thread blocks,
-            # which matters when the batch alone cannot fill the GPU.
-            n = flat.numel() // D - (2 * Hkv - 1) * self.max_len
-            k = flat.as_strided((n, Hkv, D), (D, self.max_len * D, 1))
-            v = flat.as_strided((n, Hkv, D), (D, self.max_len * D, 1), Hkv * self.max_len * D)
+            # One sequence per (row, kv head): its keys are one contiguous run of the head-major cache, its
+            # values Hkv heads further on; its queries are the G query heads sharing the kv head, q [B,H,hd]
+            # in its own order (one copy out of the fused qkv from 2 rows on, none at batch 1).
+            runs, shift = self.kv[layer].view(-1, 1, D), Hkv * self.max_len
+            k, v = runs[:-shift], runs[shift:]
+            q = q.reshape(B * Hkv, G, D)
+            if self.fold:  # G query tokens of one head: nothing to regroup, and no split at these batch sizes
+                q, max_q = q.view(B * H, 1, D), G
+            else:
+                # One query token with G heads: the kernel's decoding path, which splits long rows' keys across
+                # thread blocks when the batch alone cannot fill the GPU. It regroups the G heads into G query
+                # rows itself; with one kv head per sequence that is a reshape, not a copy (with one sequence
+                # per row and Hkv kv heads it cost three copies per layer: bench/explore_kv_head_sequences.py).
+                max_q = 1
             y = torch.ops.aten._flash_attention_forward(
-                q.reshape(B, H, D), k, v, self.cu_q, self.cu_k, 1, self.attend_len,
-                0.0, False, False, seqused_k=self.lens)[0]
+                q, k, v, self.cu_q, self.cu_k, max_q, self.attend_len, 0.0, False, False, seqused_k=self.lens)[0]
             return y.view(B, 1, H, D)
         # The G query heads that share a kv head are folded into the query length, [B,H,hd] -> [B,Hkv,G,hd],
         # so each cached head is read once instead of being expanded G times.

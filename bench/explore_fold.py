@@ -2,12 +2,13 @@
 
     python bench/explore_fold.py --configs .gpu/hf
 
-KVCache.attend calls the flash kernel in one of two ways (see its comments): one sequence per row, where
-the kernel regroups the query heads itself (copying q and the output) and may split long rows' keys
-across thread blocks; or one sequence per (row, kv head) holding the G query heads that share it, with
-no copies and no split. This times one call, rows at a given position, with attend_len the sampler's
-bound (the next power of two above the position), both ways: 200 calls captured in one CUDA graph,
-median of 5 replays, microseconds per call. KVCache.fold_from picks the way by B * kv heads.
+KVCache.attend calls the flash kernel in one of two ways (see its comments): unfolded, where each query
+token's heads are heads and the kernel regroups them itself and may split long rows' keys across thread
+blocks (when this was written: one sequence per row, the regrouping copying q and the output; see the
+note at the end); or folded, one sequence per (row, kv head) holding the G query heads that share it as G
+query tokens, with no copies and no split. This times one call, rows at a given position, with attend_len
+the sampler's bound (the next power of two above the position), both ways: 200 calls captured in one CUDA
+graph, median of 5 replays, microseconds per call. KVCache.fold_from picks the way by B * kv heads.
 A third figure: the folded sequences through the memory-efficient kernel instead (which, unlike the flash
 kernel, tiles queries by 32 rather than 128 rows, so G queries waste less of each tile).
 
@@ -17,6 +18,11 @@ below about 200 pairs it loses at long positions, where the unfolded call splits
 position 3000: 47.7 -> 92.6 us). Above ~200 pairs it wins or ties, except at position 3000 with 512+ pairs
 (3-5% slower). Hence fold_from = 1.6 x SMs (211 on an H200). The memory-efficient kernel was no better
 overall (7B batch 64: 21.7 / 57.5 / 157.8 us against 20.0 / 54.2 / 163.9 folded), so it is not used.
+
+Since then the unfolded call is one sequence per (row, kv head) with its G query heads as heads of one
+query token, which the kernel regroups by reshapes instead of copies (bench/explore_kv_head_sequences.py):
+run now, the first column measures that form, 4-6 us faster than the figures above below the folding
+point; the folding point stays where the kernel stops splitting keys.
 """
 
 import argparse
@@ -47,7 +53,7 @@ def main():
     for d in sorted(args.configs.iterdir()):
         cfg = one_layer(d)
         positions = (300, 1000, 3000)
-        print(f"\n{d.name} (kv heads {cfg.n_kv_heads}); us per call, one sequence per row / folded / folded, memory-efficient kernel")
+        print(f"\n{d.name} (kv heads {cfg.n_kv_heads}); us per call, unfolded / folded / folded, memory-efficient kernel")
         print(f"{'batch':>5} {'B*kv':>5} " + " ".join(f"{'position ' + str(p):>28}" for p in positions))
         for B in (1, 4, 16, 32, 48, 64, 96, 128, 192, 256):
             cells = []

@@ -414,10 +414,11 @@ def test_gpu_graph_path_matches_eager_and_cpu(models):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 def test_gpu_flash_decode_matches_masked_decode_and_full_forward(models):
-    """bf16 on a GPU: decode attention through the flash kernel (each row reads only its own length),
-    both as one sequence per row and with the query heads folded into one sequence per (row, kv head),
-    gives the logits of the masked-SDPA path and of a full forward, for rows placed in scattered cache
-    rows (the last one among them) at different positions."""
+    """bf16 on a GPU: decode attention through the flash kernel (each row reads only its own length, one
+    sequence per (row, kv head)), both with the query heads as heads of one query token (the kernel's
+    decoding path, which may split keys) and folded into query tokens, gives the logits of the masked-SDPA
+    path and of a full forward, for rows placed in scattered cache rows (the last one among them) at
+    different positions."""
     import copy
 
     _, ours = models
@@ -427,7 +428,7 @@ def test_gpu_flash_decode_matches_masked_decode_and_full_forward(models):
     got = {}
     with torch.no_grad():
         full = gpu(ids).float()  # [3,40,V]
-        for mode in ("rows", "fold", "masked"):
+        for mode in ("heads", "fold", "masked"):
             cache = M.KVCache(gpu.cfg, 4, 64, device="cuda", dtype=torch.bfloat16)
             assert cache.flash  # bf16 on an Ampere-or-newer GPU
             cache.flash = mode != "masked"
@@ -442,9 +443,36 @@ def test_gpu_flash_decode_matches_masked_decode_and_full_forward(models):
             got[mode] = torch.stack(steps, 1)  # [3,12,V]
     want = torch.stack([full[b, lens[b]:lens[b] + 12] for b in range(3)])
     scale = want.abs().max().item()
-    for mode in ("rows", "fold"):
+    for mode in ("heads", "fold"):
         assert (got[mode] - got["masked"]).abs().max().item() < 0.02 * scale
         assert (got[mode] - want).abs().max().item() < 0.05 * scale
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.parametrize("batch", [1, 3, 24, 120])
+def test_gpu_flash_attend_on_long_rows_matches_an_explicit_softmax(batch):
+    """KVCache.attend on rows long enough that the flash kernel splits their keys across thread blocks
+    (Qwen2.5-1.5B's heads: 12 query heads on 2 kv heads of 128), unfolded and folded, in scattered cache
+    rows at positions up to 3,000, against softmax(q k^T / sqrt(hd)) v computed per row and head in float32
+    from the same cache."""
+    cfg = M.Config("qwen2", 512, 1536, 8960, 1, 12, 2, 128, 1e6, 1e-6, True, 4096)
+    g = torch.Generator(device="cuda").manual_seed(batch)
+    cache = M.KVCache(cfg, batch + 2, 3072, device="cuda", dtype=torch.bfloat16)
+    cache.kv[0].normal_(generator=g)
+    rows = torch.randperm(batch + 2, device="cuda", generator=g)[:batch]
+    pos = torch.randint(0, 3000, (batch, 1), device="cuda", generator=g)
+    q = torch.randn(batch, 1, 12, 128, device="cuda", dtype=torch.bfloat16, generator=g)
+    want = torch.empty(batch, 12, 128, device="cuda")
+    for b in range(batch):
+        kv = cache.kv[0][rows[b], :, : pos[b, 0] + 1].float()  # [2*Hkv, len, hd]: k heads, then v heads
+        for h in range(12):
+            w = (kv[h // 6] @ q[b, 0, h].float() / 128**0.5).softmax(0)
+            want[b, h] = w @ kv[2 + h // 6]
+    for fold_from in (10**9, 0):
+        cache.fold_from = fold_from
+        cache.prepare(pos, rows)
+        got = cache.attend(0, q)[:, 0].float()
+        torch.testing.assert_close(got, want, atol=4e-3, rtol=1.6e-2, msg=f"fold_from={fold_from}")
 
 
 def test_kv_bytes_per_token_is_what_the_cache_allocates(models):
