@@ -479,9 +479,13 @@ def _is_index(t) -> bool:
         return False
 
 
+def _is_int(x) -> bool:
+    """An integer setting: an int, numpy or 0-d tensor integer, not a bool."""
+    return _is_index(x) and not isinstance(x, bool)
+
+
 def _is_count(x) -> bool:
-    """An integer >= 1 (a bool is not a count)."""
-    return _is_index(x) and not isinstance(x, bool) and x >= 1
+    return _is_int(x) and x >= 1
 
 
 def check_settings(n, temperature, top_k, top_p, eos_ids, seed, slots, sync_every, prefill_tokens) -> tuple:
@@ -495,7 +499,7 @@ def check_settings(n, temperature, top_k, top_p, eos_ids, seed, slots, sync_ever
             raise ValueError(f"generate: {name} must be an integer >= 1, got {v!r}")
     if not (isinstance(temperature, numbers.Real) and 0 <= temperature < float("inf")):
         raise ValueError(f"generate: temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}")
-    if not (_is_index(top_k) and not isinstance(top_k, bool) and top_k >= 0):
+    if not (_is_int(top_k) and top_k >= 0):
         raise ValueError(f"generate: top_k must be an integer >= 0 (0 = off), got {top_k!r}")
     if not (isinstance(top_p, numbers.Real) and 0 < top_p <= 1):
         raise ValueError(f"generate: top_p must be in (0, 1], got {top_p!r}")
@@ -504,7 +508,7 @@ def check_settings(n, temperature, top_k, top_p, eos_ids, seed, slots, sync_ever
     if _is_index(eos_ids) or isinstance(eos_ids, (str, bytes)):
         raise TypeError(f"generate: eos_ids must be a collection of token ids, got {eos_ids!r}")
     eos = tuple(eos_ids)
-    if not all(_is_index(e) and not isinstance(e, bool) for e in eos):
+    if not all(map(_is_int, eos)):
         raise TypeError(f"generate: eos_ids must be integer token ids, got {eos!r}")
     return tuple(map(operator.index, eos))
 
