@@ -312,7 +312,8 @@ class Engine:
         if self.temperature:  # the uniform number of every token the sequences may draw, new token j at pos + j
             key = sequence_key(self.seed, torch.tensor(seqs, device=dev))
             s.u[idx] = uniform_at(key[:, None], pos_t[:, None] + torch.arange(self.max_new + 1, device=dev))
-        tok, lp = sample_next(logits, s.u[idx, 0], self.temperature, self.top_k, self.top_p, self.logprobs)
+        u = s.u[idx, 0] if self.temperature else None  # the first new token's numbers (greedy needs none)
+        tok, lp = sample_next(logits, u, self.temperature, self.top_k, self.top_p, self.logprobs)
         s.tok[idx], s.pos[idx] = tok, pos_t
         s.n_gen[idx], s.limit[idx] = 1, limit_t
         s.out_tok[idx, 0] = tok
