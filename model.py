@@ -314,11 +314,13 @@ class KVCache:
         self.attend_len = max_len
         self.flash = _flash_attention_usable(self.kv[0])
         if self.flash:
-            # Batches of at least this many (row, kv head) pairs fold their query heads (see attend): from
-            # there on the kernel would not split keys anyway (its heuristic splits them only while
-            # rows x kv heads < 0.8 x 2 x SMs; bench/explore_fold.py measures both sides of the line).
+            # From this many (row, kv head) sequences on, one flash call no longer splits keys (its heuristic
+            # splits them only while sequences < 0.8 x 2 x SMs). There, short rows fold their query heads
+            # (see attend; bench/explore_fold.py), and rows that may be `split_from` keys long or longer go
+            # in calls of `chunk` sequences each, small enough for the kernel to split them again
+            # (bench/explore_chunks.py: up to 1.5x faster from 1,500 positions, even at 1,000, slower at 700).
             sms = torch.cuda.get_device_properties(self.kv[0].device).multi_processor_count
-            self.fold_from = int(1.6 * sms)
+            self.fold_from, self.split_from, self.chunk = int(1.6 * sms), 1024, sms
 
     @staticmethod
     def bytes_per_token(cfg: Config, dtype=torch.bfloat16) -> int:
@@ -351,9 +353,13 @@ class KVCache:
         self.cu_k = (torch.cat([heads, heads[-1:] + 1]) * L).to(torch.int32)
         self.lens = self.lens.repeat_interleave(Hkv)
         # Its queries (see attend): the G query heads sharing the kv head, as G query tokens when folded,
-        # else as G heads of one query token.
-        self.fold = B * Hkv >= self.fold_from
-        self.cu_q = torch.arange(B * Hkv + 1, device=pos.device, dtype=torch.int32) * (G if self.fold else 1)
+        # else as G heads of one query token. The calls: ranges of sequences, [start, end) each.
+        S = B * Hkv
+        many, long = S >= self.fold_from, self.attend_len >= self.split_from
+        self.fold = many and not long
+        step = self.chunk if many and long else S
+        self.calls = [(s, min(s + step, S)) for s in range(0, S, step)]
+        self.cu_q = torch.arange(step + 1, device=pos.device, dtype=torch.int32) * (G if self.fold else 1)
 
     def write(self, layer: int, kv: torch.Tensor):
         """Store kv [B,T,2Hkv,hd] at the places `prepare` computed: one scatter for k and v together."""
@@ -371,16 +377,17 @@ class KVCache:
             k, v = runs[:-shift], runs[shift:]
             q = q.reshape(B * Hkv, G, D)
             if self.fold:  # G query tokens of one head: nothing to regroup, and no split at these batch sizes
-                q, max_q = q.view(B * H, 1, D), G
-            else:
-                # One query token with G heads: the kernel's decoding path, which splits long rows' keys across
-                # thread blocks when the batch alone cannot fill the GPU. It regroups the G heads into G query
-                # rows itself; with one kv head per sequence that is a reshape, not a copy (with one sequence
-                # per row and Hkv kv heads it cost three copies per layer: bench/explore_kv_head_sequences.py).
-                max_q = 1
-            y = torch.ops.aten._flash_attention_forward(
-                q, k, v, self.cu_q, self.cu_k, max_q, self.attend_len, 0.0, False, False, seqused_k=self.lens)[0]
-            return y.view(B, 1, H, D)
+                y = torch.ops.aten._flash_attention_forward(q.view(B * H, 1, D), k, v, self.cu_q, self.cu_k, G,
+                                                            self.attend_len, 0.0, False, False, seqused_k=self.lens)[0]
+                return y.view(B, 1, H, D)
+            # One query token with G heads: the kernel's decoding path, which splits long rows' keys across
+            # thread blocks when the call's sequences alone cannot fill the GPU. It regroups the G heads into
+            # G query rows itself; with one kv head per sequence that is a reshape, not a copy (with one
+            # sequence per row and Hkv kv heads it cost three copies per layer: explore_kv_head_sequences.py).
+            ys = [torch.ops.aten._flash_attention_forward(
+                q[a:b], k, v, self.cu_q[: b - a + 1], self.cu_k[a:b + 1], 1, self.attend_len, 0.0, False, False,
+                seqused_k=self.lens[a:b])[0] for a, b in self.calls]
+            return (ys[0] if len(ys) == 1 else torch.cat(ys)).view(B, 1, H, D)
         # The G query heads that share a kv head are folded into the query length, [B,H,hd] -> [B,Hkv,G,hd],
         # so each cached head is read once instead of being expanded G times.
         kv = self.kv[layer][:, :, : self.attend_len]

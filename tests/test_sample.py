@@ -415,10 +415,10 @@ def test_gpu_graph_path_matches_eager_and_cpu(models):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 def test_gpu_flash_decode_matches_masked_decode_and_full_forward(models):
     """bf16 on a GPU: decode attention through the flash kernel (each row reads only its own length, one
-    sequence per (row, kv head)), both with the query heads as heads of one query token (the kernel's
-    decoding path, which may split keys) and folded into query tokens, gives the logits of the masked-SDPA
-    path and of a full forward, for rows placed in scattered cache rows (the last one among them) at
-    different positions."""
+    sequence per (row, kv head)), with the query heads as heads of one query token (the kernel's decoding
+    path, which may split keys) in one call or in calls over ranges of the sequences, and folded into query
+    tokens, gives the logits of the masked-SDPA path and of a full forward, for rows placed in scattered
+    cache rows (the last one among them) at different positions."""
     import copy
 
     _, ours = models
@@ -428,22 +428,26 @@ def test_gpu_flash_decode_matches_masked_decode_and_full_forward(models):
     got = {}
     with torch.no_grad():
         full = gpu(ids).float()  # [3,40,V]
-        for mode in ("heads", "fold", "masked"):
+        for mode in ("heads", "fold", "chunks", "masked"):
             cache = M.KVCache(gpu.cfg, 4, 64, device="cuda", dtype=torch.bfloat16)
             assert cache.flash  # bf16 on an Ampere-or-newer GPU
             cache.flash = mode != "masked"
-            cache.fold_from = 0 if mode == "fold" else 10**9
+            cache.fold_from = 0 if mode in ("fold", "chunks") else 10**9
+            # chunks: 3 rows x 2 kv heads as calls over sequences [0, 4) and [4, 6)
+            cache.split_from, cache.chunk = (0, 4) if mode == "chunks" else (10**9, 4)
             W = max(lens)  # right-padded prefill; what lies beyond each row's length is overwritten
             gpu(ids[:, :W], cache, torch.arange(W, device="cuda").expand(3, W), rows)
             steps = []
             for t in range(12):
                 pos = torch.tensor(lens, device="cuda")[:, None] + t  # [3,1]: rows at different positions
                 steps.append(gpu(ids.gather(1, pos), cache, pos, rows)[:, 0].float())
-            assert mode == "masked" or cache.fold == (mode == "fold")
+            if mode != "masked":
+                assert cache.fold == (mode == "fold")
+                assert cache.calls == ([(0, 4), (4, 6)] if mode == "chunks" else [(0, 6)])
             got[mode] = torch.stack(steps, 1)  # [3,12,V]
     want = torch.stack([full[b, lens[b]:lens[b] + 12] for b in range(3)])
     scale = want.abs().max().item()
-    for mode in ("heads", "fold"):
+    for mode in ("heads", "fold", "chunks"):
         assert (got[mode] - got["masked"]).abs().max().item() < 0.02 * scale
         assert (got[mode] - want).abs().max().item() < 0.05 * scale
 
@@ -452,9 +456,9 @@ def test_gpu_flash_decode_matches_masked_decode_and_full_forward(models):
 @pytest.mark.parametrize("batch", [1, 3, 24, 120])
 def test_gpu_flash_attend_on_long_rows_matches_an_explicit_softmax(batch):
     """KVCache.attend on rows long enough that the flash kernel splits their keys across thread blocks
-    (Qwen2.5-1.5B's heads: 12 query heads on 2 kv heads of 128), unfolded and folded, in scattered cache
-    rows at positions up to 3,000, against softmax(q k^T / sqrt(hd)) v computed per row and head in float32
-    from the same cache."""
+    (Qwen2.5-1.5B's heads: 12 query heads on 2 kv heads of 128), unfolded in one call, unfolded in calls of
+    5 sequences (the last one shorter), and folded, in scattered cache rows at positions up to 3,000, against
+    softmax(q k^T / sqrt(hd)) v computed per row and head in float32 from the same cache."""
     cfg = M.Config("qwen2", 512, 1536, 8960, 1, 12, 2, 128, 1e6, 1e-6, True, 4096)
     g = torch.Generator(device="cuda").manual_seed(batch)
     cache = M.KVCache(cfg, batch + 2, 3072, device="cuda", dtype=torch.bfloat16)
@@ -469,11 +473,13 @@ def test_gpu_flash_attend_on_long_rows_matches_an_explicit_softmax(batch):
         for h in range(12):
             w = (kv[h // 6] @ q[b, 0, h].float() / 128**0.5).softmax(0)
             want[b, h] = w @ kv[2 + h // 6]
-    for fold_from in (10**9, 0):
-        cache.fold_from = fold_from
+    cache.chunk = 5
+    for mode, fold_from, split_from in (("one call", 10**9, 0), ("chunks", 0, 0), ("fold", 0, 10**9)):
+        cache.fold_from, cache.split_from = fold_from, split_from
         cache.prepare(pos, rows)
+        assert len(cache.calls) == (-(-2 * batch // 5) if mode == "chunks" else 1)
         got = cache.attend(0, q)[:, 0].float()
-        torch.testing.assert_close(got, want, atol=4e-3, rtol=1.6e-2, msg=f"fold_from={fold_from}")
+        torch.testing.assert_close(got, want, atol=4e-3, rtol=1.6e-2, msg=mode)
 
 
 def test_kv_bytes_per_token_is_what_the_cache_allocates(models):

@@ -1,0 +1,177 @@
+"""Exploration: large-batch decode attention as several flash calls small enough for the kernel to split keys.
+
+    python bench/explore_chunks.py --configs .gpu/hf
+
+From fold_from (row, kv head) sequences on, the flash kernel no longer splits a sequence's keys across
+thread blocks, whatever its length: its heuristic splits only while sequences < 0.8 x 2 x SMs. Unsplit,
+each thread block walks a whole row with a 128-row query tile of which G are real, and the kernel reads
+the cache at about 2.4 TB/s; below the line, where it splits, 32 rows of the 7B at 6,000 positions read
+at 3.7 TB/s (explore_kv_head_sequences). So a batch past the line might run faster as m calls of S/m
+sequences each, every call below the line (and so split), their outputs concatenated.
+
+Times one call of KVCache.attend as it is (folded from fold_from) against the same sequences cut into m
+balanced chunks, each an unfolded call (G heads of one query token, the kernel's decoding path), plus the
+concatenation: 200 calls in one CUDA graph, median of 5 replays, every row at the given position and
+attend_len as the sampler bounds it. Each chunked result is checked against attend on rows of mixed lengths.
+With --rules: ways of cutting the sequences into calls, at the batch sizes the sampler uses.
+
+Found on an H200 (2026-11-22, bench/results/2026-11-22-h200-explore-chunks.log), the same for both models:
+* From 1,500 positions on, calls of about SMs (132) sequences beat the folded call at every batch past the
+  folding point: 7B, 64 rows at 2,500 133.6 -> 101.7 us, at 6,000 311.9 -> 208.6; 256 rows at 6,000
+  1,273.6 -> 824.9 (2.5 -> 3.8 TB/s of keys and values read); 1.5B, 448 rows at 2,000 374.8 -> 291.3.
+  At 1,000 positions they are within 3% of it either way (or up to 7% faster), at 1,200 2-18% faster; at
+  300-700 the folded call is 12-45% faster than they are.
+* 128-132 sequences per call is the sweet spot (by the kernel's heuristic each is then split in two: one
+  wave of 2 x SMs thread blocks); at 96 per call it picks more splits and runs slower (7B, 96 rows at 2,500: 4 calls of 96
+  185.7 us against 3 of 128 150.0). Calls of SMs sequences with the rest in a last call match or beat
+  balanced ones (320 sequences at 4,000: 132 + 132 + 56 193.1 us against 3 x 107 223.9).
+Hence KVCache: from fold_from sequences on, rows bounded by 1,024 keys or more go in calls of SMs
+sequences (`split_from`, `chunk`); shorter ones stay folded. Below fold_from one call splits by itself.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from explore_attention import one_layer, per_call_us  # noqa: E402
+
+from model import KVCache  # noqa: E402
+from sample import round_size  # noqa: E402
+
+
+def balanced(S: int, m: int) -> list[int]:
+    """S sequences as m chunks of (nearly) equal size."""
+    return [S // m + (i < S % m) for i in range(m)]
+
+
+def fixed(S: int, size: int) -> list[int]:
+    """S sequences as chunks of `size`, the remainder last."""
+    return [size] * (S // size) + ([S % size] if S % size else [])
+
+
+def chunked(cache: KVCache, q: torch.Tensor, m):
+    """attend's sequences (prepared unfolded) as flash calls over consecutive ranges of them: m balanced
+    ranges, or the range sizes given as a list."""
+    B, _, H, D = q.shape
+    Hkv, G = cache.n_kv_heads, H // cache.n_kv_heads
+    S = B * Hkv
+    runs, shift = cache.kv[0].view(-1, 1, D), Hkv * cache.max_len
+    k, v = runs[:-shift], runs[shift:]
+    sizes = m if isinstance(m, list) else balanced(S, m)
+    assert sum(sizes) == S
+    cu_q = torch.arange(max(sizes) + 1, device=q.device, dtype=torch.int32)
+
+    def call():
+        qs = q.reshape(S, G, D)
+        outs = []
+        s0 = 0
+        for n in sizes:
+            outs.append(torch.ops.aten._flash_attention_forward(
+                qs[s0:s0 + n], k, v, cu_q[:n + 1], cache.cu_k[s0:s0 + n + 1], 1, cache.attend_len, 0.0, False,
+                False, seqused_k=cache.lens[s0:s0 + n])[0])
+            s0 += n
+        return torch.cat(outs).view(B, 1, H, D)
+    return call
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--configs", type=Path, default=Path(".gpu/hf"))
+    ap.add_argument("--positions", default="1000,2500,6000")
+    ap.add_argument("--rules", action="store_true",
+                    help="compare chunking rules at the batch sizes the sampler uses, instead of fixed chunk counts")
+    args = ap.parse_args()
+    print(torch.cuda.get_device_name(), "torch", torch.__version__, flush=True)
+    positions = [int(p) for p in args.positions.split(",")]
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    if args.rules:
+        return rules(args, positions, sms)
+    for d in sorted(args.configs.iterdir()):
+        cfg = one_layer(d)
+        print(f"\n{d.name} (kv heads {cfg.n_kv_heads}); us per call: attend as it is (f: folded) | m chunks "
+              f"of unfolded sequences, m = 1, 2, 3, 4, 6, 8 and ceil(sequences / SMs) (* the best)")
+        for B in (32, 48, 64, 96, 128, 192, 256, 448):
+            for p in positions:
+                attend = max(256, round_size(p + 2))
+                if B * attend * cfg.n_kv_heads * 2 * cfg.head_dim * 2 > 40e9:
+                    continue
+                cache = KVCache(cfg, B, attend, device="cuda", dtype=torch.bfloat16)
+                cache.kv[0].normal_()
+                cache.attend_len = attend
+                heads = cfg.n_heads + 2 * cfg.n_kv_heads  # q a view of a fused qkv tensor, as in the model
+                q = torch.randn(B, 1, heads, cfg.head_dim, device="cuda", dtype=torch.bfloat16)[:, :, : cfg.n_heads]
+                fold_from = cache.fold_from
+                folds = B * cfg.n_kv_heads >= fold_from
+                by_sms = -(-B * cfg.n_kv_heads // sms)
+                chunk_counts = (1, 2, 3, 4, 6, 8, by_sms)
+
+                def now(pos):
+                    cache.fold_from, cache.split_from = fold_from, 10**9  # folded, as before the chunks
+                    cache.prepare(pos)
+                    return lambda: cache.attend(0, q)
+
+                def chunks(pos, m):
+                    cache.fold_from = 10**9
+                    cache.prepare(pos)
+                    return chunked(cache, q, m)
+
+                mixed = torch.randint(0, p + 1, (B, 1), device="cuda")
+                mixed[0] = 0
+                ref = now(mixed)()
+                for m in chunk_counts:
+                    torch.testing.assert_close(chunks(mixed, m)(), ref, atol=2e-2, rtol=2e-2)
+                pos = torch.full((B, 1), p, device="cuda")
+                base = per_call_us(now(pos))
+                times = [per_call_us(chunks(pos, m)) for m in chunk_counts]
+                best = min(range(len(times)), key=times.__getitem__)
+                cells = " ".join(f"{t:7.1f}{'*' if i == best else ' '}" for i, t in enumerate(times[:-1]))
+                cells += f" | m={by_sms}: {times[-1]:7.1f}"
+                mb = B * cfg.n_kv_heads * (p + 1) * 2 * cfg.head_dim * 2 / 1e6
+                print(f"batch {B:>4} ({B * cfg.n_kv_heads:>4} seqs) position {p:>5}: {base:7.1f}{'f' if folds else ' '}"
+                      f" | {cells}  ({mb:.0f} MB: {mb / base:.2f} TB/s now, {mb / min(times):.2f} best)", flush=True)
+
+
+def rules(args, positions, sms):
+    """Chunking rules at the decode batch sizes the sampler uses past the folding point."""
+    candidates = {
+        "balanced, ceil(S/SMs)": lambda S: balanced(S, -(-S // sms)),
+        "balanced, round(S/SMs)": lambda S: balanced(S, max(1, round(S / sms))),
+        "SMs each, rest last": lambda S: fixed(S, sms),
+        "balanced, ceil(S/128)": lambda S: balanced(S, -(-S // 128)),
+    }
+    print("\nus per call: folded | " + " | ".join(candidates) + " | KVCache.attend as it is")
+    for d in sorted(args.configs.iterdir()):
+        cfg = one_layer(d)
+        Hkv = cfg.n_kv_heads
+        for B in (56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 384, 448):
+            if B * Hkv < int(1.6 * sms) or B * Hkv > 1024:
+                continue
+            for p in positions:
+                attend = max(256, round_size(p + 2))
+                cache = KVCache(cfg, B, attend, device="cuda", dtype=torch.bfloat16)
+                cache.kv[0].normal_()
+                cache.attend_len = attend
+                q = torch.randn(B, 1, cfg.n_heads + 2 * Hkv, cfg.head_dim, device="cuda",
+                                dtype=torch.bfloat16)[:, :, : cfg.n_heads]
+                pos = torch.full((B, 1), p, device="cuda")
+                cache.prepare(pos)  # KVCache.attend as it is
+                now = per_call_us(lambda: cache.attend(0, q))
+                split_from, cache.split_from = cache.split_from, 10**9
+                cache.prepare(pos)  # folded
+                fold = per_call_us(lambda: cache.attend(0, q))
+                cache.fold_from, cache.split_from = 10**9, split_from
+                cache.prepare(pos)
+                cells = []
+                for rule in candidates.values():
+                    sizes = rule(B * Hkv)
+                    cells.append(f"{per_call_us(chunked(cache, q, sizes)):7.1f} ({len(sizes)} x {max(sizes)})")
+                print(f"{d.name[6:10]} batch {B:>4} ({B * Hkv:>4} seqs) position {p:>5}: {fold:7.1f} | "
+                      + " | ".join(cells) + f" | attend: {now:7.1f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
