@@ -22,9 +22,9 @@ Found on an H200 (2026-11-22, bench/results/2026-11-22-h200-explore-chunks.log),
   At 1,000 positions they are within 3% of it either way (or up to 7% faster), at 1,200 2-18% faster; at
   300-700 the folded call is 12-45% faster than they are.
 * 128-132 sequences per call is the sweet spot (by the kernel's heuristic each is then split in two: one
-  wave of 2 x SMs thread blocks); at 96 per call it picks more splits and runs slower (7B, 96 rows at 2,500: 4 calls of 96
-  185.7 us against 3 of 128 150.0). Calls of SMs sequences with the rest in a last call match or beat
-  balanced ones (320 sequences at 4,000: 132 + 132 + 56 193.1 us against 3 x 107 223.9).
+  wave of 2 x SMs thread blocks); at 96 per call it picks more splits and runs slower (7B, 96 rows at 2,500:
+  4 calls of 96 185.7 us against 3 of 128 150.0). Calls of SMs sequences with the rest in a last call match
+  or beat balanced ones (320 sequences at 4,000: 132 + 132 + 56 193.1 us against 3 x 107 223.9).
 Hence KVCache: from fold_from sequences on, rows bounded by 1,024 keys or more go in calls of SMs
 sequences (`split_from`, `chunk`); shorter ones stay folded. Below fold_from one call splits by itself.
 """
