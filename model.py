@@ -318,7 +318,7 @@ class KVCache:
             # splits them only while sequences < 0.8 x 2 x SMs). There, short rows fold their query heads
             # (see attend; bench/explore_fold.py), and rows that may be `split_from` keys long or longer go
             # in calls of `chunk` sequences each, small enough for the kernel to split them again
-            # (bench/explore_chunks.py: up to 1.5x faster from 1,500 positions, even at 1,000, slower at 700).
+            # (bench/explore_chunks.py: up to 1.5x faster from 1,500 positions, about even at 1,000, slower at 700).
             sms = torch.cuda.get_device_properties(self.kv[0].device).multi_processor_count
             self.fold_from, self.split_from, self.chunk = int(1.6 * sms), 1024, sms
 
