@@ -317,10 +317,16 @@ class KVCache:
             # From this many (row, kv head) sequences on, one flash call no longer splits keys (its heuristic
             # splits them only while sequences < 0.8 x 2 x SMs). There, short rows fold their query heads
             # (see attend; bench/explore_fold.py), and rows that may be `split_from` keys long or longer go
-            # in calls of `chunk` sequences each, small enough for the kernel to split them again
-            # (bench/explore_chunks.py: up to 1.5x faster from 1,500 positions, about even at 1,000, slower at 700).
-            sms = torch.cuda.get_device_properties(self.kv[0].device).multi_processor_count
-            self.fold_from, self.split_from, self.chunk = int(1.6 * sms), 1024, sms
+            # in calls of `chunk` sequences each, small enough for the kernel to split them again.
+            props = torch.cuda.get_device_properties(self.kv[0].device)
+            self.fold_from, self.chunk = int(1.6 * props.multi_processor_count), props.multi_processor_count
+            # The folded call is bound by tensor-core work on its mostly empty query tiles and reads keys at
+            # about 2.4 TB/s on an H100 and an H200 alike; the calls read closer to the memory's peak but
+            # pay a fixed cost per call, so the more bandwidth the memory has, the shorter the rows from
+            # which they win (bench/explore_chunks.py: from about 1,000 positions on an H200, 4.8 TB/s,
+            # up to 1.5x faster at 6,000; from about 3,000 on an H100, 3.35 TB/s, up to 1.17x).
+            peak = 2 * props.memory_clock_rate * 1e3 * props.memory_bus_width / 8  # bytes/s (clock in kHz)
+            self.split_from = 1024 if peak >= 4e12 else 3072
 
     @staticmethod
     def bytes_per_token(cfg: Config, dtype=torch.bfloat16) -> int:
