@@ -25,8 +25,16 @@ Found on an H200 (2026-11-22, bench/results/2026-11-22-h200-explore-chunks.log),
   wave of 2 x SMs thread blocks); at 96 per call it picks more splits and runs slower (7B, 96 rows at 2,500:
   4 calls of 96 185.7 us against 3 of 128 150.0). Calls of SMs sequences with the rest in a last call match
   or beat balanced ones (320 sequences at 4,000: 132 + 132 + 56 193.1 us against 3 x 107 223.9).
-Hence KVCache: from fold_from sequences on, rows bounded by 1,024 keys or more go in calls of SMs
-sequences (`split_from`, `chunk`); shorter ones stay folded. Below fold_from one call splits by itself.
+On an H100 (bench/results/2026-11-22-h100-explore-chunks.log) the folded call reads keys at the same
+~2.4 TB/s (it is bound by tensor-core work on its mostly empty query tiles, the same SMs), but that is 80%
+of the memory's 3.0 TB/s copy rate, so the calls gain less per key and win only later: 9-18% slower at
+1,000 positions, from 9% slower to 20% faster by batch at 1,200-2,500, 7-21% faster at 4,000 and 9-15% at
+6,000 (1.5B, 448 rows: 1,153.1 -> 986.1 us). A 1,024-key rule made the ragged batch 2.5% and its uniform batch
+5.4% slower there (2026-11-22-h100-chunks-ab.log).
+Hence KVCache: from fold_from sequences on, rows bounded by `split_from` keys or more go in calls of SMs
+sequences (`chunk`); shorter ones stay folded. Below fold_from one call splits by itself. split_from is
+1,024 where the memory's peak bandwidth (from the device's properties) is at least 4 TB/s, as on the H200
+(4.8), else 3,072 (H100: 3.35).
 """
 
 import argparse
