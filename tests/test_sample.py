@@ -482,6 +482,31 @@ def test_gpu_flash_attend_on_long_rows_matches_an_explicit_softmax(batch):
         torch.testing.assert_close(got, want, atol=4e-3, rtol=1.6e-2, msg=mode)
 
 
+def test_flash_call_plan_by_batch_and_bound():
+    """Which flash calls KVCache.prepare plans for a decode step (CPU: the plan is plain tensor bookkeeping):
+    one unfolded call below fold_from (row, kv head) sequences; from there, one folded call while the bound
+    is under split_from keys, else unfolded calls over `chunk` sequences each, the rest in a last one. Each
+    call's key offsets and lengths are its sequences' own, checked against the cache's layout by hand."""
+    cfg = M.Config("qwen2", 512, 64, 128, 1, 6, 2, 16, 1e6, 1e-6, True, 4096)  # 2 kv heads, G = 3
+    cache = M.KVCache(cfg, 8, 40, dtype=torch.bfloat16)
+    cache.flash, cache.fold_from, cache.split_from, cache.chunk = True, 10, 32, 4
+    rows = torch.tensor([7, 0, 3, 5, 1])
+    pos = torch.tensor([[3], [0], [9], [20], [31]])
+    for B, bound, fold, calls in ((4, 40, False, [(0, 8)]),             # 8 sequences < fold_from
+                                  (5, 24, True, [(0, 10)]),             # 10 >= fold_from, bound < split_from
+                                  (5, 32, False, [(0, 4), (4, 8), (8, 10)])):
+        cache.attend_len = bound
+        cache.prepare(pos[:B], rows[:B])
+        assert (cache.fold, cache.calls) == (fold, calls)
+        # sequence s = (row b, kv head h): keys from the start of head h's run in cache row rows[b] (runs of
+        # max_len positions, k heads then v heads), as many as the row's position + 1
+        want_k = [(int(rows[b]) * 4 + h) * 40 for b in range(B) for h in range(2)]
+        assert cache.cu_k[:-1].tolist() == want_k and cache.cu_k[-1] == want_k[-1] + 40
+        assert cache.lens.tolist() == [int(pos[b, 0]) + 1 for b in range(B) for h in range(2)]
+        step = calls[0][1] - calls[0][0]
+        assert cache.cu_q.tolist() == [i * (3 if fold else 1) for i in range(step + 1)]
+
+
 def test_kv_bytes_per_token_is_what_the_cache_allocates(models):
     """The per-token cost the memory statement and the default slot count use is the cache's real size."""
     cfg = models[1].cfg
