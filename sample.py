@@ -16,7 +16,8 @@ How it works (read top to bottom):
     (GRPO's 7 samples of very different lengths) costs what it needs.
   * Attention: each step is told `attend_len`, a bound on every row's length over the coming chunk (the
     live rows' furthest position, rounded up by `round_size`; freed slots are reset to position 0).
-    On a GPU the flash kernel reads each row's own length but sizes its split-KV work from the bound; the
+    On a GPU the flash kernel reads each row's own length but sizes its split-KV work from the bound
+    (which, with the batch size, also decides how `KVCache.prepare` groups rows into flash calls); the
     CPU path reads the first `attend_len` positions. One graph is captured per (batch, bound) shape and
     per whether the call asks for log-probs (greedy decoding without them skips a logsumexp per step).
   * Randomness is counter-based: the token at position p of sequence s is drawn with a uniform number
