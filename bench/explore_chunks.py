@@ -23,8 +23,9 @@ Found on an H200 (2026-11-22, bench/results/2026-11-22-h200-explore-chunks.log),
   300-700 the folded call is 12-45% faster than they are.
 * 128-132 sequences per call is the sweet spot (by the kernel's heuristic each is then split in two: one
   wave of 2 x SMs thread blocks); at 96 per call it picks more splits and runs slower (7B, 96 rows at 2,500:
-  4 calls of 96 185.7 us against 3 of 128 150.0). Calls of SMs sequences with the rest in a last call match
-  or beat balanced ones (320 sequences at 4,000: 132 + 132 + 56 193.1 us against 3 x 107 223.9).
+  4 calls of 96 185.7 us against 3 of 128 150.0). Calls of SMs sequences with the rest in a last call beat
+  balanced ones at 320 and 448 sequences (320 at 4,000: 132 + 132 + 56 193.1 us against 3 x 107 223.9),
+  tie at multiples of 128, and lose at 224 (2,000 positions: 132 + 92 90.5 us against 2 x 112 82.5).
 On an H100 (bench/results/2026-11-22-h100-explore-chunks.log) the folded call reads keys at the same
 ~2.4 TB/s (it is bound by tensor-core work on its mostly empty query tiles, the same SMs), but that is 80%
 of the memory's 3.0 TB/s copy rate, so the calls gain less per key and win only later: 9-18% slower at
@@ -38,6 +39,7 @@ sequences (`chunk`); shorter ones stay folded. Below fold_from one call splits b
 """
 
 import argparse
+import itertools
 import sys
 from pathlib import Path
 
@@ -61,29 +63,17 @@ def fixed(S: int, size: int) -> list[int]:
     return [size] * (S // size) + ([S % size] if S % size else [])
 
 
-def chunked(cache: KVCache, q: torch.Tensor, m):
-    """attend's sequences (prepared unfolded) as flash calls over consecutive ranges of them: m balanced
-    ranges, or the range sizes given as a list."""
-    B, _, H, D = q.shape
-    Hkv, G = cache.n_kv_heads, H // cache.n_kv_heads
-    S = B * Hkv
-    runs, shift = cache.kv[0].view(-1, 1, D), Hkv * cache.max_len
-    k, v = runs[:-shift], runs[shift:]
-    sizes = m if isinstance(m, list) else balanced(S, m)
-    assert sum(sizes) == S
-    cu_q = torch.arange(max(sizes) + 1, device=q.device, dtype=torch.int32)
-
-    def call():
-        qs = q.reshape(S, G, D)
-        outs = []
-        s0 = 0
-        for n in sizes:
-            outs.append(torch.ops.aten._flash_attention_forward(
-                qs[s0:s0 + n], k, v, cu_q[:n + 1], cache.cu_k[s0:s0 + n + 1], 1, cache.attend_len, 0.0, False,
-                False, seqused_k=cache.lens[s0:s0 + n])[0])
-            s0 += n
-        return torch.cat(outs).view(B, 1, H, D)
-    return call
+def chunked(cache: KVCache, q: torch.Tensor, pos: torch.Tensor, sizes: list[int]):
+    """KVCache.attend with its (row, kv head) sequences in unfolded calls over consecutive ranges of the given
+    sizes: the plan `prepare` makes past the folding point for long rows (calls of `chunk` sequences, the
+    rest last), here with any sizes. (The logs named above were made with a copy of this loop written in
+    the script, before KVCache had it: the same flash calls and concatenation.)"""
+    cache.fold_from, cache.split_from, cache.chunk = 0, 0, max(sizes)
+    cache.prepare(pos)
+    ends = list(itertools.accumulate(sizes))
+    assert ends[-1] == pos.shape[0] * cache.n_kv_heads
+    cache.calls = list(zip([0] + ends[:-1], ends))
+    return lambda: cache.attend(0, q)
 
 
 def main():
@@ -123,9 +113,7 @@ def main():
                     return lambda: cache.attend(0, q)
 
                 def chunks(pos, m):
-                    cache.fold_from = 10**9
-                    cache.prepare(pos)
-                    return chunked(cache, q, m)
+                    return chunked(cache, q, pos, balanced(B * cfg.n_kv_heads, m))
 
                 mixed = torch.randint(0, p + 1, (B, 1), device="cuda")
                 mixed[0] = 0
@@ -168,15 +156,13 @@ def rules(args, positions, sms):
                 pos = torch.full((B, 1), p, device="cuda")
                 cache.prepare(pos)  # KVCache.attend as it is
                 now = per_call_us(lambda: cache.attend(0, q))
-                split_from, cache.split_from = cache.split_from, 10**9
+                cache.split_from = 10**9
                 cache.prepare(pos)  # folded
                 fold = per_call_us(lambda: cache.attend(0, q))
-                cache.fold_from, cache.split_from = 10**9, split_from
-                cache.prepare(pos)
                 cells = []
                 for rule in candidates.values():
                     sizes = rule(B * Hkv)
-                    cells.append(f"{per_call_us(chunked(cache, q, sizes)):7.1f} ({len(sizes)} x {max(sizes)})")
+                    cells.append(f"{per_call_us(chunked(cache, q, pos, sizes)):7.1f} ({len(sizes)} x {max(sizes)})")
                 print(f"{d.name[6:10]} batch {B:>4} ({B * Hkv:>4} seqs) position {p:>5}: {fold:7.1f} | "
                       + " | ".join(cells) + f" | attend: {now:7.1f}", flush=True)
 
