@@ -16,8 +16,9 @@ Found on an H200 (2026-11-22, bench/results/2026-11-22-h200-explore-fold*.log): 
 per call at short positions once B * kv heads >= 8 (7B, batch 64, position 300: 30.0 -> 20.0 us), but
 below about 200 pairs it loses at long positions, where the unfolded call splits the keys (7B, batch 16,
 position 3000: 47.7 -> 92.6 us). Above ~200 pairs it wins or ties, except at position 3000 with 512+ pairs
-(3-5% slower). Hence fold_from = 1.6 x SMs (211 on an H200). The memory-efficient kernel was no better
-overall (7B batch 64: 21.7 / 57.5 / 157.8 us against 20.0 / 54.2 / 163.9 folded), so it is not used.
+(3-5% slower). Hence fold_from = 1.6 x SMs (211 on an H200; 212 since the kernel's line was restated
+exactly, which folds the same batches). The memory-efficient kernel was no better overall (7B batch 64:
+21.7 / 57.5 / 157.8 us against 20.0 / 54.2 / 163.9 folded), so it is not used.
 
 Since then the unfolded call is one sequence per (row, kv head) with its G query heads as heads of one
 query token, which the kernel regroups by reshapes instead of copies (bench/explore_kv_head_sequences.py):

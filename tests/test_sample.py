@@ -434,7 +434,7 @@ def test_gpu_flash_decode_matches_masked_decode_and_full_forward(models):
             cache.flash = mode != "masked"
             cache.fold_from = 0 if mode in ("fold", "chunks") else 10**9
             # chunks: 3 rows x 2 kv heads as calls over sequences [0, 4) and [4, 6)
-            cache.split_from, cache.chunk = (0, 4) if mode == "chunks" else (10**9, 4)
+            cache.split_from, cache.sms = (0, 4) if mode == "chunks" else (10**9, 4)
             W = max(lens)  # right-padded prefill; what lies beyond each row's length is overwritten
             gpu(ids[:, :W], cache, torch.arange(W, device="cuda").expand(3, W), rows)
             steps = []
@@ -473,7 +473,7 @@ def test_gpu_flash_attend_on_long_rows_matches_an_explicit_softmax(batch):
         for h in range(12):
             w = (kv[h // 6] @ q[b, 0, h].float() / 128**0.5).softmax(0)
             want[b, h] = w @ kv[2 + h // 6]
-    cache.chunk = 5
+    cache.sms = 5
     for mode, fold_from, split_from in (("one call", 10**9, 0), ("chunks", 0, 0), ("fold", 0, 10**9)):
         cache.fold_from, cache.split_from = fold_from, split_from
         cache.prepare(pos, rows)
@@ -482,14 +482,50 @@ def test_gpu_flash_attend_on_long_rows_matches_an_explicit_softmax(batch):
         torch.testing.assert_close(got, want, atol=4e-3, rtol=1.6e-2, msg=mode)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_gpu_flash_splits_are_the_kernels(tmp_path):
+    """flash_splits, on which KVCache.call_sizes rests, is the kernel's own choice: for unfolded calls of 1 to
+    past 1.6 x SMs sequences (7 query heads on one kv head of 128, as the 7B's) at bounds of 256 to 8,192
+    keys, the pieces each sequence's keys were cut into, read from the launch grid of the kernel that ran
+    (a profiler trace: the split-KV kernel's blocks / sequences, or the unsplit kernel: 1)."""
+    import json
+
+    from torch.profiler import ProfilerActivity, profile
+
+    cfg = M.Config("qwen2", 512, 896, 1024, 1, 7, 1, 128, 1e6, 1e-6, True, 8192)
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    sizes = sorted({*range(1, 2 * sms, 7), int(0.8 * 2 * sms), int(0.8 * 2 * sms) + 1, 92, 108, 112})
+    cache = M.KVCache(cfg, max(sizes), 8192, device="cuda", dtype=torch.bfloat16)
+    q = torch.randn(max(sizes), 1, 7, 128, device="cuda", dtype=torch.bfloat16)
+    cache.fold_from = 10**9  # one unfolded call, whatever the size
+    seen = {}
+    for S in sizes:
+        for bound in (256, 1024, 2048, 3072, 4096, 8192):
+            cache.attend_len = bound
+            cache.prepare(torch.full((S, 1), bound - 1, device="cuda"))
+            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                cache.attend(0, q[:S])
+                torch.cuda.synchronize()
+            prof.export_chrome_trace(str(tmp_path / "trace.json"))
+            events = json.loads((tmp_path / "trace.json").read_text())["traceEvents"]
+            kernels = [(e["name"], e["args"]["grid"]) for e in events
+                       if e.get("cat") == "kernel" and "flash_fwd" in e["name"]]
+            split = [math.prod(grid) // S for name, grid in kernels if "splitkv_kernel" in name]
+            assert len(kernels) == (2 if split else 1), kernels  # split-KV and its combine, or one kernel
+            seen[S, bound] = (split[0] if split else 1, M.flash_splits(S, sms, bound, 128))
+    wrong = {k: v for k, v in seen.items() if v[0] != v[1]}
+    assert not wrong, f"(sequences, bound): (kernel, flash_splits): {wrong}"
+    assert {v[0] for v in seen.values()} >= {1, 2, 8}  # the sizes above reach the unsplit, paired and many-piece cases
+
+
 def test_flash_call_plan_by_batch_and_bound():
     """Which flash calls KVCache.prepare plans for a decode step (CPU: the plan is plain tensor bookkeeping):
     one unfolded call below fold_from (row, kv head) sequences; from there, one folded call while the bound
-    is under split_from keys, else unfolded calls over `chunk` sequences each, the rest in a last one. Each
+    is under split_from keys, else unfolded calls over SMs sequences each, the rest in a last one. Each
     call's key offsets and lengths are its sequences' own, checked against the cache's layout by hand."""
     cfg = M.Config("qwen2", 512, 64, 128, 1, 6, 2, 16, 1e6, 1e-6, True, 4096)  # 2 kv heads, G = 3
     cache = M.KVCache(cfg, 8, 40, dtype=torch.bfloat16)
-    cache.flash, cache.fold_from, cache.split_from, cache.chunk = True, 10, 32, 4
+    cache.flash, cache.fold_from, cache.split_from, cache.sms = True, 10, 32, 4
     rows = torch.tensor([7, 0, 3, 5, 1])
     pos = torch.tensor([[3], [0], [9], [20], [31]])
     for B, bound, fold, calls in ((4, 40, False, [(0, 8)]),             # 8 sequences < fold_from
@@ -505,6 +541,32 @@ def test_flash_call_plan_by_batch_and_bound():
         assert cache.lens.tolist() == [int(pos[b, 0]) + 1 for b in range(B) for h in range(2)]
         step = calls[0][1] - calls[0][0]
         assert cache.cu_q.tolist() == [i * (3 if fold else 1) for i in range(step + 1)]
+
+
+def test_flash_splits_and_call_sizes_on_an_h200_by_hand():
+    """The kernel's key-split heuristic as restated in flash_splits, and the call sizes it leads to, on an
+    H200's numbers (132 SMs: waves of 264 thread blocks; head_dim 128: key blocks of 128), worked by hand.
+    (test_gpu_flash_splits_are_the_kernels checks flash_splits against the kernel itself.)"""
+    # 92 sequences, 2,048 keys = 16 blocks. Counts that change the blocks per piece: 1 2 3 4 6 8 16 (5 gives
+    # 4 blocks per piece, as 4 does). Last wave's fullness, 92 s / 264 waves: .35 .70 .52 .70 .70 .93 .93;
+    # the fewest pieces within 85% of .93 (>= .79): 8, which takes 736 blocks, 2.8 waves.
+    assert M.flash_splits(92, 132, 2048, 128) == 8
+    # at 4,096 keys (32 blocks) 5 pieces are a count of their own: 460 / 264 = 1.74 waves, .87 full
+    assert M.flash_splits(92, 132, 4096, 128) == 5
+    assert M.flash_splits(132, 132, 2048, 128) == 2  # exactly one wave
+    assert M.flash_splits(112, 132, 2048, 128) == 2  # .85 full; the best, 16 pieces, .97 (85% of it: .82)
+    assert M.flash_splits(52, 132, 2048, 128) == 4  # .20 .39 .59 .79 .59 .79 .79: 4 is the first >= .67
+    assert M.flash_splits(212, 132, 2048, 128) == 1  # 212 >= 0.8 x 264: no split (KVCache.fold_from)
+    assert M.flash_splits(211, 132, 2048, 128) == 6
+    cfg = M.Config("qwen2", 512, 64, 128, 1, 28, 4, 128, 1e6, 1e-6, True, 4096)  # 7B heads: 28 on 4 kv, hd 128
+    cache = M.KVCache(cfg, 1, 8, dtype=torch.bfloat16)
+    cache.sms, cache.attend_len = 132, 2048
+    # 224 sequences (7B at 56 rows): the rest, 92, would take 2.8 waves; two calls of 112 take one each
+    assert cache.call_sizes(224) == [112, 112]
+    # 448: the rest 52 fits one wave (4 pieces, 208 blocks), so SMs each; the equal 4 x 112 was 2-4% slower
+    assert cache.call_sizes(448) == [132, 132, 132, 52]
+    assert cache.call_sizes(320) == [132, 132, 56]  # the rest: 4 pieces, 224 blocks, one wave
+    assert cache.call_sizes(264) == [132, 132]
 
 
 def test_kv_bytes_per_token_is_what_the_cache_allocates(models):
