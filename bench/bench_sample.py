@@ -118,6 +118,7 @@ def main():
     ap.add_argument("--parts", default="b1,b64,ragged,long", help="comma list of: b1, b64, ragged, long")
     ap.add_argument("--no-flash", action="store_true", help="decode attention by masked SDPA (comparison)")
     ap.add_argument("--ragged-slots", default="default,256", help="slot counts for the ragged part")
+    ap.add_argument("--long-prompts", default="18,8", help="prompt counts for the long part (x 7 rows each)")
     args = ap.parse_args()
     if args.no_flash:
         import model
@@ -157,7 +158,8 @@ def main():
             row(f"{name} KV cache at batch 64 x 4096 tokens", c, "GiB",
                 f"{KVCache.bytes_per_token(m.cfg) / 1024:.0f} KiB per token")
         if name.startswith("qwen2.5-7b") and "long" in parts:
-            long_rollouts(m, args.repeats)
+            for n_prompts in args.long_prompts.split(","):
+                long_rollouts(m, args.repeats, int(n_prompts))
         if name.startswith("qwen2.5-1.5b") and "ragged" in parts:
             ragged(m, args.repeats, [None if x == "default" else int(x) for x in args.ragged_slots.split(",")])
         del m
@@ -217,17 +219,19 @@ def ragged(m, repeats, slot_counts):
             row(f"same uniform batch via n=7 (one prefill per prompt, {name})", uniform_len * 448 / t, "tok/s")
 
 
-def long_rollouts(m, repeats):
+def long_rollouts(m, repeats, n_prompts=18):
     """GRPO rollouts at length on the 7B: 18 prompts of 2,048 tokens, 7 samples each (one prefill per
     prompt), 1,024 new tokens each, temperature 1 with log-probs, as GRPO samples. 126 rows decode at
-    positions 2,048-3,072, where reading the cache costs more than reading the weights."""
+    positions 2,048-3,072, where reading the cache costs more than reading the weights. (8 prompts: 56 rows,
+    what an 80 GB GPU holds of a 7B GRPO run at the recipe's lengths, about 9,000 positions each.)"""
     g = torch.Generator().manual_seed(3)
-    prompts = torch.randint(0, 150000, (18, 2048), generator=g).tolist()
+    prompts = torch.randint(0, 150000, (n_prompts, 2048), generator=g).tolist()
     kw = dict(n=7, temperature=1.0, return_logprobs=True)
     generate(m, prompts, 1024, **kw)  # warm-up: sizes the engine, captures its graphs
     t = timed(lambda: generate(m, prompts, 1024, **kw), repeats)
-    row("GRPO rollouts, 7B: 18 prompts x 7, prompt 2048, 1024 new", 126 * 1024 / t, "tok/s",
-        "temperature 1, log-probs, default slots (all 126)")
+    rows = 7 * n_prompts
+    row(f"GRPO rollouts, 7B: {n_prompts} prompts x 7, prompt 2048, 1024 new", rows * 1024 / t, "tok/s",
+        f"temperature 1, log-probs, default slots (all {rows})")
     sample._engine = None
 
 

@@ -26,14 +26,22 @@ Found on an H200 (2026-11-22, bench/results/2026-11-22-h200-explore-chunks.log),
   4 calls of 96 185.7 us against 3 of 128 150.0). Calls of SMs sequences with the rest in a last call beat
   balanced ones at 320 and 448 sequences (320 at 4,000: 132 + 132 + 56 193.1 us against 3 x 107 223.9),
   tie at multiples of 128, and lose at 224 (2,000 positions: 132 + 92 90.5 us against 2 x 112 82.5).
+  What sets them apart is the kernel's split count (model.flash_splits): 56 and 52 are cut into 4 or 5
+  pieces, one wave of thread blocks, 92 into 5 to 8, spread over two or three waves, 107 into 7 at 4,096
+  keys. So KVCache.call_sizes takes SMs each with the rest last unless the rest would spill over one wave
+  and equal calls would not (224 -> 2 x 112, and 768-1,280 at most bounds -> calls of 128). Re-run with
+  that rule (2026-11-22-h200-explore-chunks-call-sizes.log): it is within 1% of the best column
+  everywhere, and at 224 sequences 61.0 / 82.2 / 140.5 us at 1,200 / 2,000 / 4,000 positions where the
+  rest-last calls took 64.1 / 90.5 / 144.7; on an H100 at 3,500 and 6,000 positions 165.1 -> 160.4 and
+  259.2 -> 254.7 (2026-11-22-h100-call-sizes.log).
 On an H100 (bench/results/2026-11-22-h100-explore-chunks.log) the folded call reads keys at the same
 ~2.4 TB/s (it is bound by tensor-core work on its mostly empty query tiles, the same SMs), but that is 80%
 of the memory's 3.0 TB/s copy rate, so the calls gain less per key and win only later: 9-18% slower at
 1,000 positions, from 9% slower to 20% faster by batch at 1,200-2,500, 7-21% faster at 4,000 and 9-15% at
 6,000 (1.5B, 448 rows: 1,153.1 -> 986.1 us). A 1,024-key rule made the ragged batch 2.5% and its uniform batch
 5.4% slower there (2026-11-22-h100-chunks-ab.log).
-Hence KVCache: from fold_from sequences on, rows bounded by `split_from` keys or more go in calls of SMs
-sequences (`chunk`); shorter ones stay folded. Below fold_from one call splits by itself. split_from is
+Hence KVCache: from fold_from sequences on, rows bounded by `split_from` keys or more go in calls of about
+SMs sequences (`call_sizes`); shorter ones stay folded. Below fold_from one call splits by itself. split_from is
 1,024 where the memory's peak bandwidth (from the device's properties) is at least 4 TB/s, as on the H200
 (4.8), else 3,072 (H100: 3.35).
 """
@@ -68,11 +76,14 @@ def chunked(cache: KVCache, q: torch.Tensor, pos: torch.Tensor, sizes: list[int]
     sizes: the plan `prepare` makes past the folding point for long rows (calls of `chunk` sequences, the
     rest last), here with any sizes. (The logs named above were made with a copy of this loop written in
     the script, before KVCache had it: the same flash calls and concatenation.)"""
-    cache.fold_from, cache.split_from, cache.chunk = 0, 0, max(sizes)
+    fold_from, split_from = cache.fold_from, cache.split_from
+    cache.fold_from, cache.split_from = 0, 0
     cache.prepare(pos)
+    cache.fold_from, cache.split_from = fold_from, split_from
     ends = list(itertools.accumulate(sizes))
     assert ends[-1] == pos.shape[0] * cache.n_kv_heads
     cache.calls = list(zip([0] + ends[:-1], ends))
+    cache.cu_q = torch.arange(max(sizes) + 1, device=pos.device, dtype=torch.int32)  # unfolded: one query each
     return lambda: cache.attend(0, q)
 
 
@@ -156,6 +167,7 @@ def rules(args, positions, sms):
                 pos = torch.full((B, 1), p, device="cuda")
                 cache.prepare(pos)  # KVCache.attend as it is
                 now = per_call_us(lambda: cache.attend(0, q))
+                plan = "+".join(str(b - a) for a, b in cache.calls)
                 cache.split_from = 10**9
                 cache.prepare(pos)  # folded
                 fold = per_call_us(lambda: cache.attend(0, q))
@@ -164,7 +176,7 @@ def rules(args, positions, sms):
                     sizes = rule(B * Hkv)
                     cells.append(f"{per_call_us(chunked(cache, q, pos, sizes)):7.1f} ({len(sizes)} x {max(sizes)})")
                 print(f"{d.name[6:10]} batch {B:>4} ({B * Hkv:>4} seqs) position {p:>5}: {fold:7.1f} | "
-                      + " | ".join(cells) + f" | attend: {now:7.1f}", flush=True)
+                      + " | ".join(cells) + f" | attend: {now:7.1f} ({plan})", flush=True)
 
 
 if __name__ == "__main__":
