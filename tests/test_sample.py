@@ -567,6 +567,7 @@ def test_flash_splits_and_call_sizes_on_an_h200_by_hand():
     assert cache.call_sizes(448) == [132, 132, 132, 52]
     assert cache.call_sizes(320) == [132, 132, 56]  # the rest: 4 pieces, 224 blocks, one wave
     assert cache.call_sizes(264) == [132, 132]
+    assert cache.call_sizes(220) == [132, 88]  # the rest's 3 pieces, 264 blocks, fill one wave exactly
 
 
 def test_kv_bytes_per_token_is_what_the_cache_allocates(models):
