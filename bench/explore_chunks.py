@@ -30,8 +30,8 @@ Found on an H200 (2026-11-22, bench/results/2026-11-22-h200-explore-chunks.log),
   pieces, one wave of thread blocks, 92 into 5 to 8, spread over two or three waves, 107 into 7 at 4,096
   keys. So KVCache.call_sizes takes SMs each with the rest last unless the rest would spill over one wave
   and equal calls would not (224 -> 2 x 112, and 768-1,280 at most bounds -> calls of 128). Re-run with
-  that rule (2026-11-22-h200-explore-chunks-call-sizes.log): it is within 1% of the best column
-  everywhere, and at 224 sequences 61.0 / 82.2 / 140.5 us at 1,200 / 2,000 / 4,000 positions where the
+  that rule (2026-11-22-h200-explore-chunks-call-sizes.log): it is within 1% of the best column at
+  all but two of 57 points (1.2%, 1.7%: timing noise, its own calls in another column came closer), and at 224 sequences 61.0 / 82.2 / 140.5 us at 1,200 / 2,000 / 4,000 positions where the
   rest-last calls took 64.1 / 90.5 / 144.7; on an H100 at 3,500 and 6,000 positions 165.1 -> 160.4 and
   259.2 -> 254.7 (2026-11-22-h100-call-sizes.log).
 On an H100 (bench/results/2026-11-22-h100-explore-chunks.log) the folded call reads keys at the same
@@ -73,9 +73,9 @@ def fixed(S: int, size: int) -> list[int]:
 
 def chunked(cache: KVCache, q: torch.Tensor, pos: torch.Tensor, sizes: list[int]):
     """KVCache.attend with its (row, kv head) sequences in unfolded calls over consecutive ranges of the given
-    sizes: the plan `prepare` makes past the folding point for long rows (calls of `chunk` sequences, the
-    rest last), here with any sizes. (The logs named above were made with a copy of this loop written in
-    the script, before KVCache had it: the same flash calls and concatenation.)"""
+    sizes: the plan `prepare` makes past the folding point for long rows (calls of about SMs sequences,
+    KVCache.call_sizes), here with any sizes. (The first logs named above were made with a copy of this loop
+    written in the script, before KVCache had it: the same flash calls and concatenation.)"""
     fold_from, split_from = cache.fold_from, cache.split_from
     cache.fold_from, cache.split_from = 0, 0
     cache.prepare(pos)
