@@ -26,14 +26,14 @@ Found on an H200 (2026-11-22, bench/results/2026-11-22-h200-explore-chunks.log),
   4 calls of 96 185.7 us against 3 of 128 150.0). Calls of SMs sequences with the rest in a last call beat
   balanced ones at 320 and 448 sequences (320 at 4,000: 132 + 132 + 56 193.1 us against 3 x 107 223.9),
   tie at multiples of 128, and lose at 224 (2,000 positions: 132 + 92 90.5 us against 2 x 112 82.5).
-  What sets them apart is the kernel's split count (model.flash_splits): 56 and 52 are cut into 4 or 5
-  pieces, one wave of thread blocks, 92 into 5 to 8, spread over two or three waves, 107 into 7 at 4,096
-  keys. So KVCache.call_sizes takes SMs each with the rest last unless the rest would spill over one wave
-  and equal calls would not (224 -> 2 x 112, and 768-1,280 at most bounds -> calls of 128). Re-run with
-  that rule (2026-11-22-h200-explore-chunks-call-sizes.log): it is within 1% of the best column at
-  all but two of 57 points (1.2%, 1.7%: timing noise, its own calls in another column came closer), and at 224 sequences 61.0 / 82.2 / 140.5 us at 1,200 / 2,000 / 4,000 positions where the
-  rest-last calls took 64.1 / 90.5 / 144.7; on an H100 at 3,500 and 6,000 positions 165.1 -> 160.4 and
-  259.2 -> 254.7 (2026-11-22-h100-call-sizes.log).
+  What sets them apart is the kernel's split count (model.flash_splits): 56 and 52 are cut into 4 or 5 pieces,
+  one wave of thread blocks, 92 into 5 to 8, spread over two or three waves, 107 into 7 at 4,096 keys. So
+  KVCache.call_sizes takes SMs each with the rest last unless the rest would spill over one wave and equal
+  calls would not (224 -> 2 x 112, and 768-1,280 at most bounds -> calls of 128). Re-run with that rule
+  (2026-11-22-h200-explore-chunks-call-sizes.log): it is within 1% of the best column at all but two of 57
+  points (1.2%, 1.7%: timing noise, its own calls in another column came closer), and at 224 sequences 61.0 /
+  82.2 / 140.5 us at 1,200 / 2,000 / 4,000 positions where the rest-last calls took 64.1 / 90.5 / 144.7; on an
+  H100 at 3,500 and 6,000 positions 165.1 -> 160.4 and 259.2 -> 254.7 (2026-11-22-h100-call-sizes.log).
 On an H100 (bench/results/2026-11-22-h100-explore-chunks.log) the folded call reads keys at the same
 ~2.4 TB/s (it is bound by tensor-core work on its mostly empty query tiles, the same SMs), but that is 80%
 of the memory's 3.0 TB/s copy rate, so the calls gain less per key and win only later: 9-18% slower at
