@@ -20,6 +20,7 @@ distributed code here: those live in sft.py / grpo.py.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -356,7 +357,7 @@ class KVCache:
             return
         # The flash kernel's variable-length form, one sequence per (row, kv head): sequence s reads keys
         # starting at row cu_k[s] of the cache seen as rows of head_dim (its head's run), lens[s] of them.
-        Hkv, G = self.n_kv_heads, self.n_heads // self.n_kv_heads
+        Hkv = self.n_kv_heads
         heads = (rows[:, None] * N + torch.arange(Hkv, device=pos.device)).flatten()  # [B*Hkv]
         self.cu_k = (torch.cat([heads, heads[-1:] + 1]) * L).to(torch.int32)
         self.lens = self.lens.repeat_interleave(Hkv)
@@ -364,11 +365,14 @@ class KVCache:
         # else as G heads of one query token. The calls: ranges of sequences, [start, end) each.
         S = B * Hkv
         many, long = S >= self.fold_from, self.attend_len >= self.split_from
-        self.fold = many and not long
-        sizes = self.call_sizes(S) if many and long else [S]
-        ends = [sum(sizes[: i + 1]) for i in range(len(sizes))]
-        self.calls = list(zip([0] + ends[:-1], ends))
-        self.cu_q = torch.arange(max(sizes) + 1, device=pos.device, dtype=torch.int32) * (G if self.fold else 1)
+        self.plan_calls(self.call_sizes(S) if many and long else [S], fold=many and not long)
+
+    def plan_calls(self, sizes: list[int], fold: bool):
+        """The flash calls `attend` makes: consecutive ranges of `sizes` sequences, `fold`ed or not."""
+        starts = [0, *itertools.accumulate(sizes)]
+        self.fold, self.calls = fold, list(zip(starts[:-1], starts[1:]))
+        G = self.n_heads // self.n_kv_heads if fold else 1  # query tokens per sequence
+        self.cu_q = torch.arange(max(sizes) + 1, device=self.kv[0].device, dtype=torch.int32) * G
 
     def call_sizes(self, S: int) -> list[int]:
         """How many sequences each flash call takes when S long sequences are past the folding point.

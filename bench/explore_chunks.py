@@ -47,7 +47,6 @@ SMs sequences (`call_sizes`); shorter ones stay folded. Below fold_from one call
 """
 
 import argparse
-import itertools
 import sys
 from pathlib import Path
 
@@ -76,14 +75,9 @@ def chunked(cache: KVCache, q: torch.Tensor, pos: torch.Tensor, sizes: list[int]
     sizes: the plan `prepare` makes past the folding point for long rows (calls of about SMs sequences,
     KVCache.call_sizes), here with any sizes. (The first logs named above were made with a copy of this loop
     written in the script, before KVCache had it: the same flash calls and concatenation.)"""
-    fold_from, split_from = cache.fold_from, cache.split_from
-    cache.fold_from, cache.split_from = 0, 0
     cache.prepare(pos)
-    cache.fold_from, cache.split_from = fold_from, split_from
-    ends = list(itertools.accumulate(sizes))
-    assert ends[-1] == pos.shape[0] * cache.n_kv_heads
-    cache.calls = list(zip([0] + ends[:-1], ends))
-    cache.cu_q = torch.arange(max(sizes) + 1, device=pos.device, dtype=torch.int32)  # unfolded: one query each
+    assert sum(sizes) == pos.shape[0] * cache.n_kv_heads
+    cache.plan_calls(sizes, fold=False)
     return lambda: cache.attend(0, q)
 
 
