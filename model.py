@@ -322,7 +322,7 @@ class KVCache:
             # in calls of about SMs sequences each, small enough for the kernel to split them again.
             props = torch.cuda.get_device_properties(self.kv[0].device)
             self.sms = props.multi_processor_count
-            self.fold_from = math.ceil(0.8 * 2 * self.sms)  # the kernel's own line: 212 on 132 SMs
+            self.fold_from = flash_unsplit_from(self.sms)  # the kernel's own line: 212 on 132 SMs
             # The folded call is bound by tensor-core work on its mostly empty query tiles and reads keys at
             # about 2.4 TB/s on an H100 and an H200 alike; the calls read closer to the memory's peak but
             # pay a fixed cost per call, so the more bandwidth the memory has, the shorter the rows from
@@ -435,9 +435,9 @@ def flash_splits(sequences: int, sms: int, max_keys: int, head_dim: int) -> int:
     waves of 2 x SMs of them: none from 0.8 waves of sequences on; else the fewest pieces whose last wave
     is at least 85% as full as the fullest any count gives, among counts that change the key blocks (of
     128 keys at head_dim 128) per piece. tests/test_sample.py checks it against the kernel's launches."""
-    slots = 2 * sms
-    if sequences >= 0.8 * slots:
+    if sequences >= flash_unsplit_from(sms):
         return 1
+    slots = 2 * sms
     block = 256 if head_dim <= 64 else 128 if head_dim <= 128 else 64
     blocks = -(-max_keys // block)
     counts = [s for s in range(1, min(128, slots, blocks) + 1)
@@ -449,6 +449,12 @@ def flash_splits(sequences: int, sms: int, max_keys: int, head_dim: int) -> int:
 
     best = max(map(fullness, counts))
     return next(s for s in counts if fullness(s) >= 0.85 * best)
+
+
+def flash_unsplit_from(sms: int) -> int:
+    """The fewest sequences from which one decoding call of the flash kernel no longer splits keys: 0.8
+    waves of 2 x SMs thread blocks (212 on 132 SMs). KVCache folds from there; flash_splits returns 1."""
+    return math.ceil(0.8 * 2 * sms)
 
 
 def _flash_attention_usable(t: torch.Tensor) -> bool:

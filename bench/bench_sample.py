@@ -219,11 +219,12 @@ def ragged(m, repeats, slot_counts):
             row(f"same uniform batch via n=7 (one prefill per prompt, {name})", uniform_len * 448 / t, "tok/s")
 
 
-def long_rollouts(m, repeats, n_prompts=18):
-    """GRPO rollouts at length on the 7B: 18 prompts of 2,048 tokens, 7 samples each (one prefill per
-    prompt), 1,024 new tokens each, temperature 1 with log-probs, as GRPO samples. 126 rows decode at
-    positions 2,048-3,072, where reading the cache costs more than reading the weights. (8 prompts: 56 rows,
-    what an 80 GB GPU holds of a 7B GRPO run at the recipe's lengths, about 9,000 positions each.)"""
+def long_rollouts(m, repeats, n_prompts):
+    """GRPO rollouts at length on the 7B: n_prompts prompts of 2,048 tokens, 7 samples each (one prefill per
+    prompt), 1,024 new tokens each, temperature 1 with log-probs, as GRPO samples. At 18 prompts, 126 rows
+    decode at positions 2,048-3,072, where reading the cache costs more than reading the weights; 8 prompts
+    make 56 rows, what an 80 GB GPU holds of a 7B GRPO run at the recipe's lengths (about 9,000 positions
+    each)."""
     g = torch.Generator().manual_seed(3)
     prompts = torch.randint(0, 150000, (n_prompts, 2048), generator=g).tolist()
     kw = dict(n=7, temperature=1.0, return_logprobs=True)

@@ -556,6 +556,7 @@ def test_flash_splits_and_call_sizes_on_an_h200_by_hand():
     assert M.flash_splits(132, 132, 2048, 128) == 2  # exactly one wave
     assert M.flash_splits(112, 132, 2048, 128) == 2  # .85 full; the best, 16 pieces, .97 (85% of it: .82)
     assert M.flash_splits(52, 132, 2048, 128) == 4  # .20 .39 .59 .79 .59 .79 .79: 4 is the first >= .67
+    assert M.flash_unsplit_from(132) == 212  # 0.8 x 264 = 211.2
     assert M.flash_splits(212, 132, 2048, 128) == 1  # 212 >= 0.8 x 264: no split (KVCache.fold_from)
     assert M.flash_splits(211, 132, 2048, 128) == 6
     cfg = M.Config("qwen2", 512, 64, 128, 1, 28, 4, 128, 1e6, 1e-6, True, 4096)  # 7B heads: 28 on 4 kv, hd 128
