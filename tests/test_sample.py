@@ -521,8 +521,9 @@ def test_gpu_flash_splits_are_the_kernels(tmp_path):
 def test_flash_call_plan_by_batch_and_bound():
     """Which flash calls KVCache.prepare plans for a decode step (CPU: the plan is plain tensor bookkeeping):
     one unfolded call below fold_from (row, kv head) sequences; from there, one folded call while the bound
-    is under split_from keys, else unfolded calls over SMs sequences each, the rest in a last one. Each
-    call's key offsets and lengths are its sequences' own, checked against the cache's layout by hand."""
+    is under split_from keys, else unfolded calls sized by `call_sizes` (here SMs sequences each, the rest in
+    a last one; its equal-calls case is in the test below). Each call's key offsets and lengths are its
+    sequences' own, checked against the cache's layout by hand."""
     cfg = M.Config("qwen2", 512, 64, 128, 1, 6, 2, 16, 1e6, 1e-6, True, 4096)  # 2 kv heads, G = 3
     cache = M.KVCache(cfg, 8, 40, dtype=torch.bfloat16)
     cache.flash, cache.fold_from, cache.split_from, cache.sms = True, 10, 32, 4
