@@ -56,7 +56,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from explore_attention import one_layer, per_call_us  # noqa: E402
 
-from model import KVCache  # noqa: E402
+from model import KVCache, flash_unsplit_from  # noqa: E402
 from sample import round_size  # noqa: E402
 
 
@@ -149,7 +149,7 @@ def rules(args, positions, sms):
         cfg = one_layer(d)
         Hkv = cfg.n_kv_heads
         for B in (56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 384, 448):
-            if B * Hkv < int(1.6 * sms) or B * Hkv > 1024:
+            if B * Hkv < flash_unsplit_from(sms) or B * Hkv > 1024:
                 continue
             for p in positions:
                 attend = max(256, round_size(p + 2))

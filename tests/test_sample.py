@@ -494,7 +494,8 @@ def test_gpu_flash_splits_are_the_kernels(tmp_path):
 
     cfg = M.Config("qwen2", 512, 896, 1024, 1, 7, 1, 128, 1e6, 1e-6, True, 8192)
     sms = torch.cuda.get_device_properties(0).multi_processor_count
-    sizes = sorted({*range(1, 2 * sms, 7), int(0.8 * 2 * sms), int(0.8 * 2 * sms) + 1, 92, 108, 112})
+    unsplit = M.flash_unsplit_from(sms)  # the first size the kernel leaves whole, and the one below it
+    sizes = sorted({*range(1, 2 * sms, 7), unsplit - 1, unsplit, 92, 108, 112})
     cache = M.KVCache(cfg, max(sizes), 8192, device="cuda", dtype=torch.bfloat16)
     q = torch.randn(max(sizes), 1, 7, 128, device="cuda", dtype=torch.bfloat16)
     cache.fold_from = 10**9  # one unfolded call, whatever the size
