@@ -485,7 +485,7 @@ def test_gpu_flash_attend_on_long_rows_matches_an_explicit_softmax(batch):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 def test_gpu_flash_splits_are_the_kernels(tmp_path):
     """flash_splits, on which KVCache.call_sizes rests, is the kernel's own choice: for unfolded calls of 1 to
-    past 1.6 x SMs sequences (7 query heads on one kv head of 128, as the 7B's) at bounds of 256 to 8,192
+    past flash_unsplit_from(SMs) sequences (7 query heads on one kv head of 128, as the 7B's) at bounds of 256 to 8,192
     keys, the pieces each sequence's keys were cut into, read from the launch grid of the kernel that ran
     (a profiler trace: the split-KV kernel's blocks / sequences, or the unsplit kernel: 1)."""
     import json
