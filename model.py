@@ -314,6 +314,7 @@ class KVCache:
         self.kv = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layers)]
         self.max_len = max_len
         self.attend_len = max_len
+        self.stopped = None  # [B] bool, set by the sampler for a decode step: rows whose output it discards
         self.flash = _flash_attention_usable(self.kv[0])
         if self.flash:
             # From this many (row, kv head) sequences on, one flash call no longer splits keys (its heuristic
@@ -351,7 +352,10 @@ class KVCache:
         self.index = (rows[:, None, None] * N + torch.arange(N, device=pos.device)) * L + pos[:, :, None]
         if T > 1:
             return
-        self.lens = (pos[:, 0] + 1).to(torch.int32)  # [B] keys each query attends to
+        # [B] keys each query attends to, written as int32 by the add itself (one kernel, not an add and a cast).
+        # A row the sampler has stopped (finished, decoding on until it is collected) reads one key, not its row.
+        last = pos[:, 0] if self.stopped is None else pos[:, 0].masked_fill(self.stopped, 0)
+        self.lens = torch.add(last, 1, out=torch.empty_like(last, dtype=torch.int32))
         if not self.flash:
             self.mask = (torch.arange(self.attend_len, device=pos.device) < self.lens[:, None])[:, None, None]
             return

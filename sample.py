@@ -9,11 +9,12 @@ How it works (read top to bottom):
     slot's prompt rows (no second prefill). The first new token is sampled from the prefill logits.
   * Decode: one step advances every slot by one token. The step has static shapes and no host
     synchronisation, so on a GPU it is captured once in a CUDA graph and replayed. Finished rows keep
-    running (their results are masked) until the next sync point, every `sync_every` steps (fewer when
-    every live row reaches its token limit sooner), where finished sequences are collected and their
-    slots refilled. Once the queue is empty, the live rows are moved to the front of the cache and only
-    the smallest batch size covering them (`round_size`) is decoded, so the long tail of a ragged batch
-    (GRPO's 7 samples of very different lengths) costs what it needs.
+    running (their results are masked, and they attend to one key instead of their whole row) until the
+    next sync point, every `sync_every` steps (fewer when every live row reaches its token limit sooner),
+    where finished sequences are collected and their slots refilled. Once the queue is empty, the live
+    rows are moved to the front of the cache and only the smallest batch size covering them
+    (`round_size`) is decoded, so the long tail of a ragged batch (GRPO's 7 samples of very different
+    lengths) costs what it needs.
   * Attention: each step is told `attend_len`, a bound on every row's length over the coming chunk (the
     live rows' furthest position, rounded up by `round_size`; freed slots are reset to position 0).
     On a GPU the flash kernel reads each row's own length but sizes its split-KV work from the bound
@@ -220,7 +221,9 @@ class Engine:
     def _step(self, B: int):
         """Advance rows 0..B-1 by one token (generate keeps the live rows within them)."""
         s = _Slots(*(t[:B] for t in vars(self.s).values()))  # views: updated in place
+        self.cache.stopped = s.done  # finished rows attend to one key: what they compute is never read
         logits = self.model(s.tok[:, None], self.cache, s.pos[:, None])[:, 0]  # [B,V]
+        self.cache.stopped = None
         u = s.u.gather(1, s.n_gen[:, None])[:, 0] if self.temperature else None  # [B] for the new tokens
         nxt, lp = sample_next(logits, u, self.temperature, self.top_k, self.top_p, self.logprobs)
         col = s.n_gen.masked_fill(s.done, self.max_new)[:, None]  # finished rows write to the sink column

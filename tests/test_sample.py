@@ -198,6 +198,29 @@ def test_every_row_fits_the_attention_bound(models, monkeypatch):
     assert any(bound == 256 for _, bound in seen) and seen[0][1] == 640  # 605 rounded up; it did drop below 601
 
 
+def test_finished_rows_attend_to_one_key(models, monkeypatch):
+    """A row that finished decodes on until the next sync (its output discarded); it reads one key then,
+    not its whole row, and its batch-mates' tokens stay those they get alone. Row 0 stops after 3 tokens
+    at position 7; row 1 runs to 24 tokens, all in one 16-step chunk and then 7 more steps."""
+    _, ours = models
+    steps, prepare = [], M.KVCache.prepare
+
+    def recorded(self, pos, rows=None):
+        prepare(self, pos, rows)
+        if pos.shape[1] == 1:
+            steps.append((pos[:, 0].tolist(), self.lens.tolist(), self.stopped.tolist()))
+
+    ps = prompts([5, 7], seed=4)
+    alone = generate(ours, ps[1:], 24, temperature=0, cuda_graph=False)[0].tokens
+    monkeypatch.setattr(M.KVCache, "prepare", recorded)
+    outs = generate(ours, ps, [3, 24], temperature=0, slots=2, sync_every=16, cuda_graph=False)
+    assert [len(o.tokens) for o in outs] == [3, 24] and outs[1].tokens == alone
+    for pos, lens, stopped in steps:
+        assert lens == [1 if stop else p + 1 for p, stop in zip(pos, stopped)]
+    # row 0 is stopped at position 7 from the third step to the end of the first chunk (steps 3-16)
+    assert [st[2][0] and st[0][0] == 7 for st in steps[:16]] == [False] * 2 + [True] * 14
+
+
 def test_bad_input_is_refused_before_work(models):
     _, ours = models
     with pytest.raises(ValueError, match="prompt 1 is empty"):
