@@ -299,7 +299,8 @@ class KVCache:
       * prefill, T > 1: rows `rows` start empty, the tokens sit at positions 0..T-1 (right-padded rows
         are fine: what lies beyond a row's length is never read before decoding overwrites it);
       * decode, T == 1: each row adds one token at its own position p and attends to indices 0..p of
-        its row, so rows of different lengths share a batch with no padding logic.
+        its row, so rows of different lengths share a batch with no padding logic (a row marked in
+        `stopped`, whose output the caller discards, attends to index 0 only).
 
     Decode attention on a GPU (bf16/fp16) is the flash kernel over each row's first p + 1 entries only
     (`seqused_k`): a short row costs what it holds, not what the longest row holds. Elsewhere (CPU,
