@@ -16,7 +16,7 @@ How it works (read top to bottom):
     (`round_size`) is decoded, so the long tail of a ragged batch (GRPO's 7 samples of very different
     lengths) costs what it needs.
   * Attention: each step is told `attend_len`, a bound on every row's length over the coming chunk (the
-    live rows' furthest position, rounded up by `round_size`; freed slots are reset to position 0).
+    live rows' furthest position, rounded up by `round_size`; a done row, finished or empty, reads one key).
     On a GPU the flash kernel reads each row's own length but sizes its split-KV work from the bound
     (which, with the batch size, also decides how `KVCache.prepare` groups rows into flash calls); the
     CPU path reads the first `attend_len` positions. One graph is captured per (batch, bound) shape and
@@ -270,10 +270,8 @@ class Engine:
         self._copy_rows(src_t, dst_t, length)
 
     def _free(self, idx: torch.Tensor):
-        """Mark slots idx empty: done, and at position 0 so that their length stays within any bound (see
-        attend_len) while a batch still covers them."""
+        """Mark slots idx empty (done: while a batch still covers them they read one key, within any bound)."""
         self.s.done[idx] = True
-        self.s.pos[idx] = 0
 
     # -- admission: prefill prompts into slots, share them with the prompts' other samples ---------
 
