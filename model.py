@@ -177,6 +177,13 @@ class RMSNorm(nn.Module):
         return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
 
 
+def inv_freq(cfg: Config, device) -> torch.Tensor:
+    """[hd/2] float32 angular speeds, computed as Hugging Face computes them: frequency i drives the
+    pair of dims (i, i + hd/2) (half-rotation layout, so the official q/k weights load without permuting rows)."""
+    hd = cfg.head_dim
+    return 1.0 / (cfg.rope_theta ** (torch.arange(0, hd, 2, device=device, dtype=torch.float32) / hd))
+
+
 def rope_cos_sin(pos: torch.Tensor, cfg: Config, dtype: torch.dtype):
     """cos, sin [B,T,N,hd] for integer positions pos [B,T]: the angles in float32, the tables in dtype.
 
@@ -185,15 +192,12 @@ def rope_cos_sin(pos: torch.Tensor, cfg: Config, dtype: torch.dtype):
     already holds k and v side by side, as one KVCache.write stores them. The tables are computed once per forward
     and shared by every layer. They are stored at full size, not broadcast over heads, because elementwise
     kernels run vectorised only on operands of one contiguous shape (see BENCHMARKS.md for what it saves).
-
-    Half-rotation layout (as Hugging Face): frequency i drives dims i and i + hd/2, so the official
-    q/k weights load without permuting rows. sin carries the rotation's signs: see apply_rope.
+    sin carries the rotation's signs: see apply_rope. (Decode steps use rope_matrix instead.)
     """
     hd = cfg.head_dim
     n_rot = cfg.n_heads + cfg.n_kv_heads  # the q and k heads are rotated,
     n = n_rot + cfg.n_kv_heads  # the v heads after them pass through
-    inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, hd, 2, device=pos.device).float() / hd))
-    freqs = pos.float()[..., None] * inv_freq  # [B,T,hd/2]
+    freqs = pos.float()[..., None] * inv_freq(cfg, pos.device)  # [B,T,hd/2]
     cos = torch.ones(*pos.shape, n, hd, device=pos.device, dtype=dtype)
     sin = torch.zeros(*pos.shape, n, hd, device=pos.device, dtype=dtype)
     cos[..., :n_rot, :] = torch.cat([freqs, freqs], dim=-1).cos().to(dtype)[..., None, :]
@@ -210,6 +214,28 @@ def apply_rope(x, cos, sin):
     return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, dims=-1), sin)
 
 
+ROPE_MATRIX_ROWS = 64  # decode steps of up to this many rows rotate by rope_matrix
+
+
+def rope_matrix(pos: torch.Tensor, cfg: Config, dtype: torch.dtype):
+    """[B,hd,2hd] for one token per row, pos [B,1]: a head h [hd] of row b times it is [h rotated | h].
+
+    With one token per row, all of a row's heads sit at one position, so its rotation is one [hd,hd]
+    matrix (apply_rope's x * cos + [x2, x1] * [-sin, sin] written as a product), and one batched matmul
+    rotates q and k and copies v: one kernel where apply_rope takes three (bench/explore_rope_matmul.py).
+    The matrix is zero but for three diagonals: cos on the main one; -sin(a_i) at (i + hd/2, i) and
+    +sin(a_i) at (i, i + hd/2), which bring in the other dim of each pair; and the identity [.., hd:].
+    """
+    hd, h = cfg.head_dim, cfg.head_dim // 2
+    freqs = pos.float() * inv_freq(cfg, pos.device)  # [B,hd/2]
+    m = torch.zeros(pos.shape[0], hd, 2 * hd, device=pos.device, dtype=dtype)
+    torch.cos(torch.cat([freqs, freqs], dim=-1), out=m.diagonal(0, 1, 2))  # out= views: written in place
+    torch.sin(-freqs, out=m.diagonal(-h, 1, 2))  # sin(-a) = -sin(a)
+    torch.sin(freqs, out=m.diagonal(h, 1, 2)[:, :h])
+    m.diagonal(hd, 1, 2).fill_(1)
+    return m
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: Config, layer: int):
         super().__init__()
@@ -222,27 +248,39 @@ class Attention(nn.Module):
             self.q_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps)
             self.k_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps)
 
-    def forward(self, x, cos, sin, cache=None):
+    def forward(self, x, rope, cache=None):
+        """x [B,T,hidden] -> [B,T,H*hd]. rope: the tables (cos, sin) of rope_cos_sin, or the matrices of
+        rope_matrix (a decode step of a few rows: cache given, T == 1)."""
         B, T, _ = x.shape
-        H, Hkv = self.n_heads, self.n_kv_heads
-        qkv = self.qkv(x).view(B, T, H + 2 * Hkv, self.head_dim)  # [B,T,H+2Hkv,hd]
+        H, Hkv, hd = self.n_heads, self.n_kv_heads, self.head_dim
+        qkv = self.qkv(x).view(B, T, H + 2 * Hkv, hd)  # [B,T,H+2Hkv,hd]
         if hasattr(self, "q_norm"):  # Qwen3 normalises each q and k head before the rotation
             q, k, v = qkv.split([H, Hkv, Hkv], dim=2)
             qkv = torch.cat([self.q_norm(q), self.k_norm(k), v], dim=2)
-        qkv = apply_rope(qkv, cos, sin)  # q and k rotated, v unchanged
-        if cache is None or T > 1:
-            # Whole sequences (training, scoring, and the sampler's prefill, whose rows start empty):
-            # causal attention over these T tokens. A prefill also stores k and v for the decode steps.
-            q, k, v = qkv.split([H, Hkv, Hkv], dim=2)  # one split: one concatenation in backward
-            y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                               is_causal=True, enable_gqa=True).transpose(1, 2)  # [B,T,H,hd]
-            if cache is not None:
-                cache.write(self.layer, qkv[:, :, H:])  # [B,T,2Hkv,hd]: k then v heads
+        if isinstance(rope, torch.Tensor):
+            # A decode step of a few rows (rope_matrix): one matmul, [B,N,hd] @ [B,hd,2hd], gives each head
+            # rotated | as it was. k (rotated) and v (as it was) are then one strided view [B,1,2,Hkv,hd] of
+            # the product, v Hkv heads and hd columns after k, so the cache still stores them by one scatter.
+            y = torch.matmul(qkv.view(B, -1, hd), rope)
+            n = y.stride(1)  # 2hd
+            cache.write(self.layer, y.as_strided((B, 1, 2, Hkv, hd), (y.stride(0), y.stride(0), Hkv * n + hd, n, 1),
+                                                 H * n))
+            y = cache.attend(self.layer, y[:, None, :H, :hd])  # [B,1,H,hd]
         else:
-            # One new token per row: store its k/v, attend over its row of the cache.
-            cache.write(self.layer, qkv[:, :, H:])
-            y = cache.attend(self.layer, qkv[:, :, :H])  # [B,1,H,hd]
-        return y.reshape(B, T, H * self.head_dim)  # the block applies self.o (see add_linear)
+            qkv = apply_rope(qkv, *rope)  # q and k rotated, v unchanged
+            if cache is not None and T == 1:
+                # A decode step of many rows: one new token per row; store its k/v, attend over its row of the cache.
+                cache.write(self.layer, qkv[:, :, H:].unflatten(2, (2, Hkv)))  # [B,1,2,Hkv,hd]: k and v heads
+                y = cache.attend(self.layer, qkv[:, :, :H])
+            else:
+                # Whole sequences (training, scoring, and the sampler's prefill, whose rows start empty):
+                # causal attention over these T tokens. A prefill also stores k and v for the decode steps.
+                q, k, v = qkv.split([H, Hkv, Hkv], dim=2)  # one split: one concatenation in backward
+                y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                                   is_causal=True, enable_gqa=True).transpose(1, 2)  # [B,T,H,hd]
+                if cache is not None:
+                    cache.write(self.layer, qkv[:, :, H:].unflatten(2, (2, Hkv)))
+        return y.reshape(B, T, H * hd)  # the block applies self.o (see add_linear)
 
 
 class MLP(nn.Module):
@@ -274,8 +312,8 @@ class Block(nn.Module):
         self.mlp_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, cos, sin, cache=None):
-        x = add_linear(x, self.attn(self.attn_norm(x), cos, sin, cache), self.attn.o)
+    def forward(self, x, rope, cache=None):
+        x = add_linear(x, self.attn(self.attn_norm(x), rope, cache), self.attn.o)
         return add_linear(x, self.mlp(self.mlp_norm(x)), self.mlp.down)
 
 
@@ -348,9 +386,10 @@ class KVCache:
         self.rows = rows  # None: rows 0..B-1, read as a view by the masked path
         if rows is None:
             rows = torch.arange(B, device=pos.device)
-        # where write puts each new token's heads: [B,T,N] indices into kv[l] seen as [rows*N*L, hd]
-        # (computed once here, in full, so the scatter itself broadcasts nothing)
-        self.index = (rows[:, None, None] * N + torch.arange(N, device=pos.device)) * L + pos[:, :, None]
+        # where write puts each new token's heads: [B,T,2,Hkv] indices (k heads, v heads) into kv[l] seen as
+        # [rows*N*L, hd] (computed once here, in full, so the scatter itself broadcasts nothing)
+        self.index = ((rows[:, None, None] * N + torch.arange(N, device=pos.device)) * L
+                      + pos[:, :, None]).unflatten(2, (2, self.n_kv_heads))
         if T > 1:
             return
         # [B] keys each query attends to, written as int32 by the add itself (one kernel, not an add and a cast).
@@ -399,7 +438,7 @@ class KVCache:
         return [self.sms] * (n - 1) + [rest]
 
     def write(self, layer: int, kv: torch.Tensor):
-        """Store kv [B,T,2Hkv,hd] at the places `prepare` computed: one scatter for k and v together."""
+        """Store kv [B,T,2,Hkv,hd] (k heads, v heads) where `prepare` said: one scatter for k and v together."""
         self.kv[layer].view(-1, kv.shape[-1]).index_put_((self.index,), kv)
 
     def attend(self, layer: int, q: torch.Tensor) -> torch.Tensor:
@@ -494,14 +533,20 @@ class Transformer(nn.Module):
         if pos is None:
             pos = torch.arange(T, device=ids.device).expand(B, T)
         x = self.embed(ids)  # [B,T,H]
-        cos, sin = rope_cos_sin(pos, self.cfg, x.dtype)
+        # The rotation, computed once per forward and shared by every layer: for a decode step of a few rows,
+        # a matrix per row (one matmul per layer instead of three elementwise kernels); else the tables, which
+        # move less memory per row (bench/explore_rope_matmul.py: the matmul is faster up to about 100 rows).
+        if cache is not None and T == 1 and B <= ROPE_MATRIX_ROWS:
+            rope = rope_matrix(pos, self.cfg, x.dtype)
+        else:
+            rope = rope_cos_sin(pos, self.cfg, x.dtype)
         if cache is not None:
             cache.prepare(pos, rows)
         for block in self.layers:
             if self.checkpoint_blocks and self.training and cache is None:
-                x = torch.utils.checkpoint.checkpoint(block, x, cos, sin, use_reentrant=False)
+                x = torch.utils.checkpoint.checkpoint(block, x, rope, use_reentrant=False)
             else:
-                x = block(x, cos, sin, cache)
+                x = block(x, rope, cache)
         return self.norm(x)
 
     def logits(self, h):

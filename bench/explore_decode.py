@@ -48,20 +48,24 @@ def prefetch(main, w, mb):
         torch.sum(w.view(-1)[:n], dim=0, out=buf)
 
 
-def block_forward(self, x, cos, sin, cache=None):
+def block_forward(self, x, rope, cache=None):
     if not PF or cache is None or x.shape[1] > 1 or not x.is_cuda:
-        return orig_block(self, x, cos, sin, cache)
+        return orig_block(self, x, rope, cache)
     main = torch.cuda.current_stream()
     a, mlp = self.attn, self.mlp
     B, T, _ = x.shape
     H, Hkv = a.n_heads, a.n_kv_heads
     prefetch(main, a.qkv.weight, PF.get("qkv"))
     h = self.attn_norm(x)
-    qkv = a.qkv(h).view(B, T, H + 2 * Hkv, a.head_dim)
-    prefetch(main, a.o.weight, PF.get("o"))
-    qkv = M.apply_rope(qkv, cos, sin)
-    cache.write(a.layer, qkv[:, :, H:])
-    y = cache.attend(a.layer, qkv[:, :, :H]).reshape(B, T, -1)
+    if isinstance(rope, tuple):  # the attention of that date
+        qkv = a.qkv(h).view(B, T, H + 2 * Hkv, a.head_dim)
+        prefetch(main, a.o.weight, PF.get("o"))
+        qkv = M.apply_rope(qkv, *rope)
+        cache.write(a.layer, qkv[:, :, H:].unflatten(2, (2, Hkv)))
+        y = cache.attend(a.layer, qkv[:, :, :H]).reshape(B, T, -1)
+    else:  # batch 1 rotates by model.rope_matrix since: the model's attention, o's prefetch issued before it
+        prefetch(main, a.o.weight, PF.get("o"))
+        y = a(h, rope, cache)
     x = M.add_linear(x, y, a.o)
     prefetch(main, mlp.gate_up.weight, PF.get("gate_up"))
     h = self.mlp_norm(x)

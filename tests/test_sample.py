@@ -82,8 +82,19 @@ def test_each_token_is_drawn_with_the_number_of_its_sequence_and_position(models
         assert o.tokens == want
 
 
-def test_cached_decoding_logits_equal_full_forward(models):
+def use_rope_matrix(monkeypatch, on: bool) -> list[int]:
+    """Decode steps rotate by rope_matrix (on) or by the elementwise tables (off, as steps of many rows do);
+    returns the batch sizes of the steps that built matrices."""
+    monkeypatch.setattr(M, "ROPE_MATRIX_ROWS", 64 if on else 0)
+    built, matrix = [], M.rope_matrix
+    monkeypatch.setattr(M, "rope_matrix", lambda pos, *a: built.append(len(pos)) or matrix(pos, *a))
+    return built
+
+
+@pytest.mark.parametrize("matrix", [True, False])
+def test_cached_decoding_logits_equal_full_forward(models, monkeypatch, matrix):
     _, ours = models
+    built = use_rope_matrix(monkeypatch, matrix)
     seq = prompts([24], seed=3)[0]
     ids = torch.tensor([seq, seq[::-1]])  # [2,24]
     with torch.no_grad():
@@ -95,6 +106,7 @@ def test_cached_decoding_logits_equal_full_forward(models):
             cache.attend_len = 32 if t % 2 else t + 1
             got.append(ours(ids[:, t:t + 1], cache, torch.full((2, 1), t)))
     assert (torch.cat(got, 1) - full).abs().max().item() < 1e-4
+    assert built == ([2] * 14 if matrix else [])
 
 
 @pytest.mark.parametrize("temperature", [0.0, 0.7, 1.0])
@@ -436,15 +448,17 @@ def test_gpu_graph_path_matches_eager_and_cpu(models):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
-def test_gpu_flash_decode_matches_masked_decode_and_full_forward(models):
+@pytest.mark.parametrize("matrix", [True, False])
+def test_gpu_flash_decode_matches_masked_decode_and_full_forward(models, monkeypatch, matrix):
     """bf16 on a GPU: decode attention through the flash kernel (each row reads only its own length, one
     sequence per (row, kv head)), with the query heads as heads of one query token (the kernel's decoding
     path, which may split keys) in one call or in calls over ranges of the sequences, and folded into query
     tokens, gives the logits of the masked-SDPA path and of a full forward, for rows placed in scattered
-    cache rows (the last one among them) at different positions."""
+    cache rows (the last one among them) at different positions; rotated by matrices or by tables."""
     import copy
 
     _, ours = models
+    built = use_rope_matrix(monkeypatch, matrix)
     gpu = copy.deepcopy(ours).to("cuda", torch.bfloat16)
     ids = torch.tensor(prompts([40, 40, 40], seed=10), device="cuda")
     lens, rows = [5, 12, 21], torch.tensor([3, 0, 2], device="cuda")
@@ -468,6 +482,7 @@ def test_gpu_flash_decode_matches_masked_decode_and_full_forward(models):
                 assert cache.fold == (mode == "fold")
                 assert cache.calls == ([(0, 4), (4, 6)] if mode == "chunks" else [(0, 6)])
             got[mode] = torch.stack(steps, 1)  # [3,12,V]
+    assert built == ([3] * 48 if matrix else [])
     want = torch.stack([full[b, lens[b]:lens[b] + 12] for b in range(3)])
     scale = want.abs().max().item()
     for mode in ("heads", "fold", "chunks"):
