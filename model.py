@@ -261,10 +261,10 @@ class Attention(nn.Module):
             # A decode step of a few rows (rope_matrix): one matmul, [B,N,hd] @ [B,hd,2hd], gives each head
             # rotated | as it was. k (rotated) and v (as it was) are then one strided view [B,1,2,Hkv,hd] of
             # the product, v Hkv heads and hd columns after k, so the cache still stores them by one scatter.
-            y = torch.matmul(qkv.view(B, -1, hd), rope)
-            n = y.stride(1)  # 2hd
-            cache.write(self.layer, y.as_strided((B, 1, 2, Hkv, hd), (y.stride(0), y.stride(0), Hkv * n + hd, n, 1),
-                                                 H * n))
+            y = torch.matmul(qkv.view(B, -1, hd), rope)  # [B,N,2hd]
+            row, head = y.stride(0), y.stride(1)  # N * 2hd, 2hd
+            kv = y.as_strided((B, 1, 2, Hkv, hd), (row, row, Hkv * head + hd, head, 1), y.storage_offset() + H * head)
+            cache.write(self.layer, kv)
             y = cache.attend(self.layer, y[:, None, :H, :hd])  # [B,1,H,hd]
         else:
             qkv = apply_rope(qkv, *rope)  # q and k rotated, v unchanged
@@ -535,7 +535,7 @@ class Transformer(nn.Module):
         x = self.embed(ids)  # [B,T,H]
         # The rotation, computed once per forward and shared by every layer: for a decode step of a few rows,
         # a matrix per row (one matmul per layer instead of three elementwise kernels); else the tables, which
-        # move less memory per row (bench/explore_rope_matmul.py: the matmul is faster up to about 100 rows).
+        # move less memory per row (bench/explore_rope_matmul.py: the matmul wins up to 64 rows, loses from 128).
         if cache is not None and T == 1 and B <= ROPE_MATRIX_ROWS:
             rope = rope_matrix(pos, self.cfg, x.dtype)
         else:
