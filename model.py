@@ -192,7 +192,8 @@ def rope_cos_sin(pos: torch.Tensor, cfg: Config, dtype: torch.dtype):
     already holds k and v side by side, as one KVCache.write stores them. The tables are computed once per forward
     and shared by every layer. They are stored at full size, not broadcast over heads, because elementwise
     kernels run vectorised only on operands of one contiguous shape (see BENCHMARKS.md for what it saves).
-    sin carries the rotation's signs: see apply_rope. (Decode steps use rope_matrix instead.)
+    sin carries the rotation's signs: see apply_rope. (Decode steps of up to ROPE_MATRIX_ROWS rows use
+    rope_matrix instead.)
     """
     hd = cfg.head_dim
     n_rot = cfg.n_heads + cfg.n_kv_heads  # the q and k heads are rotated,
@@ -236,6 +237,18 @@ def rope_matrix(pos: torch.Tensor, cfg: Config, dtype: torch.dtype):
     return m
 
 
+def apply_rope_matrix(qkv, m, n_heads: int):
+    """qkv [B,1,N,hd] of a decode step, m from rope_matrix -> q [B,1,H,hd] and kv [B,1,2,Hkv,hd] (k heads
+    rotated, v heads as they were), both views of one product [B,N,2hd] that holds each head rotated | as it
+    was. In it v starts Hkv heads and hd columns after k, so k and v are one strided view: one cache scatter."""
+    B, _, N, hd = qkv.shape
+    H, Hkv = n_heads, (N - n_heads) // 2
+    y = torch.matmul(qkv.view(B, N, hd), m)  # [B,N,2hd]
+    row, head = y.stride(0), y.stride(1)  # N * 2hd, 2hd
+    kv = y.as_strided((B, 1, 2, Hkv, hd), (row, row, Hkv * head + hd, head, 1), y.storage_offset() + H * head)
+    return y[:, None, :H, :hd], kv
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: Config, layer: int):
         super().__init__()
@@ -257,29 +270,23 @@ class Attention(nn.Module):
         if hasattr(self, "q_norm"):  # Qwen3 normalises each q and k head before the rotation
             q, k, v = qkv.split([H, Hkv, Hkv], dim=2)
             qkv = torch.cat([self.q_norm(q), self.k_norm(k), v], dim=2)
-        if isinstance(rope, torch.Tensor):
-            # A decode step of a few rows (rope_matrix): one matmul, [B,N,hd] @ [B,hd,2hd], gives each head
-            # rotated | as it was. k (rotated) and v (as it was) are then one strided view [B,1,2,Hkv,hd] of
-            # the product, v Hkv heads and hd columns after k, so the cache still stores them by one scatter.
-            y = torch.matmul(qkv.view(B, -1, hd), rope)  # [B,N,2hd]
-            row, head = y.stride(0), y.stride(1)  # N * 2hd, 2hd
-            kv = y.as_strided((B, 1, 2, Hkv, hd), (row, row, Hkv * head + hd, head, 1), y.storage_offset() + H * head)
-            cache.write(self.layer, kv)
-            y = cache.attend(self.layer, y[:, None, :H, :hd])  # [B,1,H,hd]
+        if isinstance(rope, torch.Tensor):  # a decode step of a few rows: one matmul rotates (rope_matrix)
+            q, kv = apply_rope_matrix(qkv, rope, H)
         else:
             qkv = apply_rope(qkv, *rope)  # q and k rotated, v unchanged
-            if cache is not None and T == 1:
-                # A decode step of many rows: one new token per row; store its k/v, attend over its row of the cache.
-                cache.write(self.layer, qkv[:, :, H:].unflatten(2, (2, Hkv)))  # [B,1,2,Hkv,hd]: k and v heads
-                y = cache.attend(self.layer, qkv[:, :, :H])
-            else:
-                # Whole sequences (training, scoring, and the sampler's prefill, whose rows start empty):
-                # causal attention over these T tokens. A prefill also stores k and v for the decode steps.
-                q, k, v = qkv.split([H, Hkv, Hkv], dim=2)  # one split: one concatenation in backward
-                y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                                   is_causal=True, enable_gqa=True).transpose(1, 2)  # [B,T,H,hd]
-                if cache is not None:
-                    cache.write(self.layer, qkv[:, :, H:].unflatten(2, (2, Hkv)))
+            q, kv = qkv[:, :, :H], qkv[:, :, H:].unflatten(2, (2, Hkv))  # views; kv [B,T,2,Hkv,hd]: k, v heads
+        if cache is not None and T == 1:
+            # One new token per row: store its k/v, attend over its row of the cache.
+            cache.write(self.layer, kv)
+            y = cache.attend(self.layer, q)  # [B,1,H,hd]
+        else:
+            # Whole sequences (training, scoring, and the sampler's prefill, whose rows start empty):
+            # causal attention over these T tokens. A prefill also stores k and v for the decode steps.
+            q, k, v = qkv.split([H, Hkv, Hkv], dim=2)  # one split (not the views above): one concatenation in backward
+            y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                               is_causal=True, enable_gqa=True).transpose(1, 2)  # [B,T,H,hd]
+            if cache is not None:
+                cache.write(self.layer, kv)
         return y.reshape(B, T, H * hd)  # the block applies self.o (see add_linear)
 
 

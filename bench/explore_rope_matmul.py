@@ -26,7 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from explore_attention import per_call_us  # noqa: E402
-from model import KVCache, apply_rope, load_config, rope_cos_sin, rope_matrix  # noqa: E402
+from model import KVCache, apply_rope, apply_rope_matrix, load_config, rope_cos_sin, rope_matrix  # noqa: E402
 
 
 def setup(cfg, B, p, max_len=4096):
@@ -47,10 +47,9 @@ def setup(cfg, B, p, max_len=4096):
         return cache.attend(0, x[:, :, :H])
 
     def matmul():
-        y = torch.matmul(qkv.view(B, N, D), M)  # [B, N, 2D]
-        kv = y.as_strided((B, 1, 2, Hkv, D), (N * 2 * D, N * 2 * D, Hkv * 2 * D + D, 2 * D, 1), H * 2 * D)
+        q, kv = apply_rope_matrix(qkv, M, H)
         cache.write(0, kv)
-        return cache.attend(0, y[:, None, :H, :D])
+        return cache.attend(0, q)
 
     return elementwise, matmul, lambda: rope_matrix(pos, cfg, torch.bfloat16), lambda: rope_cos_sin(
         pos, cfg, torch.bfloat16)
