@@ -71,7 +71,7 @@ def main():
     args = ap.parse_args()
     print(torch.cuda.get_device_name(), "torch", torch.__version__, flush=True)
     dev, dt = "cuda", torch.bfloat16
-    for d in sorted(p for p in args.configs.iterdir() if (p / "config.json").exists()):
+    for d in sorted(args.configs.iterdir()):
         cfg = load_config(d)
         Hd, I, hd = cfg.hidden_size, cfg.intermediate_size, cfg.head_dim
         shapes = {  # name: (N, K, bias, residual)
