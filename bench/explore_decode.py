@@ -14,7 +14,7 @@ Also: 7B batch 64 prompt 512 prefill alone (1 new token), to split the batch-64 
 Found on an H200 (2026-11-22, bench/results/2026-11-22-h200-explore-decode.log, BENCHMARKS.md): every
 prefetch variant was slower (1.5B 413 -> 335-381 tok/s, 7B 190 -> 168-182: the reads compete with the
 small kernels for SMs and the GEMMs gain little), and cuBLASLt made no difference. Kept as the record of
-what was tried; it re-implements the decode block of that date, so it patches, not imports, the model.
+what was tried; it patches the model's decode block to place the prefetches.
 """
 
 import argparse
@@ -53,20 +53,12 @@ def block_forward(self, x, rope, cache=None):
         return orig_block(self, x, rope, cache)
     main = torch.cuda.current_stream()
     a, mlp = self.attn, self.mlp
-    B, T, _ = x.shape
-    H, Hkv = a.n_heads, a.n_kv_heads
     prefetch(main, a.qkv.weight, PF.get("qkv"))
     h = self.attn_norm(x)
-    if isinstance(rope, tuple):  # the attention of that date
-        qkv = a.qkv(h).view(B, T, H + 2 * Hkv, a.head_dim)
-        prefetch(main, a.o.weight, PF.get("o"))
-        qkv = M.apply_rope(qkv, *rope)
-        cache.write(a.layer, qkv[:, :, H:].unflatten(2, (2, Hkv)))
-        y = cache.attend(a.layer, qkv[:, :, :H]).reshape(B, T, -1)
-    else:  # batch 1 rotates by model.rope_matrix since: the model's attention, o's prefetch issued before it
-        prefetch(main, a.o.weight, PF.get("o"))
-        y = a(h, rope, cache)
-    x = M.add_linear(x, y, a.o)
+    # o's prefetch went out after the qkv GEMM when the rotation was three kernels of this block; since the
+    # batch-1 rotation is one matmul inside the model's attention (model.rope_matrix), it goes out before it.
+    prefetch(main, a.o.weight, PF.get("o"))
+    x = M.add_linear(x, a(h, rope, cache), a.o)
     prefetch(main, mlp.gate_up.weight, PF.get("gate_up"))
     h = self.mlp_norm(x)
     gate, up = mlp.gate_up(h).chunk(2, dim=-1)
