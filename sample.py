@@ -285,7 +285,9 @@ class Engine:
         out, items = {}, list(fresh.items())
         while items:
             batch, width = [], 0
-            while items and (not batch or (len(batch) + 1) * max(width, len(prompts[items[0][0]])) <= self.prefill_tokens):
+            # add prompts while the padded batch (rows x longest prompt) fits in prefill_tokens
+            while items and (not batch
+                             or (len(batch) + 1) * max(width, len(prompts[items[0][0]])) <= self.prefill_tokens):
                 batch.append(items.pop(0))
                 width = max(width, len(prompts[batch[-1][0]]))
             lens = torch.tensor([len(prompts[i]) for i, _ in batch], device=self.device)
@@ -555,7 +557,9 @@ def _slots_that_fit(model: Transformer, seq_len: int) -> int:
     p = next(model.parameters())
     if p.device.type != "cuda":
         return 256
-    free = torch.cuda.mem_get_info(p.device)[0] + torch.cuda.memory_reserved(p.device) - torch.cuda.memory_allocated(p.device)
+    # free device memory plus what PyTorch's allocator holds in reserve but has not handed out
+    free = (torch.cuda.mem_get_info(p.device)[0]
+            + torch.cuda.memory_reserved(p.device) - torch.cuda.memory_allocated(p.device))
     if _engine is not None and _engine.model is model:
         free += _engine.slots * _engine.max_len * KVCache.bytes_per_token(model.cfg, p.dtype)
     row = seq_len * KVCache.bytes_per_token(model.cfg, p.dtype)
@@ -587,7 +591,8 @@ def main(argv=None):
     dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
     model = load(args.model, device=args.device, dtype=dtype).eval()
     tok = Tokenizer.load(args.model)
-    msgs = ([{"role": "system", "content": args.system}] if args.system else []) + [{"role": "user", "content": args.prompt}]
+    msgs = [{"role": "system", "content": args.system}] if args.system else []
+    msgs.append({"role": "user", "content": args.prompt})
     ids = tok.encode_chat(msgs, add_generation_prompt=True)
     sofar, printed = [], 0
 

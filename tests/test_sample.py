@@ -1,6 +1,7 @@
 """sample.py against transformers' generate, a full forward, and the exact filtered distributions."""
 
 import math
+import sys
 
 import numpy as np
 import pytest
@@ -275,6 +276,45 @@ def test_prompts_of_numpy_or_tensor_ids_decode_as_lists(models):
     want = generate(ours, [ids], 6, temperature=0)[0].tokens
     assert generate(ours, [torch.tensor(ids)], 6, temperature=0)[0].tokens == want
     assert generate(ours, [np.array(ids)], 6, temperature=0)[0].tokens == want
+
+
+@pytest.mark.parametrize("system", [None, "Answer in one word."])
+def test_cli_streams_the_reply_to_the_chat_template(tmp_path, monkeypatch, capsys, system):
+    """`python sample.py --model DIR --prompt TEXT` against transformers: its tokenizer applies the checkpoint's
+    chat template, its greedy generate stops at the generation config's EOS ids, its tokenizer decodes."""
+    import json
+    import shutil
+
+    from conftest import SHARED
+    from transformers import AutoTokenizer
+
+    src = SHARED / "hf" / "qwen2.5-7b-instruct"
+    ref = hf_model("qwen2", 4, 2, 8, layers=2, vocab=151936, seed=5, inter=32)
+    ref.save_pretrained(tmp_path)
+    for f in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json"):
+        shutil.copy(src / f, tmp_path)
+    prompt = "Which is larger, 9.11 or 9.9? Ünïcode too: 数字"
+    msgs = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+    hf_tok = AutoTokenizer.from_pretrained(tmp_path)
+    ids = hf_tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True, return_dict=False)
+    eos = json.loads((src / "generation_config.json").read_text())["eos_token_id"]
+    with torch.no_grad():
+        r = ref.generate(torch.tensor([ids]), max_new_tokens=13, do_sample=False, eos_token_id=eos, pad_token_id=eos[0])
+    want = hf_tok.decode(r[0, len(ids):], skip_special_tokens=True)
+
+    writes, write = [], sys.stdout.write  # sys.stdout is capsys's stream here
+    monkeypatch.setattr(sys.stdout, "write", lambda s: writes.append(s) or write(s))
+    argv = ["--model", str(tmp_path), "--prompt", prompt, "--max-new-tokens", "13", "--device", "cpu"]
+    seen, real_generate = [], sample.generate
+    monkeypatch.setattr(sample, "generate", lambda model, prompts, *a, **kw: seen.append(prompts) or
+                        real_generate(model, prompts, *a, **kw))
+    sample.main(argv + (["--system", system] if system else []))
+    out, err = capsys.readouterr()
+    assert seen == [[ids]]  # the prompt as transformers renders and tokenizes it, assistant turn opened
+    assert out == "".join(writes) == want
+    assert len([w for w in writes if w]) >= 3  # streamed: 13 tokens, shown every 4 decode steps
+    n, finish = len(r[0]) - len(ids), "eos" if r[0, -1].item() in eos else "length"
+    assert f"[{n} tokens, stopped by {finish}," in err
 
 
 # -- the sampling distribution ---------------------------------------------------------------------
