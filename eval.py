@@ -333,7 +333,7 @@ def load_model(cfg: EvalConfig):
 
 
 def one_pair(cfg: EvalConfig):
-    from sample import generate
+    from sample import TextStream, generate
 
     if cfg.pair_file:
         d = json.loads(Path(cfg.pair_file).read_text())
@@ -345,16 +345,10 @@ def one_pair(cfg: EvalConfig):
     msgs = judge_messages([{"role": "user", "content": q}, {"role": "assistant", "content": a}],
                           [{"role": "user", "content": q}, {"role": "assistant", "content": b}], variant)
     ids = tok.encode_chat(msgs, add_generation_prompt=True)
-    seen = []
-
-    def stream(_, new):
-        before = tok.decode(seen, skip_special_tokens=True)
-        seen.extend(new)
-        sys.stdout.write(tok.decode(seen, skip_special_tokens=True)[len(before):])
-        sys.stdout.flush()
-
+    stream = TextStream(tok)
     out = generate(model, [ids], cfg.max_new_tokens, temperature=0, eos_ids=tok.eos_ids, sync_every=4,
                    on_tokens=stream)[0]
+    stream.close()
     verdict = parse_verdict(tok.decode(out.tokens, skip_special_tokens=True))
     print(f"\n\nverdict: {verdict or 'invalid (no single [[A]] / [[B]])'}  ({len(out.tokens)} tokens, {out.finish})")
 

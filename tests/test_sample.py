@@ -10,7 +10,7 @@ from conftest import hf_model
 
 import model as M
 import sample
-from sample import filter_logits, generate, sample_next, sequence_key, uniform_at
+from sample import TextStream, filter_logits, generate, sample_next, sequence_key, uniform_at
 
 
 @pytest.fixture(scope="module", params=["qwen2", "qwen3"])
@@ -278,43 +278,125 @@ def test_prompts_of_numpy_or_tensor_ids_decode_as_lists(models):
     assert generate(ours, [np.array(ids)], 6, temperature=0)[0].tokens == want
 
 
-@pytest.mark.parametrize("system", [None, "Answer in one word."])
-def test_cli_streams_the_reply_to_the_chat_template(tmp_path, monkeypatch, capsys, system):
-    """`python sample.py --model DIR --prompt TEXT` against transformers: its tokenizer applies the checkpoint's
-    chat template, its greedy generate stops at the generation config's EOS ids, its tokenizer decodes."""
-    import json
+@pytest.fixture(scope="module")
+def chat_model(tmp_path_factory):
+    """A tiny random Qwen2 with the real Qwen2.5 tokenizer, chat template and generation config beside it."""
     import shutil
 
     from conftest import SHARED
+
+    d, src = tmp_path_factory.mktemp("chat"), SHARED / "hf" / "qwen2.5-7b-instruct"
+    ref = hf_model("qwen2", 4, 2, 8, layers=2, vocab=151936, seed=5, inter=32)
+    ref.save_pretrained(d)
+    for f in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json"):
+        shutil.copy(src / f, d)
+    return ref, d
+
+
+def run_cli(monkeypatch, capsys, argv):
+    """sample.main(argv): (stdout, stderr, each write to stdout, the prompts passed to generate)."""
+    writes, write = [], sys.stdout.write  # sys.stdout is capsys's stream here
+    monkeypatch.setattr(sys.stdout, "write", lambda s: writes.append(s) or write(s))
+    seen, real_generate = [], sample.generate
+    monkeypatch.setattr(sample, "generate", lambda model, prompts, *a, **kw: seen.append(prompts) or
+                        real_generate(model, prompts, *a, **kw))
+    sample.main(argv)
+    out, err = capsys.readouterr()
+    return out, err, [w for w in writes if w], seen
+
+
+@pytest.mark.parametrize("system", [None, "Answer in one word."])
+def test_cli_streams_the_reply_to_the_chat_template(chat_model, monkeypatch, capsys, system):
+    """`python sample.py --model DIR --prompt TEXT` against transformers: its tokenizer applies the checkpoint's
+    chat template, its greedy generate stops at the generation config's EOS ids, its tokenizer decodes."""
+    import json
+
     from transformers import AutoTokenizer
 
-    src = SHARED / "hf" / "qwen2.5-7b-instruct"
-    ref = hf_model("qwen2", 4, 2, 8, layers=2, vocab=151936, seed=5, inter=32)
-    ref.save_pretrained(tmp_path)
-    for f in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json"):
-        shutil.copy(src / f, tmp_path)
+    ref, d = chat_model
     prompt = "Which is larger, 9.11 or 9.9? Ünïcode too: 数字"
     msgs = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-    hf_tok = AutoTokenizer.from_pretrained(tmp_path)
+    hf_tok = AutoTokenizer.from_pretrained(d)
     ids = hf_tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True, return_dict=False)
-    eos = json.loads((src / "generation_config.json").read_text())["eos_token_id"]
+    eos = json.loads((d / "generation_config.json").read_text())["eos_token_id"]
     with torch.no_grad():
         r = ref.generate(torch.tensor([ids]), max_new_tokens=13, do_sample=False, eos_token_id=eos, pad_token_id=eos[0])
     want = hf_tok.decode(r[0, len(ids):], skip_special_tokens=True)
 
-    writes, write = [], sys.stdout.write  # sys.stdout is capsys's stream here
-    monkeypatch.setattr(sys.stdout, "write", lambda s: writes.append(s) or write(s))
-    argv = ["--model", str(tmp_path), "--prompt", prompt, "--max-new-tokens", "13", "--device", "cpu"]
-    seen, real_generate = [], sample.generate
-    monkeypatch.setattr(sample, "generate", lambda model, prompts, *a, **kw: seen.append(prompts) or
-                        real_generate(model, prompts, *a, **kw))
-    sample.main(argv + (["--system", system] if system else []))
-    out, err = capsys.readouterr()
+    argv = ["--model", str(d), "--prompt", prompt, "--max-new-tokens", "13", "--device", "cpu"]
+    out, err, writes, seen = run_cli(monkeypatch, capsys, argv + (["--system", system] if system else []))
     assert seen == [[ids]]  # the prompt as transformers renders and tokenizes it, assistant turn opened
     assert out == "".join(writes) == want
-    assert len([w for w in writes if w]) >= 3  # streamed: 13 tokens, shown every 4 decode steps
+    assert len(writes) >= 3  # streamed: 13 tokens, shown every 4 decode steps
     n, finish = len(r[0]) - len(ids), "eos" if r[0, -1].item() in eos else "length"
     assert f"[{n} tokens, stopped by {finish}," in err
+
+
+def test_cli_holds_back_half_characters_and_prints_them_at_the_end(chat_model, monkeypatch, capsys):
+    """A character split over two streamed chunks is written once whole; one cut off by the length limit is
+    still written at the end, as the decoded output has it (a replacement character)."""
+    from transformers import AutoTokenizer
+
+    _, d = chat_model
+    hf_tok = AutoTokenizer.from_pretrained(d)
+    hi, parrot, fraktur_u = (hf_tok.encode(s) for s in ("Hi", "\U0001f99c", "\U0001d518"))
+    assert len(parrot) == 2 and len(fraktur_u) == 2  # each is two byte-level tokens
+    chunks = [hi, parrot[:1], parrot[1:], fraktur_u[:1]]
+    tokens = [t for c in chunks for t in c]
+
+    def fake_generate(model, prompts, max_new_tokens, on_tokens, **kw):
+        for c in chunks:
+            on_tokens(0, c)
+        return [sample.Sample(0, 0, tokens, "length")]
+
+    monkeypatch.setattr(sample, "generate", fake_generate)
+    out, err, writes, _ = run_cli(monkeypatch, capsys, ["--model", str(d), "--prompt", "x", "--device", "cpu"])
+    assert out == hf_tok.decode(tokens) == "Hi\U0001f99c\ufffd"
+    assert writes == ["Hi", "\U0001f99c", "\ufffd"]
+    assert f"[{len(tokens)} tokens, stopped by length," in err
+
+
+@pytest.mark.parametrize("name", ["qwen2.5-7b-instruct", "qwen3-0.6b"])
+def test_text_stream_writes_what_the_whole_output_decodes_to(name):
+    """Random outputs (words, characters split over byte-level tokens, lone halves, control tokens) in random
+    chunks: the streamed pieces join to transformers' decoding of the whole, and only close() may write text
+    that ends in half a character."""
+    import random
+
+    from conftest import SHARED
+    from transformers import AutoTokenizer
+
+    from data import Tokenizer
+
+    ref, tok = AutoTokenizer.from_pretrained(SHARED / "hf" / name), Tokenizer.load(SHARED / "hf" / name)
+    split = [hf for s in ("\U0001f99c", "\U0001d518", "\u00e9", "\u8a9e") if len(hf := ref.encode(s)) > 1]
+    assert len(split) >= 2  # the case the stream holds back
+    control = [151643, 151644, 151645]  # <|endoftext|>, <|im_start|>, <|im_end|>
+    for seed in range(30):
+        rng = random.Random(seed)
+        ids = []
+        for _ in range(rng.randint(1, 40)):
+            kind = rng.random()
+            ids += (rng.choice(split) if kind < 0.3 else rng.choice(split)[:1] if kind < 0.4 else
+                    [rng.choice(control)] if kind < 0.5 else [rng.randrange(151643)])
+        writes, closed = [], []
+
+        class Out:
+            def write(self, s):
+                (closed if closed else writes).append(s)
+
+            def flush(self):
+                pass
+
+        stream, i = TextStream(tok, Out()), 0
+        while i < len(ids):
+            k = rng.randint(1, 5)
+            stream(0, ids[i:i + k])
+            i += k
+        closed.append("")
+        stream.close()
+        assert "".join(writes + closed) == ref.decode(ids, skip_special_tokens=True)
+        assert not any(w.endswith("\ufffd") for w in writes)
 
 
 # -- the sampling distribution ---------------------------------------------------------------------
