@@ -245,11 +245,15 @@ def test_malformed_log_line_is_an_error(tmp_path):
         ev.read_log(log)
 
 
-def test_one_pair_mode_prints_reasoning_and_verdict(tiny, capsys):
+def test_one_pair_mode_prints_reasoning_and_verdict(tiny, capsys, monkeypatch):
+    import sample
     from rubrics import parse_verdict
 
+    outs, generate = [], sample.generate
+    monkeypatch.setattr(sample, "generate", lambda *a, **kw: outs.extend(generate(*a, **kw)) or outs)
     ev.main(["--model", str(tiny), "--question", "2+2?", "--answer-a", "4", "--answer-b", "5",
              "--max-new-tokens", "5", "--device", "cpu"])
     streamed, tail = capsys.readouterr().out.rsplit("\n\nverdict: ", 1)
+    assert streamed == data.Tokenizer.load(tiny).decode(outs[0].tokens, skip_special_tokens=True)
     verdict = parse_verdict(streamed)
     assert tail.startswith(verdict if verdict else "invalid") and "(5 tokens, length)" in tail

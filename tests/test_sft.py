@@ -69,6 +69,36 @@ def test_chunked_logprobs_and_loss_match_slow_reference(tiny, chunk):
     tiny.zero_grad()
 
 
+def test_activation_checkpointing_recomputes_blocks_with_the_same_gradients(tiny):
+    """checkpoint_blocks: each block runs twice per step (forward, then again in backward) and the gradients
+    are those of the stored activations."""
+    torch.manual_seed(1)
+    ids, tgt = torch.randint(0, 512, (2, 11)), torch.randint(0, 512, (2, 11))
+    mask = torch.ones(2, 11, dtype=torch.bool)
+    calls = []
+    # pre-hooks: the recompute stops once it has what backward needs, so post-forward hooks do not see it
+    hooks = [b.register_forward_pre_hook(lambda *_: calls.append(1)) for b in tiny.layers]
+    grads = {}
+    try:
+        for on in (False, True):
+            tiny.train()
+            tiny.checkpoint_blocks = on
+            tiny.zero_grad()
+            calls.clear()
+            logp = sft.token_logprobs(tiny.hidden(ids), tiny.output_weight, tgt, 4)
+            sft.sequence_nll_sum(logp, mask).backward()
+            grads[on] = {k: p.grad.clone() for k, p in tiny.named_parameters()}
+            assert len(calls) == len(tiny.layers) * (2 if on else 1)
+    finally:
+        for h in hooks:
+            h.remove()
+        tiny.checkpoint_blocks = False
+        tiny.zero_grad()
+        tiny.eval()
+    for k in grads[False]:
+        assert torch.allclose(grads[True][k], grads[False][k], atol=1e-6, rtol=1e-5), k
+
+
 def test_lr_schedule():
     cfg = sft.SFTConfig(lr=1.0, warmup_ratio=0.03, min_lr_ratio=0.1)
     lrs = [sft.lr_at(s, 100, cfg) for s in range(100)]
@@ -195,6 +225,15 @@ def test_hf_export_loads_in_transformers(run_dir, straight):
     assert Tokenizer.load(out).eos_ids == [151645, 151643]  # tokenizer files travel with it
     cfg = json.loads((run_dir / "straight" / "config.json").read_text())
     assert cfg["global_batch"] == 6 and cfg["max_len"] == 12288  # the resolved config is saved
+
+
+def test_without_activation_checkpointing_the_run_is_the_same(run_dir, straight):
+    plain, _ = run(run_dir, run_dir / "plain", "--no-activation-checkpointing")
+    assert json.loads((run_dir / "plain" / "config.json").read_text())["activation_checkpointing"] is False
+    for a, b in zip(straight, plain, strict=True):
+        assert abs(a["loss"] - b["loss"]) < 1e-6 and abs(a["grad_norm"] - b["grad_norm"]) < 1e-5
+    wa, wb = weights(run_dir / "straight"), weights(run_dir / "plain")
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
 
 
 def test_loss_goes_down(straight):
