@@ -335,11 +335,21 @@ def load_model(cfg: EvalConfig):
 def one_pair(cfg: EvalConfig):
     from sample import TextStream, generate
 
+    flags = {"--question": cfg.question, "--answer-a": cfg.answer_a, "--answer-b": cfg.answer_b}
     if cfg.pair_file:
-        d = json.loads(Path(cfg.pair_file).read_text())
+        if any(flags.values()):
+            raise SystemExit(f"give the pair either in --pair-file or as {', '.join(flags)}, not both")
+        try:
+            d = json.loads(Path(cfg.pair_file).read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{cfg.pair_file}: not valid JSON ({e})") from None
         q, a, b = (data.require(cfg.pair_file, d, k) for k in ("question", "answer_a", "answer_b"))
     else:
-        q, a, b = cfg.question, cfg.answer_a, cfg.answer_b
+        if missing := [f for f, v in flags.items() if not v]:
+            raise SystemExit(f"one-pair mode needs {', '.join(flags)}: missing {', '.join(missing)}")
+        q, a, b = flags.values()
+    if not cfg.model:
+        raise SystemExit("one-pair mode needs --model")
     model, tok = load_model(cfg)
     variant = guess_variant(tok) if cfg.variant == "auto" else cfg.variant
     msgs = judge_messages([{"role": "user", "content": q}, {"role": "assistant", "content": a}],
@@ -355,7 +365,7 @@ def one_pair(cfg: EvalConfig):
 
 def main(argv=None):
     cfg = parse_args(argv)
-    if cfg.question or cfg.pair_file:
+    if cfg.question or cfg.answer_a or cfg.answer_b or cfg.pair_file:
         return one_pair(cfg)
     if cfg.bench not in BENCHES:
         raise SystemExit(f"--bench must be one of {sorted(BENCHES)}")

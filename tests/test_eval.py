@@ -257,3 +257,25 @@ def test_one_pair_mode_prints_reasoning_and_verdict(tiny, capsys, monkeypatch):
     assert streamed == data.Tokenizer.load(tiny).decode(outs[0].tokens, skip_special_tokens=True)
     verdict = parse_verdict(streamed)
     assert tail.startswith(verdict if verdict else "invalid") and "(5 tokens, length)" in tail
+
+
+def test_one_pair_from_a_file_and_its_errors(tiny, tmp_path, capsys):
+    args = ["--model", str(tiny), "--max-new-tokens", "5", "--device", "cpu"]
+    ev.main(args + ["--question", "2+2?", "--answer-a", "4", "--answer-b", "5"])
+    from_flags = capsys.readouterr().out
+    f = tmp_path / "pair.json"
+    f.write_text(json.dumps({"question": "2+2?", "answer_a": "4", "answer_b": "5"}))
+    ev.main(args + ["--pair-file", str(f)])
+    assert capsys.readouterr().out == from_flags
+    f.write_text(json.dumps({"question": "2+2?", "answer_a": "4"}))
+    with pytest.raises(ValueError, match=r"pair.json: missing field 'answer_b'"):
+        ev.main(args + ["--pair-file", str(f)])
+    f.write_text('{"question": "2+2?", ')
+    with pytest.raises(ValueError, match=r"pair.json: not valid JSON"):
+        ev.main(args + ["--pair-file", str(f)])
+    with pytest.raises(SystemExit, match="not both"):
+        ev.main(args + ["--pair-file", str(f), "--question", "q"])
+    with pytest.raises(SystemExit, match="missing --answer-b"):  # never an empty answer B judged
+        ev.main(args + ["--question", "2+2?", "--answer-a", "4"])
+    with pytest.raises(SystemExit, match="missing --question"):
+        ev.main(args + ["--answer-a", "4", "--answer-b", "5"])
