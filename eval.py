@@ -363,8 +363,34 @@ def one_pair(cfg: EvalConfig):
     print(f"\n\nverdict: {verdict or 'invalid (no single [[A]] / [[B]])'}  ({len(out.tokens)} tokens, {out.finish})")
 
 
+# settings that change what a judgment says: a run folder's judgments must all share them
+SAME_ON_RESUME = ("model", "bench", "data", "variant", "max_new_tokens")
+
+
+def check_resume(out: Path, cfg: EvalConfig, variant: str):
+    """A rerun into a folder that holds judgments must use the settings they were made with."""
+    saved_path = out / "config.json"
+    if not (out / "judgments.jsonl").is_file() or not (out / "judgments.jsonl").stat().st_size:
+        return
+    if not saved_path.is_file():
+        raise SystemExit(f"{out}: judgments.jsonl without the config.json it was made with; use another --out")
+    saved = json.loads(saved_path.read_text())
+    now = {**asdict(cfg), "variant": variant}
+    for k in ("model", "data"):
+        saved[k], now[k] = str(Path(saved[k]).resolve()), str(Path(now[k]).resolve())
+    diff = [f"{k}: {saved.get(k)!r} there, {now[k]!r} now" for k in SAME_ON_RESUME if saved.get(k) != now[k]]
+    if diff:
+        raise SystemExit(f"{saved_path}: its judgments were made with other settings ({'; '.join(diff)}); "
+                         f"rerun with those, or use another --out")
+
+
 def main(argv=None):
     cfg = parse_args(argv)
+    for name, least in (("max_new_tokens", 1), ("batch", 1), ("slots", 0), ("limit", 0)):
+        if getattr(cfg, name) < least:
+            raise SystemExit(f"--{name.replace('_', '-')} must be >= {least}, got {getattr(cfg, name)}")
+    if cfg.variant not in ("auto", "instruct", "reasoning"):
+        raise SystemExit(f"--variant must be auto, instruct or reasoning, got {cfg.variant!r}")
     if cfg.question or cfg.answer_a or cfg.answer_b or cfg.pair_file:
         return one_pair(cfg)
     if cfg.bench not in BENCHES:
@@ -384,12 +410,14 @@ def main(argv=None):
     else:
         if not cfg.model or not cfg.data:
             raise SystemExit("--model and --data are required (or --score-only)")
+        tok = data.Tokenizer.load(cfg.model)
+        variant = guess_variant(tok) if cfg.variant == "auto" else cfg.variant
+        check_resume(out, cfg, variant)
         pairs = BENCHES[cfg.bench][0](cfg.data)
         if cfg.limit:
             pairs = pairs[: cfg.limit]
         items = data.place(pairs, "both" if cfg.both_orders else "random", cfg.seed)
         model, tok = load_model(cfg)
-        variant = guess_variant(tok) if cfg.variant == "auto" else cfg.variant
         (out / "config.json").write_text(json.dumps({**asdict(cfg), "variant": variant}, indent=2) + "\n")
         records = judge(model, tok, items, log, variant, cfg.max_new_tokens, cfg.batch, cfg.slots)
     scores = score(cfg.bench, records)

@@ -279,3 +279,29 @@ def test_one_pair_from_a_file_and_its_errors(tiny, tmp_path, capsys):
         ev.main(args + ["--question", "2+2?", "--answer-a", "4"])
     with pytest.raises(SystemExit, match="missing --question"):
         ev.main(args + ["--answer-a", "4", "--answer-b", "5"])
+
+
+def test_resume_with_other_settings_is_refused(tiny, tmp_path):
+    args = ["--model", str(tiny), "--bench", "rm-bench", "--data", str(BENCH / "rm-bench" / "chat_filtered.json"),
+            "--limit", "3", "--max-new-tokens", "4", "--device", "cpu", "--out", str(tmp_path / "run")]
+    ev.main(args)
+    log = tmp_path / "run" / "judgments.jsonl"
+    before = log.read_text()
+    for extra, match in [(["--max-new-tokens", "5"], "max_new_tokens: 4 there, 5 now"),
+                         (["--variant", "reasoning"], "variant: 'instruct' there, 'reasoning' now"),
+                         (["--bench", "pairs"], "bench: 'rm-bench' there, 'pairs' now")]:
+        with pytest.raises(SystemExit, match=match):
+            ev.main(args + extra)  # argparse keeps the last value of a repeated flag
+        assert log.read_text() == before
+    ev.main(args + ["--limit", "5", "--batch", "2"])  # more pairs, other batching: the same judgments, two more
+    assert log.read_text().startswith(before) and len(log.read_text().splitlines()) == 5
+
+
+@pytest.mark.parametrize("extra,match", [(["--limit", "-1"], "--limit must be >= 0, got -1"),
+                                         (["--batch", "0"], "--batch must be >= 1"),
+                                         (["--max-new-tokens", "0"], "--max-new-tokens must be >= 1"),
+                                         (["--variant", "Instruct"], "--variant must be auto, instruct or reasoning")])
+def test_bad_settings_are_refused(tmp_path, extra, match):
+    with pytest.raises(SystemExit, match=match):
+        ev.main(["--bench", "rm-bench", "--data", "x", "--model", "m", "--out", str(tmp_path / "o"), *extra])
+    assert not (tmp_path / "o").exists()
