@@ -74,6 +74,48 @@ def parse_args(argv=None) -> SFTConfig:
     return SFTConfig(**vars(ap.parse_args(argv)))
 
 
+def check_config(cfg: SFTConfig):
+    """Each setting in its range, before any work starts."""
+    bounds = {"max_len": (1, None), "global_batch": (1, None), "micro_tokens": (1, None), "epochs": (1, None),
+              "loss_chunk": (1, None), "save_every": (0, None), "max_steps": (0, None), "min_lr_ratio": (0, 1),
+              "warmup_ratio": (0, 1), "beta1": (0, 1), "beta2": (0, 1), "weight_decay": (0, None)}
+    for name, (lo, hi) in bounds.items():
+        v = getattr(cfg, name)
+        if not math.isfinite(v) or v < lo or (hi is not None and v > hi):
+            raise SystemExit(f"--{name.replace('_', '-')} must be in [{lo}, {'inf' if hi is None else hi}], got {v}")
+    for name in ("lr", "grad_clip", "peak_tflops"):
+        if not math.isfinite(getattr(cfg, name)) or getattr(cfg, name) <= 0:
+            raise SystemExit(f"--{name.replace('_', '-')} must be > 0, got {getattr(cfg, name)}")
+    if cfg.compute_dtype not in ("bfloat16", "float32"):
+        raise SystemExit(f"--compute-dtype must be bfloat16 or float32, got {cfg.compute_dtype!r}")
+
+
+# settings that decide a run's trajectory: --resume must keep them (max_steps, save_every, micro_tokens,
+# loss_chunk and activation_checkpointing may change: they decide where it stops, or memory and speed)
+SAME_ON_RESUME = ("model", "data", "max_len", "global_batch", "epochs", "lr", "min_lr_ratio", "warmup_ratio",
+                  "beta1", "beta2", "weight_decay", "grad_clip", "compute_dtype", "seed")
+
+
+def check_out(cfg: SFTConfig):
+    """A new run needs a folder without one; --resume needs the settings the run was started with."""
+    out = Path(cfg.out)
+    there = [p.name for p in (out / "state", out / "metrics.jsonl") if p.exists()]
+    if not cfg.resume:
+        if there:
+            raise SystemExit(f"{out} holds a run ({', '.join(there)}): pass --resume to continue it, "
+                             f"or use another --out")
+        return
+    if not (out / "config.json").is_file():
+        return  # nothing was started there: load_state says there is no state
+    saved, now = json.loads((out / "config.json").read_text()), asdict(cfg)
+    for k in ("model", "data"):
+        saved[k], now[k] = str(Path(saved[k]).resolve()), str(Path(now[k]).resolve())
+    diff = [f"{k}: {saved.get(k)!r} there, {now[k]!r} now" for k in SAME_ON_RESUME if saved.get(k) != now[k]]
+    if diff:
+        raise SystemExit(f"{out / 'config.json'}: the run was started with other settings ({'; '.join(diff)}); "
+                         f"resume with those, or start a new run in another --out")
+
+
 # ----------------------------------------------------------------------------------------------
 # Data: tokenize, mask, batch
 
@@ -331,6 +373,8 @@ def train(cfg: SFTConfig):
     from tqdm import tqdm
 
     rank, world, device = setup_distributed()
+    check_out(cfg)
+    dist.barrier()  # every rank has looked at the folder before rank 0 writes to it
     torch.manual_seed(cfg.seed)
     out = Path(cfg.out)
     if rank == 0:
@@ -423,6 +467,7 @@ def main(argv=None):
     cfg = parse_args(argv)
     if not cfg.model or not cfg.data:
         raise SystemExit("--model and --data are required")
+    check_config(cfg)
     try:
         train(cfg)
     finally:

@@ -211,6 +211,26 @@ def test_resume_without_state_is_a_clear_error(run_dir, tmp_path):
         run(run_dir, tmp_path / "fresh", "--resume")
 
 
+def test_a_run_folder_is_never_mixed_with_another_run(run_dir, straight):
+    out = run_dir / "straight"
+    before = {f: (out / f).read_bytes() for f in ("config.json", "metrics.jsonl", "state/progress.json")}
+    with pytest.raises(AssertionError, match="holds a run .*pass --resume to continue it"):
+        run(run_dir, out)  # a second fresh run would have appended its steps to this run's metrics
+    with pytest.raises(AssertionError, match=r"lr: 0.003 there, 0.001 now; seed: 0 there, 1 now"):
+        run(run_dir, out, "--resume", "--lr", "1e-3", "--seed", "1")
+    assert before == {f: (out / f).read_bytes() for f in before}
+
+
+@pytest.mark.parametrize("flag,value,match", [("--global-batch", "0", r"--global-batch must be in \[1, inf\], got 0"),
+                                              ("--warmup-ratio", "1.5", r"--warmup-ratio must be in \[0, 1\]"),
+                                              ("--lr", "nan", "--lr must be > 0, got nan"),
+                                              ("--compute-dtype", "float16", "--compute-dtype must be bfloat16 or")])
+def test_bad_settings_are_refused_before_any_work(tmp_path, flag, value, match):
+    with pytest.raises(SystemExit, match=match):
+        sft.main(["--model", "m", "--data", "d", "--out", str(tmp_path / "o"), flag, value])
+    assert not (tmp_path / "o").exists()
+
+
 def test_hf_export_loads_in_transformers(run_dir, straight):
     from transformers import AutoModelForCausalLM
 
