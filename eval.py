@@ -252,16 +252,18 @@ def judge(model, tok, items: list[tuple[data.Pair, str]], log: Path, variant: st
     done = {r["key"]: r for r in read_log(log)}
     todo = [(p, at) for p, at in items if f"{p.id}|{at}" not in done]
     limit = model.cfg.max_position_embeddings
+    # every prompt rendered and measured before the first judgment, so a long pair stops the run up front
+    all_prompts = [tok.encode_chat(judge_messages(*p.conversations(at), variant), add_generation_prompt=True)
+                   for p, at in todo]
+    for (p, at), ids in zip(todo, all_prompts):
+        if len(ids) >= limit:
+            raise ValueError(f"pair {p.id} (chosen at {at}): judge prompt has {len(ids)} tokens, "
+                             f"at or over the model's limit of {limit}; nothing was judged")
     bar = tqdm(total=len(items), initial=len(items) - len(todo), disable=not progress, desc="judging")
     right = sum(r["correct"] for r in done.values())
     with open(log, "a", encoding="utf-8") as f:
         for start in range(0, len(todo), batch):
-            chunk = todo[start:start + batch]
-            prompts = [tok.encode_chat(judge_messages(*p.conversations(at), variant), add_generation_prompt=True)
-                       for p, at in chunk]
-            for (p, _), ids in zip(chunk, prompts):
-                if len(ids) >= limit:
-                    raise ValueError(f"pair {p.id}: judge prompt has {len(ids)} tokens, over the model's {limit}")
+            chunk, prompts = todo[start:start + batch], all_prompts[start:start + batch]
             budgets = [min(max_new_tokens, limit - len(ids)) for ids in prompts]
             outs = generate(model, prompts, budgets, temperature=0, eos_ids=tok.eos_ids, slots=slots or None)
             for (p, at), o in zip(chunk, outs):

@@ -305,3 +305,23 @@ def test_bad_settings_are_refused(tmp_path, extra, match):
     with pytest.raises(SystemExit, match=match):
         ev.main(["--bench", "rm-bench", "--data", "x", "--model", "m", "--out", str(tmp_path / "o"), *extra])
     assert not (tmp_path / "o").exists()
+
+
+def test_a_prompt_over_the_model_limit_stops_the_run_before_any_judgment(tiny, tmp_path):
+    import dataclasses
+
+    from rubrics import judge_messages
+
+    tok, model = data.Tokenizer.load(tiny), M.load(tiny, dtype=torch.float32).eval()
+    items = data.place(data.read_rmbench(BENCH / "rm-bench" / "chat_filtered.json")[:6], "random", 0)
+    lengths = [len(tok.encode_chat(judge_messages(*p.conversations(at), "instruct"), add_generation_prompt=True))
+               for p, at in items]
+    longest = max(range(len(items)), key=lengths.__getitem__)
+    assert lengths[0] < lengths[longest]  # the first would fit: it must not be judged either
+    model.cfg = dataclasses.replace(model.cfg, max_position_embeddings=lengths[longest])
+    log = tmp_path / "judgments.jsonl"
+    p, at = items[longest]
+    with pytest.raises(ValueError, match=rf"pair {p.id} \(chosen at {at}\): judge prompt has {lengths[longest]} "
+                                         rf"tokens, at or over the model's limit of {lengths[longest]}"):
+        ev.judge(model, tok, items, log, "instruct", 4, batch=2, progress=False)
+    assert not log.exists()
