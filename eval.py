@@ -206,7 +206,7 @@ def read_log(path: Path, required=None) -> list[dict]:
     if not path.exists():
         return []
     lines = path.read_text(encoding="utf-8").split("\n")
-    records = []
+    records, seen = [], {}  # seen: key (id|chosen_at) -> line number
     for k, line in enumerate(lines):
         if not line.strip():
             continue
@@ -221,6 +221,10 @@ def read_log(path: Path, required=None) -> list[dict]:
         missing = [name for name in required if name not in rec]
         if missing:
             raise ValueError(f"{path}:{k + 1}: judgment lacks {missing}")
+        key = rec.get("key", f"{rec.get('id')}|{rec.get('chosen_at')}")
+        if key in seen:  # it would count twice in the scores
+            raise ValueError(f"{path}:{k + 1}: judgment {key} is already on line {seen[key]}")
+        seen[key] = k + 1
         records.append(rec)
     return records
 
@@ -400,7 +404,6 @@ def main(argv=None):
     if not cfg.out:
         raise SystemExit("--out is required")
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     log = out / "judgments.jsonl"
     if cfg.score_only:
         if cfg.data:  # outputs made elsewhere: recompute verdicts, take subsets and groups from the data
@@ -415,6 +418,7 @@ def main(argv=None):
         tok = data.Tokenizer.load(cfg.model)
         variant = guess_variant(tok) if cfg.variant == "auto" else cfg.variant
         check_resume(out, cfg, variant)
+        out.mkdir(parents=True, exist_ok=True)
         pairs = BENCHES[cfg.bench][0](cfg.data)
         if cfg.limit:
             pairs = pairs[: cfg.limit]

@@ -325,3 +325,17 @@ def test_a_prompt_over_the_model_limit_stops_the_run_before_any_judgment(tiny, t
                                          rf"tokens, at or over the model's limit of {lengths[longest]}"):
         ev.judge(model, tok, items, log, "instruct", 4, batch=2, progress=False)
     assert not log.exists()
+
+
+def test_a_judgment_logged_twice_is_an_error_not_a_double_count(tmp_path):
+    data_file = BENCH / "rm-bench" / "chat_filtered.json"
+    p = data.read_rmbench(data_file)[0]
+    line = json.dumps({"id": p.id, "chosen_at": "A", "output": "<answer>[[A]]</answer>"}) + "\n"
+    other = json.dumps({"id": p.id, "chosen_at": "B", "output": "<answer>[[A]]</answer>"}) + "\n"
+    (tmp_path / "judgments.jsonl").write_text(line + other + line)
+    with pytest.raises(ValueError, match=rf"judgments.jsonl:3: judgment {p.id}\|A is already on line 1"):
+        ev.main(["--bench", "rm-bench", "--data", str(data_file), "--out", str(tmp_path), "--score-only"])
+    assert not (tmp_path / "scores.json").exists()
+    with pytest.raises(SystemExit, match="no judgments to score"):
+        ev.main(["--bench", "rm-bench", "--out", str(tmp_path / "typo"), "--score-only"])
+    assert not (tmp_path / "typo").exists()  # a mistyped --out is not created
