@@ -361,9 +361,13 @@ def one_pair(cfg: EvalConfig):
     msgs = judge_messages([{"role": "user", "content": q}, {"role": "assistant", "content": a}],
                           [{"role": "user", "content": q}, {"role": "assistant", "content": b}], variant)
     ids = tok.encode_chat(msgs, add_generation_prompt=True)
+    limit = model.cfg.max_position_embeddings
+    if len(ids) >= limit:
+        raise SystemExit(f"the judge prompt has {len(ids)} tokens, at or over the model's limit of {limit}")
     stream = TextStream(tok)
-    out = generate(model, [ids], cfg.max_new_tokens, temperature=0, eos_ids=tok.eos_ids, sync_every=4,
-                   on_tokens=stream)[0]
+    # as in judge(): the reply may run up to the model's limit when max_new_tokens would pass it
+    budget = min(cfg.max_new_tokens, limit - len(ids))
+    out = generate(model, [ids], budget, temperature=0, eos_ids=tok.eos_ids, sync_every=4, on_tokens=stream)[0]
     stream.close()
     verdict = parse_verdict(tok.decode(out.tokens, skip_special_tokens=True))
     print(f"\n\nverdict: {verdict or 'invalid (no single [[A]] / [[B]])'}  ({len(out.tokens)} tokens, {out.finish})")

@@ -339,3 +339,27 @@ def test_a_judgment_logged_twice_is_an_error_not_a_double_count(tmp_path):
     with pytest.raises(SystemExit, match="no judgments to score"):
         ev.main(["--bench", "rm-bench", "--out", str(tmp_path / "typo"), "--score-only"])
     assert not (tmp_path / "typo").exists()  # a mistyped --out is not created
+
+
+def test_one_pair_reply_is_bounded_by_the_model_limit(tmp_path, capsys):
+    """A 1,024-position model: the reply stops at the limit like a benchmark judgment (length), and a prompt
+    that fills the limit is refused naming both numbers."""
+    tok_dir = SHARED / "hf" / "qwen2.5-7b-instruct"
+    cfg = M.Config.from_hf({"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "vocab_size": 151936,
+                            "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+                            "num_attention_heads": 2, "num_key_value_heads": 1, "rope_theta": 1e6,
+                            "rms_norm_eps": 1e-6, "tie_word_embeddings": True, "max_position_embeddings": 1024})
+    torch.manual_seed(0)
+    M.save(M.Transformer(cfg), tmp_path / "m", copy_files_from=tok_dir,
+           generation_config=json.loads((tok_dir / "generation_config.json").read_text()))
+    tok = data.Tokenizer.load(tmp_path / "m")
+    args = ["--model", str(tmp_path / "m"), "--device", "cpu", "--max-new-tokens", "4096"]
+    ev.main(args + ["--question", "2+2?", "--answer-a", "4", "--answer-b", "5"])
+    from rubrics import judge_messages
+
+    q = {"role": "user", "content": "2+2?"}
+    msgs = judge_messages([q, {"role": "assistant", "content": "4"}], [q, {"role": "assistant", "content": "5"}])
+    n = len(tok.encode_chat(msgs, add_generation_prompt=True))
+    assert n < 1024 and f"({1024 - n} tokens, length)" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match=r"judge prompt has \d+ tokens, at or over the model's limit of 1024"):
+        ev.main(args + ["--question", "2+2? " * 200, "--answer-a", "4", "--answer-b", "5"])
