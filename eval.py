@@ -334,8 +334,7 @@ def load_model(cfg: EvalConfig):
 
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-    tok = data.Tokenizer.load(cfg.model)
-    return load(cfg.model, device=device, dtype=dtype).eval(), tok
+    return load(cfg.model, device=device, dtype=dtype).eval()
 
 
 def one_pair(cfg: EvalConfig):
@@ -356,7 +355,8 @@ def one_pair(cfg: EvalConfig):
         q, a, b = flags.values()
     if not cfg.model:
         raise SystemExit("one-pair mode needs --model")
-    model, tok = load_model(cfg)
+    tok = data.Tokenizer.load(cfg.model)
+    model = load_model(cfg)
     variant = guess_variant(tok) if cfg.variant == "auto" else cfg.variant
     msgs = judge_messages([{"role": "user", "content": q}, {"role": "assistant", "content": a}],
                           [{"role": "user", "content": q}, {"role": "assistant", "content": b}], variant)
@@ -422,12 +422,14 @@ def main(argv=None):
         tok = data.Tokenizer.load(cfg.model)
         variant = guess_variant(tok) if cfg.variant == "auto" else cfg.variant
         check_resume(out, cfg, variant)
-        out.mkdir(parents=True, exist_ok=True)
         pairs = BENCHES[cfg.bench][0](cfg.data)
+        if not pairs:
+            raise SystemExit(f"{cfg.data}: no {cfg.bench} pairs found")
         if cfg.limit:
             pairs = pairs[: cfg.limit]
         items = data.place(pairs, "both" if cfg.both_orders else "random", cfg.seed)
-        model, tok = load_model(cfg)
+        model = load_model(cfg)
+        out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps({**asdict(cfg), "variant": variant}, indent=2) + "\n")
         records = judge(model, tok, items, log, variant, cfg.max_new_tokens, cfg.batch, cfg.slots)
     scores = score(cfg.bench, records)

@@ -145,7 +145,10 @@ def tokenize_row(tok: data.Tokenizer, messages: list[dict], target: str) -> tupl
 def load_rows(cfg: SFTConfig, tok: data.Tokenizer) -> tuple[list[tuple[list[int], list[int]]], dict]:
     """Tokenized (ids, mask) rows and counts of what was dropped for length."""
     rows, too_long_prompt, too_long = [], 0, 0
-    for k, r in enumerate(data.read_rmr1_training(cfg.data)):
+    read = data.read_rmr1_training(cfg.data)
+    if not read:
+        raise ValueError(f"{cfg.data}: no rows")
+    for k, r in enumerate(read):
         if r["target"] is None:
             raise ValueError(f"{cfg.data}:{k + 1}: SFT rows need the target trace ('response' or 'completion')")
         try:

@@ -363,3 +363,14 @@ def test_one_pair_reply_is_bounded_by_the_model_limit(tmp_path, capsys):
     assert n < 1024 and f"({1024 - n} tokens, length)" in capsys.readouterr().out
     with pytest.raises(SystemExit, match=r"judge prompt has \d+ tokens, at or over the model's limit of 1024"):
         ev.main(args + ["--question", "2+2? " * 200, "--answer-a", "4", "--answer-b", "5"])
+
+
+def test_no_pairs_is_an_error_not_an_empty_score(tiny, tmp_path):
+    (tmp_path / "empty.jsonl").write_text("\n")
+    with pytest.raises(SystemExit, match="empty.jsonl: no pairs pairs found"):
+        ev.main(["--model", str(tiny), "--data", str(tmp_path / "empty.jsonl"), "--out", str(tmp_path / "o")])
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(SystemExit, match="folder: no rm-bench pairs found"):  # a folder without RM-Bench's files
+        ev.main(["--model", str(tiny), "--bench", "rm-bench", "--data", str(tmp_path / "folder"),
+                 "--out", str(tmp_path / "o")])
+    assert not (tmp_path / "o").exists()

@@ -278,3 +278,9 @@ def test_non_finite_loss_stops_with_the_step(run_dir):
     with pytest.raises(AssertionError, match="step 2: non-finite"):
         run(run_dir, run_dir / "boom", "--lr", "1e30", "--save-every", "1", "--grad-clip", "1e30")
     assert (run_dir / "boom" / "state" / "progress.json").is_file()  # the last good state is intact
+
+
+def test_an_empty_data_file_is_an_error(tmp_path):
+    (tmp_path / "rows.jsonl").write_text("\n")
+    with pytest.raises(ValueError, match="rows.jsonl: no rows"):
+        sft.load_rows(sft.SFTConfig(data=str(tmp_path / "rows.jsonl")), tok=None)
