@@ -24,6 +24,7 @@ import itertools
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -752,6 +753,13 @@ def save(model: Transformer, path, max_shard_bytes: int = 5 * 2**30, state_dict=
     dtype = {t.dtype for t in tensors.values()}
     dtype_name = {v: k for k, v in _DTYPES.items()}[dtype.pop()] if len(dtype) == 1 else cfg.dtype
 
+    if path.exists():  # replaced whole below: only ever a checkpoint folder, never one holding other work
+        if not path.is_dir():
+            raise FileExistsError(f"save: {path} is a file, not a checkpoint folder")
+        other = sorted(f.name for f in path.iterdir() if not _checkpoint_file(f))
+        if other:
+            raise FileExistsError(f"save: {path} holds {other[:5]}, which are not checkpoint files; saving would "
+                                  f"replace the folder, so choose a new or empty one")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
@@ -782,8 +790,7 @@ def save(model: Transformer, path, max_shard_bytes: int = 5 * 2**30, state_dict=
         if gen:
             (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
         if copy_files_from is not None:
-            for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "vocab.json",
-                         "merges.txt", "special_tokens_map.json"):
+            for name in TOKENIZER_FILES:
                 src = Path(copy_files_from) / name
                 if src.is_file():
                     shutil.copy2(src, tmp / name)
@@ -794,6 +801,16 @@ def save(model: Transformer, path, max_shard_bytes: int = 5 * 2**30, state_dict=
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "vocab.json", "merges.txt",
+                   "special_tokens_map.json")
+
+
+def _checkpoint_file(f: Path) -> bool:
+    """A file that `save` writes (so replacing a folder of only these loses nothing but a checkpoint)."""
+    return f.is_file() and (f.name in ("config.json", "generation_config.json", "model.safetensors.index.json")
+                            or f.name in TOKENIZER_FILES or re.fullmatch(r"model(-\d+-of-\d+)?\.safetensors", f.name))
 
 
 def _hf_order(name: str):

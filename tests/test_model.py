@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from conftest import hf_model
+from conftest import SHARED, hf_model
 
 import model as M
 
@@ -159,6 +159,29 @@ def test_save_is_atomic(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         M.save(m, tmp_path / "new", max_shard_bytes=20_000)
     assert not (tmp_path / "new").exists()
+
+
+def test_save_replaces_a_checkpoint_but_never_a_folder_holding_other_files(tmp_path):
+    ref = hf_model("qwen2", seed=1)
+    ref.save_pretrained(tmp_path / "src")
+    m = M.load(tmp_path / "src", dtype=torch.float32)
+    tok_dir = SHARED / "hf" / "qwen2.5-7b-instruct"
+    M.save(m, tmp_path / "ckpt", max_shard_bytes=20_000, copy_files_from=tok_dir)  # sharded, tokenizer files
+    with torch.no_grad():
+        m.embed.weight.add_(1.0)
+    M.save(m, tmp_path / "ckpt")  # one of ours is replaced whole: one shard now, no stale index or shards
+    assert sorted(f.name for f in (tmp_path / "ckpt").iterdir()) == ["config.json", "generation_config.json",
+                                                                    "model.safetensors"]
+    assert torch.equal(M.load(tmp_path / "ckpt", dtype=torch.float32).embed.weight, m.embed.weight)
+    runs = tmp_path / "runs"
+    (runs / "sft").mkdir(parents=True)
+    (runs / "notes.txt").write_text("a week of work")
+    with pytest.raises(FileExistsError, match=r"runs holds \['notes.txt', 'sft'\], which are not checkpoint files"):
+        M.save(m, runs)
+    assert (runs / "notes.txt").read_text() == "a week of work" and (runs / "sft").is_dir()
+    with pytest.raises(FileExistsError, match="notes.txt is a file"):
+        M.save(m, runs / "notes.txt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "runs", "src"]  # no temp folder left behind
 
 
 # -- refusals ----------------------------------------------------------------------------------
