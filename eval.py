@@ -380,6 +380,8 @@ SAME_ON_RESUME = ("model", "bench", "data", "variant", "max_new_tokens")
 def check_resume(out: Path, cfg: EvalConfig, variant: str):
     """A rerun into a folder that holds judgments must use the settings they were made with."""
     saved_path = out / "config.json"
+    if saved_path.is_file() and not {"bench", "variant"} <= set(json.loads(saved_path.read_text())):
+        raise SystemExit(f"{saved_path} is not an eval run's config (a model folder?); use another --out")
     if not (out / "judgments.jsonl").is_file() or not (out / "judgments.jsonl").stat().st_size:
         return
     if not saved_path.is_file():

@@ -99,6 +99,8 @@ SAME_ON_RESUME = ("model", "data", "max_len", "global_batch", "epochs", "lr", "m
 def check_out(cfg: SFTConfig):
     """A new run needs a folder without one; --resume needs the settings the run was started with."""
     out = Path(cfg.out)
+    if (out / "config.json").is_file() and "global_batch" not in json.loads((out / "config.json").read_text()):
+        raise SystemExit(f"{out / 'config.json'} is not an SFT run's config (a model folder?); use another --out")
     there = [p.name for p in (out / "state", out / "metrics.jsonl") if p.exists()]
     if not cfg.resume:
         if there:

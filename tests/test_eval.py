@@ -374,3 +374,11 @@ def test_no_pairs_is_an_error_not_an_empty_score(tiny, tmp_path):
         ev.main(["--model", str(tiny), "--bench", "rm-bench", "--data", str(tmp_path / "folder"),
                  "--out", str(tmp_path / "o")])
     assert not (tmp_path / "o").exists()
+
+
+def test_out_is_never_a_model_folder(tiny, tmp_path):
+    before = (tiny / "config.json").read_bytes()
+    with pytest.raises(SystemExit, match="config.json is not an eval run's config"):
+        ev.main(["--model", str(tiny), "--bench", "rm-bench", "--data", str(BENCH / "rm-bench" / "chat_filtered.json"),
+                 "--limit", "1", "--device", "cpu", "--out", str(tiny)])
+    assert (tiny / "config.json").read_bytes() == before and not (tiny / "judgments.jsonl").exists()
