@@ -473,3 +473,21 @@ def training_rows(pairs: list[Pair], variant: str = "instruct") -> list[dict]:
         a, b = p.conversations(at)
         rows.append({"context_messages": judge_messages(a, b, variant), "winner": "model_a" if at == "A" else "model_b"})
     return rows
+
+
+# ----------------------------------------------------------------------------------------------
+# Run folders (sft.py and eval.py)
+
+
+def changed_settings(saved: dict, now: dict, keys) -> list[str]:
+    """The `keys` whose values differ between a run folder's saved config and this invocation, as
+    "key: old there, new now"; the "model" and "data" paths compare resolved.
+
+    >>> changed_settings({"lr": 3e-3, "seed": 0}, {"lr": 1e-3, "seed": 0}, ["lr", "seed"])
+    ['lr: 0.003 there, 0.001 now']
+    """
+    saved, now = dict(saved), dict(now)
+    for k in ("model", "data"):
+        if k in keys and k in saved and k in now:
+            saved[k], now[k] = str(Path(saved[k]).resolve()), str(Path(now[k]).resolve())
+    return [f"{k}: {saved.get(k)!r} there, {now[k]!r} now" for k in keys if saved.get(k) != now[k]]

@@ -386,11 +386,8 @@ def check_resume(out: Path, cfg: EvalConfig, variant: str):
         return
     if not saved_path.is_file():
         raise SystemExit(f"{out}: judgments.jsonl without the config.json it was made with; use another --out")
-    saved = json.loads(saved_path.read_text())
     now = {**asdict(cfg), "variant": variant}
-    for k in ("model", "data"):
-        saved[k], now[k] = str(Path(saved[k]).resolve()), str(Path(now[k]).resolve())
-    diff = [f"{k}: {saved.get(k)!r} there, {now[k]!r} now" for k in SAME_ON_RESUME if saved.get(k) != now[k]]
+    diff = data.changed_settings(json.loads(saved_path.read_text()), now, SAME_ON_RESUME)
     if diff:
         raise SystemExit(f"{saved_path}: its judgments were made with other settings ({'; '.join(diff)}); "
                          f"rerun with those, or use another --out")

@@ -109,10 +109,7 @@ def check_out(cfg: SFTConfig):
         return
     if not (out / "config.json").is_file():
         return  # nothing was started there: load_state says there is no state
-    saved, now = json.loads((out / "config.json").read_text()), asdict(cfg)
-    for k in ("model", "data"):
-        saved[k], now[k] = str(Path(saved[k]).resolve()), str(Path(now[k]).resolve())
-    diff = [f"{k}: {saved.get(k)!r} there, {now[k]!r} now" for k in SAME_ON_RESUME if saved.get(k) != now[k]]
+    diff = data.changed_settings(json.loads((out / "config.json").read_text()), asdict(cfg), SAME_ON_RESUME)
     if diff:
         raise SystemExit(f"{out / 'config.json'}: the run was started with other settings ({'; '.join(diff)}); "
                          f"resume with those, or start a new run in another --out")
