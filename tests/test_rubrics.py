@@ -98,3 +98,21 @@ def test_parse_judgment_chat_and_reasoning_and_malformed():
     assert set(j["missing"]) == {"rubric", "justify", "eval", "verdict"}
     assert parse_judgment(None)["missing"] == ["type", "eval", "verdict"]
     assert parse_judgment("<answer>[[A]] [[B]]</answer>")["verdict"] is None
+
+
+def test_parse_judgment_never_raises_on_model_text():
+    """Random outputs built from tag fragments, weights and noise: a dict with its fields, never an error."""
+    import random
+
+    pieces = ["<type>", "</type>", "Chat", "Reasoning", "<rubric>", "</rubric>", "<justify>", "</justify>",
+              "<eval>", "</eval>", "<solution>", "</solution>", "<answer>", "</answer>", "[[A]]", "[[B]]", "[[",
+              "<quote_A>", "</quote_A>", "<summary_B>", "</summary_B>", "weight: ", "0.", "4", "99999999999", "%",
+              "\n", " ", "1. ", "数字", "\ufffd", "<", ">", "/", "weight:", "e9"]
+    for seed in range(2000):
+        rng = random.Random(seed)
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 40)))
+        j = parse_judgment(text)
+        assert j["verdict"] in (None, "A", "B") and isinstance(j["missing"], list), text
+        assert j["verdict"] is None or f"[[{j['verdict']}]]" in text
+        for r in j["rubric"] or []:
+            assert r["weight"] is None or r["weight"] >= 0, text
