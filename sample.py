@@ -618,8 +618,8 @@ def main(argv=None):
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args(argv)
     dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
+    tok = Tokenizer.load(args.model)  # a folder without a tokenizer fails before the weights load
     model = load(args.model, device=args.device, dtype=dtype).eval()
-    tok = Tokenizer.load(args.model)
     msgs = [{"role": "system", "content": args.system}] if args.system else []
     msgs.append({"role": "user", "content": args.prompt})
     ids = tok.encode_chat(msgs, add_generation_prompt=True)
