@@ -17,6 +17,7 @@ Outputs in --out: config.json, metrics.jsonl, hf/ (a Hugging Face folder), state
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -109,10 +110,22 @@ def check_out(cfg: SFTConfig):
         return
     if not (out / "config.json").is_file():
         return  # nothing was started there: load_state says there is no state
-    diff = data.changed_settings(json.loads((out / "config.json").read_text()), asdict(cfg), SAME_ON_RESUME)
+    saved = json.loads((out / "config.json").read_text())
+    now = {**asdict(cfg), "data_sha256": file_sha256(cfg.data)}  # the rows too, not only their path
+    keys = SAME_ON_RESUME + ("data_sha256",) if "data_sha256" in saved else SAME_ON_RESUME  # older runs lack it
+    diff = data.changed_settings(saved, now, keys)
     if diff:
         raise SystemExit(f"{out / 'config.json'}: the run was started with other settings ({'; '.join(diff)}); "
                          f"resume with those, or start a new run in another --out")
+
+
+def file_sha256(path) -> str:
+    """The data file's fingerprint, saved with the run: a resumed run must read the same rows."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 24):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -381,7 +394,8 @@ def train(cfg: SFTConfig):
     out = Path(cfg.out)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+        run_config = {**asdict(cfg), "data_sha256": file_sha256(cfg.data)}
+        (out / "config.json").write_text(json.dumps(run_config, indent=2) + "\n")
     tok = data.Tokenizer.load(cfg.model)
     rows, counts = load_rows(cfg, tok)
     lengths = [len(r[0]) for r in rows]

@@ -219,6 +219,14 @@ def test_a_run_folder_is_never_mixed_with_another_run(run_dir, straight):
     with pytest.raises(AssertionError, match=r"lr: 0.003 there, 0.001 now; seed: 0 there, 1 now"):
         run(run_dir, out, "--resume", "--lr", "1e-3", "--seed", "1")
     assert before == {f: (out / f).read_bytes() for f in before}
+    rows = (run_dir / "rows.jsonl").read_text()
+    try:  # the same path with other rows
+        (run_dir / "rows.jsonl").write_text(rows.replace("pad", "PAD"))
+        with pytest.raises(AssertionError, match="data_sha256: '[0-9a-f]{64}' there, '[0-9a-f]{64}' now"):
+            run(run_dir, out, "--resume")
+    finally:
+        (run_dir / "rows.jsonl").write_text(rows)
+    assert before == {f: (out / f).read_bytes() for f in before}
     model_config = (run_dir / "model" / "config.json").read_bytes()
     with pytest.raises(AssertionError, match="config.json is not an SFT run's config"):
         run(run_dir, run_dir / "model")  # --out given the model folder: its config.json stays
