@@ -255,20 +255,17 @@ def judge(model, tok, items: list[tuple[data.Pair, str]], log: Path, variant: st
 
     done = {r["key"]: r for r in read_log(log)}
     todo = [(p, at) for p, at in items if f"{p.id}|{at}" not in done]
-    limit = model.cfg.max_position_embeddings
     # every prompt rendered and measured before the first judgment, so a long pair stops the run up front
     all_prompts = [tok.encode_chat(judge_messages(*p.conversations(at), variant), add_generation_prompt=True)
                    for p, at in todo]
-    for (p, at), ids in zip(todo, all_prompts):
-        if len(ids) >= limit:
-            raise ValueError(f"pair {p.id} (chosen at {at}): judge prompt has {len(ids)} tokens, "
-                             f"at or over the model's limit of {limit}; nothing was judged")
+    all_budgets = [reply_budget(model, ids, max_new_tokens, f"pair {p.id} (chosen at {at})")
+                   for (p, at), ids in zip(todo, all_prompts)]
     bar = tqdm(total=len(items), initial=len(items) - len(todo), disable=not progress, desc="judging")
     right = sum(r["correct"] for r in done.values())
     with open(log, "a", encoding="utf-8") as f:
         for start in range(0, len(todo), batch):
             chunk, prompts = todo[start:start + batch], all_prompts[start:start + batch]
-            budgets = [min(max_new_tokens, limit - len(ids)) for ids in prompts]
+            budgets = all_budgets[start:start + batch]
             outs = generate(model, prompts, budgets, temperature=0, eos_ids=tok.eos_ids, slots=slots or None)
             for (p, at), o in zip(chunk, outs):
                 text = tok.decode(o.tokens, skip_special_tokens=True)
@@ -283,6 +280,16 @@ def judge(model, tok, items: list[tuple[data.Pair, str]], log: Path, variant: st
             bar.set_postfix(acc=f"{right / max(1, len(done)):.3f}")
     bar.close()
     return [done[f"{p.id}|{at}"] for p, at in items]
+
+
+def reply_budget(model, ids: list[int], max_new_tokens: int, what: str) -> int:
+    """New tokens a judgment may take: max_new_tokens, or fewer where the prompt plus them would pass the
+    model's limit (the reply then stops at the limit, as a length stop). A prompt that fills the limit is an
+    error naming `what`."""
+    limit = model.cfg.max_position_embeddings
+    if len(ids) >= limit:
+        raise ValueError(f"{what}: judge prompt has {len(ids)} tokens, at or over the model's limit of {limit}")
+    return min(max_new_tokens, limit - len(ids))
 
 
 def guess_variant(tok) -> str:
@@ -361,12 +368,8 @@ def one_pair(cfg: EvalConfig):
     msgs = judge_messages([{"role": "user", "content": q}, {"role": "assistant", "content": a}],
                           [{"role": "user", "content": q}, {"role": "assistant", "content": b}], variant)
     ids = tok.encode_chat(msgs, add_generation_prompt=True)
-    limit = model.cfg.max_position_embeddings
-    if len(ids) >= limit:
-        raise SystemExit(f"the judge prompt has {len(ids)} tokens, at or over the model's limit of {limit}")
+    budget = reply_budget(model, ids, cfg.max_new_tokens, "the pair")
     stream = TextStream(tok)
-    # as in judge(): the reply may run up to the model's limit when max_new_tokens would pass it
-    budget = min(cfg.max_new_tokens, limit - len(ids))
     out = generate(model, [ids], budget, temperature=0, eos_ids=tok.eos_ids, sync_every=4, on_tokens=stream)[0]
     stream.close()
     verdict = parse_verdict(tok.decode(out.tokens, skip_special_tokens=True))

@@ -740,6 +740,13 @@ def save(model: Transformer, path, max_shard_bytes: int = 5 * 2**30, state_dict=
     from safetensors.torch import save_file
 
     path = Path(path)
+    if path.exists():  # replaced whole below: only ever a checkpoint folder, never one holding other work
+        if not path.is_dir():
+            raise FileExistsError(f"save: {path} is a file, not a checkpoint folder")
+        other = sorted(f.name for f in path.iterdir() if not _checkpoint_file(f))
+        if other:
+            raise FileExistsError(f"save: {path} holds {other[:5]}, which are not checkpoint files; saving would "
+                                  f"replace the folder, so choose a new or empty one")
     cfg = model.cfg
     sd = state_dict if state_dict is not None else model.state_dict()
     kmap = key_map(cfg)
@@ -753,13 +760,6 @@ def save(model: Transformer, path, max_shard_bytes: int = 5 * 2**30, state_dict=
     dtype = {t.dtype for t in tensors.values()}
     dtype_name = {v: k for k, v in _DTYPES.items()}[dtype.pop()] if len(dtype) == 1 else cfg.dtype
 
-    if path.exists():  # replaced whole below: only ever a checkpoint folder, never one holding other work
-        if not path.is_dir():
-            raise FileExistsError(f"save: {path} is a file, not a checkpoint folder")
-        other = sorted(f.name for f in path.iterdir() if not _checkpoint_file(f))
-        if other:
-            raise FileExistsError(f"save: {path} holds {other[:5]}, which are not checkpoint files; saving would "
-                                  f"replace the folder, so choose a new or empty one")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:

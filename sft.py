@@ -97,8 +97,8 @@ SAME_ON_RESUME = ("model", "data", "max_len", "global_batch", "epochs", "lr", "m
                   "beta1", "beta2", "weight_decay", "grad_clip", "compute_dtype", "seed")
 
 
-def check_out(cfg: SFTConfig):
-    """A new run needs a folder without one; --resume needs the settings the run was started with."""
+def check_out(cfg: SFTConfig, data_sha256: str):
+    """A new run needs a folder without one; --resume needs the settings (and data) the run was started with."""
     out = Path(cfg.out)
     if (out / "config.json").is_file() and "global_batch" not in json.loads((out / "config.json").read_text()):
         raise SystemExit(f"{out / 'config.json'} is not an SFT run's config (a model folder?); use another --out")
@@ -111,7 +111,7 @@ def check_out(cfg: SFTConfig):
     if not (out / "config.json").is_file():
         return  # nothing was started there: load_state says there is no state
     saved = json.loads((out / "config.json").read_text())
-    now = {**asdict(cfg), "data_sha256": file_sha256(cfg.data)}  # the rows too, not only their path
+    now = {**asdict(cfg), "data_sha256": data_sha256}  # the rows too, not only their path
     keys = SAME_ON_RESUME + ("data_sha256",) if "data_sha256" in saved else SAME_ON_RESUME  # older runs lack it
     diff = data.changed_settings(saved, now, keys)
     if diff:
@@ -388,13 +388,14 @@ def train(cfg: SFTConfig):
     from tqdm import tqdm
 
     rank, world, device = setup_distributed()
-    check_out(cfg)
+    data_sha256 = file_sha256(cfg.data)
+    check_out(cfg, data_sha256)
     dist.barrier()  # every rank has looked at the folder before rank 0 writes to it
     torch.manual_seed(cfg.seed)
     out = Path(cfg.out)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
-        run_config = {**asdict(cfg), "data_sha256": file_sha256(cfg.data)}
+        run_config = {**asdict(cfg), "data_sha256": data_sha256}
         (out / "config.json").write_text(json.dumps(run_config, indent=2) + "\n")
     tok = data.Tokenizer.load(cfg.model)
     rows, counts = load_rows(cfg, tok)

@@ -361,7 +361,8 @@ def test_one_pair_reply_is_bounded_by_the_model_limit(tmp_path, capsys):
     msgs = judge_messages([q, {"role": "assistant", "content": "4"}], [q, {"role": "assistant", "content": "5"}])
     n = len(tok.encode_chat(msgs, add_generation_prompt=True))
     assert n < 1024 and f"({1024 - n} tokens, length)" in capsys.readouterr().out
-    with pytest.raises(SystemExit, match=r"judge prompt has \d+ tokens, at or over the model's limit of 1024"):
+    too_long = r"the pair: judge prompt has \d+ tokens, at or over the model's limit of 1024"
+    with pytest.raises(ValueError, match=too_long):
         ev.main(args + ["--question", "2+2? " * 200, "--answer-a", "4", "--answer-b", "5"])
 
 
