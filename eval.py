@@ -382,15 +382,15 @@ SAME_ON_RESUME = ("model", "bench", "data", "variant", "max_new_tokens")
 
 def check_resume(out: Path, cfg: EvalConfig, variant: str):
     """A rerun into a folder that holds judgments must use the settings they were made with."""
-    saved_path = out / "config.json"
-    if saved_path.is_file() and not {"bench", "variant"} <= set(json.loads(saved_path.read_text())):
+    saved_path, log = out / "config.json", out / "judgments.jsonl"
+    saved = json.loads(saved_path.read_text()) if saved_path.is_file() else None
+    if saved is not None and not {"bench", "variant"} <= set(saved):
         raise SystemExit(f"{saved_path} is not an eval run's config (a model folder?); use another --out")
-    if not (out / "judgments.jsonl").is_file() or not (out / "judgments.jsonl").stat().st_size:
+    if not log.is_file() or not log.stat().st_size:
         return
-    if not saved_path.is_file():
+    if saved is None:
         raise SystemExit(f"{out}: judgments.jsonl without the config.json it was made with; use another --out")
-    now = {**asdict(cfg), "variant": variant}
-    diff = data.changed_settings(json.loads(saved_path.read_text()), now, SAME_ON_RESUME)
+    diff = data.changed_settings(saved, {**asdict(cfg), "variant": variant}, SAME_ON_RESUME)
     if diff:
         raise SystemExit(f"{saved_path}: its judgments were made with other settings ({'; '.join(diff)}); "
                          f"rerun with those, or use another --out")
