@@ -531,6 +531,7 @@ def generate(model: Transformer, prompts, max_new_tokens, n: int = 1, temperatur
     slots: how many sequences decode at once (default: all of them, up to what half the free GPU memory
     holds as KV cache; 256 on a CPU).
     prefill_tokens: padded tokens per prefill forward (new prompts are prefilled together).
+    The engine (KV cache, CUDA graphs) is kept for the next call that fits it; `release()` frees it.
     """
     global _engine
     prompts, limits = check_prompts(model, prompts, max_new_tokens)
@@ -567,6 +568,14 @@ def _slots_that_fit(model: Transformer, seq_len: int) -> int:
 
 
 _engine: Engine | None = None  # the last engine, kept while calls keep the same shapes and settings
+
+
+def release():
+    """Free the engine `generate` keeps between calls: its KV cache (by default half the GPU memory that was
+    free when it was built), output buffers and CUDA graphs. Call it before training in the same process;
+    the next generate() builds a new engine."""
+    global _engine
+    _engine = None
 
 
 # ----------------------------------------------------------------------------------------------
