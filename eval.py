@@ -3,16 +3,21 @@
     python eval.py --model DIR --bench rewardbench --data filtered.jsonl --out runs/rb
     python eval.py --bench rm-bench --data ../shared/benchmarks/rm-bench --out runs/rmb --score-only
     python eval.py --model DIR --question "2+2?" --answer-a "4" --answer-b "5"     # one pair, streamed
+    torchrun --nproc_per_node=8 eval.py --model DIR --bench rmb --data RMB_dataset/ --out runs/rmb  # 8 GPUs
 
 Flow: data (readers) -> rubrics.judge_messages -> sample.generate (greedy, large batches) ->
 rubrics.parse_verdict -> per-benchmark aggregation (SPEC section 6). Every judgment is appended to
 OUT/judgments.jsonl as soon as its batch finishes; a rerun with the same --out skips what is there.
+Under torchrun, rank r judges pairs r, r + world, ... into OUT/judgments.rank{r}.jsonl (rank 0 into
+judgments.jsonl) and the last rank to finish scores.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import sys
 from collections import defaultdict
 from dataclasses import asdict, dataclass, fields
@@ -199,9 +204,15 @@ class Judgment:
     extra: dict
 
 
-def read_log(path: Path, required=None) -> list[dict]:
-    """Judgments already written. A last line cut short by a crash is removed (and said so); any other
-    malformed line, or one lacking a `required` field (default: every Judgment field), is an error naming it."""
+def read_log(path: Path, required=None, repair: bool = True) -> list[dict]:
+    """Judgments already written. A last line cut short by a crash is removed (and said so) if `repair`, else
+    skipped (another process may be writing it); any other malformed line, or one lacking a `required` field
+    (default: every Judgment field), is an error naming it."""
+    return [rec for _, rec in _log_lines(path, required, repair)]
+
+
+def _log_lines(path: Path, required, repair: bool) -> list[tuple[int, dict]]:
+    """(line number, judgment) of each judgment in path; see read_log."""
     required = required or [f.name for f in fields(Judgment)]
     if not path.exists():
         return []
@@ -213,20 +224,55 @@ def read_log(path: Path, required=None) -> list[dict]:
         try:
             rec = json.loads(line)
         except json.JSONDecodeError:
-            if k == len(lines) - 1:  # no trailing newline: the write was interrupted
-                print(f"{path}: dropping the unfinished last line {k + 1} (it will be judged again)", file=sys.stderr)
-                path.write_text("\n".join(lines[:k]) + ("\n" if k else ""), encoding="utf-8")
+            if k == len(lines) - 1:  # no trailing newline: the write was interrupted (or is under way)
+                if repair:
+                    print(f"{path}: dropping the unfinished last line {k + 1} (it will be judged again)",
+                          file=sys.stderr)
+                    path.write_text("\n".join(lines[:k]) + ("\n" if k else ""), encoding="utf-8")
                 break
             raise ValueError(f"{path}:{k + 1}: malformed judgment line") from None
         missing = [name for name in required if name not in rec]
         if missing:
             raise ValueError(f"{path}:{k + 1}: judgment lacks {missing}")
-        key = rec.get("key", f"{rec.get('id')}|{rec.get('chosen_at')}")
+        key = _key(rec)
         if key in seen:  # it would count twice in the scores
             raise ValueError(f"{path}:{k + 1}: judgment {key} is already on line {seen[key]}")
         seen[key] = k + 1
-        records.append(rec)
+        records.append((k + 1, rec))
     return records
+
+
+def _key(rec: dict) -> str:
+    return rec.get("key", f"{rec.get('id')}|{rec.get('chosen_at')}")
+
+
+def log_path(out: Path, rank: int = 0) -> Path:
+    """The log a process appends to: judgments.jsonl for one process (rank 0), judgments.rank{r}.jsonl for
+    rank r > 0 of a torchrun."""
+    return out / ("judgments.jsonl" if rank == 0 else f"judgments.rank{rank}.jsonl")
+
+
+def log_files(out: Path) -> list[Path]:
+    """The judgment logs in out, rank 0's first (judgments.jsonl, judgments.rank1.jsonl, judgments.rank2.jsonl,
+    ...); a rank's file exists once it has judged something."""
+    ranks = sorted(int(m[1]) for p in out.glob("judgments.rank*.jsonl")
+                   if (m := re.fullmatch(r"judgments\.rank([1-9]\d*)\.jsonl", p.name)))
+    return [p for p in (log_path(out, r) for r in [0, *ranks]) if p.is_file()]
+
+
+def read_logs(out: Path, own: Path | None = None, required=None) -> dict[Path, list[dict]]:
+    """The judgments of every rank's log in out, by file (rank 0's first). Only `own`, the log this process
+    appends to, is repaired (see read_log). A judgment in two logs is an error naming both lines.
+    """
+    logs, seen = {}, {}  # seen: key -> "file:line"
+    for path in log_files(out):
+        logs[path] = []
+        for k, rec in _log_lines(path, required, repair=path == own):
+            if (key := _key(rec)) in seen:
+                raise ValueError(f"{path}:{k}: judgment {key} is already at {seen[key]}")
+            seen[key] = f"{path}:{k}"
+            logs[path].append(rec)
+    return logs
 
 
 def rescore(lines: list[dict], pairs: list[data.Pair], where: str) -> list[dict]:
@@ -247,14 +293,17 @@ def rescore(lines: list[dict], pairs: list[data.Pair], where: str) -> list[dict]
 
 
 def judge(model, tok, items: list[tuple[data.Pair, str]], log: Path, variant: str, max_new_tokens: int,
-          batch: int, slots: int = 0, progress: bool = True) -> list[dict]:
-    """Greedy judgments of (pair, chosen_at) items, appended to `log`; items already logged are skipped."""
+          batch: int, slots: int = 0, progress: bool = True, done: dict | None = None) -> list[dict]:
+    """Greedy judgments of (pair, chosen_at) items, appended to `log`; items already judged are skipped.
+    done: judgments already made, by key (default: those in log)."""
     from tqdm import tqdm
 
     from sample import generate
 
-    done = {r["key"]: r for r in read_log(log)}
-    todo = [(p, at) for p, at in items if f"{p.id}|{at}" not in done]
+    keys = [f"{p.id}|{at}" for p, at in items]
+    known = {r["key"]: r for r in read_log(log)} if done is None else done
+    done = {k: known[k] for k in keys if k in known}  # these items' judgments already made
+    todo = [item for item, k in zip(items, keys) if k not in done]
     # every prompt rendered and measured before the first judgment, so a long pair stops the run up front
     all_prompts = [tok.encode_chat(judge_messages(*p.conversations(at), variant), add_generation_prompt=True)
                    for p, at in todo]
@@ -279,7 +328,7 @@ def judge(model, tok, items: list[tuple[data.Pair, str]], log: Path, variant: st
             bar.update(len(chunk))
             bar.set_postfix(acc=f"{right / max(1, len(done)):.3f}")
     bar.close()
-    return [done[f"{p.id}|{at}"] for p, at in items]
+    return [done[k] for k in keys]
 
 
 def reply_budget(model, ids: list[int], max_new_tokens: int, what: str) -> int:
@@ -334,12 +383,18 @@ def parse_args(argv=None) -> EvalConfig:
     return EvalConfig(**vars(ap.parse_args(argv)))
 
 
-def load_model(cfg: EvalConfig):
+def load_model(cfg: EvalConfig, local_rank: int | None = None):
+    """The model on --device (default: cuda if available, else cpu). Under torchrun (local_rank given) each
+    process takes its own GPU, cuda:LOCAL_RANK, unless --device names one."""
     import torch
 
     from model import load
 
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and local_rank is not None:
+        device = f"cuda:{local_rank}"
+    if device.startswith("cuda"):
+        torch.cuda.set_device(device)  # CUDA graphs and streams are made on the current device
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     return load(cfg.model, device=device, dtype=dtype).eval()
 
@@ -382,14 +437,15 @@ SAME_ON_RESUME = ("model", "bench", "data", "variant", "max_new_tokens")
 
 def check_resume(out: Path, cfg: EvalConfig, variant: str):
     """A rerun into a folder that holds judgments must use the settings they were made with."""
-    saved_path, log = out / "config.json", out / "judgments.jsonl"
+    saved_path = out / "config.json"
     saved = json.loads(saved_path.read_text()) if saved_path.is_file() else None
     if saved is not None and not {"bench", "variant"} <= set(saved):
         raise SystemExit(f"{saved_path} is not an eval run's config (a model folder?); use another --out")
-    if not log.is_file() or not log.stat().st_size:
+    logs = [p.name for p in log_files(out) if p.stat().st_size]
+    if not logs:
         return
     if saved is None:
-        raise SystemExit(f"{out}: judgments.jsonl without the config.json it was made with; use another --out")
+        raise SystemExit(f"{out}: {', '.join(logs)} without the config.json it was made with; use another --out")
     diff = data.changed_settings(saved, {**asdict(cfg), "variant": variant}, SAME_ON_RESUME)
     if diff:
         raise SystemExit(f"{saved_path}: its judgments were made with other settings ({'; '.join(diff)}); "
@@ -403,21 +459,27 @@ def main(argv=None):
             raise SystemExit(f"--{name.replace('_', '-')} must be >= {least}, got {getattr(cfg, name)}")
     if cfg.variant not in ("auto", "instruct", "reasoning"):
         raise SystemExit(f"--variant must be auto, instruct or reasoning, got {cfg.variant!r}")
-    if cfg.question or cfg.answer_a or cfg.answer_b or cfg.pair_file:
+    # under torchrun each process judges every world-th pair into its own log; one process: rank 0 of 1
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    one = cfg.question or cfg.answer_a or cfg.answer_b or cfg.pair_file
+    if world > 1 and (one or cfg.score_only):
+        raise SystemExit(f"{'one-pair mode' if one else '--score-only'} runs in one process: start it without torchrun")
+    if one:
         return one_pair(cfg)
     if cfg.bench not in BENCHES:
         raise SystemExit(f"--bench must be one of {sorted(BENCHES)}")
     if not cfg.out:
         raise SystemExit("--out is required")
     out = Path(cfg.out)
-    log = out / "judgments.jsonl"
     if cfg.score_only:
         if cfg.data:  # outputs made elsewhere: recompute verdicts, take subsets and groups from the data
-            records = rescore(read_log(log, ["id", "chosen_at", "output"]), BENCHES[cfg.bench][0](cfg.data), str(log))
+            pairs = BENCHES[cfg.bench][0](cfg.data)
+            logs = read_logs(out, required=["id", "chosen_at", "output"])
+            records = [r for path, lines in logs.items() for r in rescore(lines, pairs, str(path))]
         else:
-            records = read_log(log)
+            records = [r for lines in read_logs(out).values() for r in lines]
         if not records:
-            raise SystemExit(f"{log}: no judgments to score")
+            raise SystemExit(f"{out / 'judgments.jsonl'}: no judgments to score")
     else:
         if not cfg.model or not cfg.data:
             raise SystemExit("--model and --data are required (or --score-only)")
@@ -430,15 +492,32 @@ def main(argv=None):
         if cfg.limit:
             pairs = pairs[: cfg.limit]
         items = data.place(pairs, "both" if cfg.both_orders else "random", cfg.seed)
-        model = load_model(cfg)
+        model = load_model(cfg, int(os.environ.get("LOCAL_RANK", 0)) if world > 1 else None)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps({**asdict(cfg), "variant": variant}, indent=2) + "\n")
-        records = judge(model, tok, items, log, variant, cfg.max_new_tokens, cfg.batch, cfg.slots)
+        _write_atomic(out / "config.json", json.dumps({**asdict(cfg), "variant": variant}, indent=2) + "\n", rank)
+        log = log_path(out, rank)
+        done = {_key(r): r for lines in read_logs(out, own=log).values() for r in lines}
+        # rank r owns items r, r + world, ... whatever the logs hold, so no two processes judge one item
+        judge(model, tok, items[rank::world], log, variant, cfg.max_new_tokens, cfg.batch, cfg.slots,
+              progress=rank == 0, done=done)
+        judged = {_key(r): r for lines in read_logs(out, own=log).values() for r in lines}
+        waiting = sum(f"{p.id}|{at}" not in judged for p, at in items)
+        if waiting:  # other ranks still judging: the last one to finish sees every judgment and scores
+            print(f"rank {rank}: its judgments are in {log}; {waiting} of other ranks are not yet written, "
+                  f"and the last rank to finish writes scores.json", file=sys.stderr)
+            return
+        records = [judged[f"{p.id}|{at}"] for p, at in items]
     scores = score(cfg.bench, records)
-    tmp = out / "scores.json.tmp"
-    tmp.write_text(json.dumps(scores, indent=2) + "\n")
-    tmp.replace(out / "scores.json")
+    _write_atomic(out / "scores.json", json.dumps(scores, indent=2) + "\n", rank)
     print(json.dumps({k: v for k, v in scores.items() if not isinstance(v, (dict, list))}, indent=2))
+
+
+def _write_atomic(path: Path, text: str, rank: int):
+    """Write path through a temporary file of this rank renamed over it: a reader (another rank) sees the old
+    file or the new one, never a half-written one."""
+    tmp = path.with_name(f"{path.name}.{rank}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
 
 
 if __name__ == "__main__":

@@ -244,22 +244,23 @@ class Engine:
             for _ in range(steps):
                 self._step(B)
             return
-        g = self.graphs.get((B, attend_len, self.logprobs))
-        if g is None:
-            # The first step of a new shape runs eagerly on a side stream (warm-up), then is captured.
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                self._step(B)
-            torch.cuda.current_stream().wait_stream(side)
-            steps -= 1
-            g = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(g, pool=self.pool):
-                self._step(B)
-            self.pool = g.pool()
-            self.graphs[(B, attend_len, self.logprobs)] = g
-        for _ in range(steps):
-            g.replay()
+        with torch.cuda.device(self.device):  # streams and graphs belong to the current device: the model's
+            g = self.graphs.get((B, attend_len, self.logprobs))
+            if g is None:
+                # The first step of a new shape runs eagerly on a side stream (warm-up), then is captured.
+                side = torch.cuda.Stream()
+                side.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(side):
+                    self._step(B)
+                torch.cuda.current_stream().wait_stream(side)
+                steps -= 1
+                g = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(g, pool=self.pool):
+                    self._step(B)
+                self.pool = g.pool()
+                self.graphs[(B, attend_len, self.logprobs)] = g
+            for _ in range(steps):
+                g.replay()
 
     def _move(self, src: list[int], dst: list[int], length: int):
         """Move live rows (their state and first `length` cache positions) from slots src to free slots dst."""

@@ -2,6 +2,7 @@
 eval on a tiny random model that resumes to the same scores."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -383,3 +384,113 @@ def test_out_is_never_a_model_folder(tiny, tmp_path):
         ev.main(["--model", str(tiny), "--bench", "rm-bench", "--data", str(BENCH / "rm-bench" / "chat_filtered.json"),
                  "--limit", "1", "--device", "cpu", "--out", str(tiny)])
     assert (tiny / "config.json").read_bytes() == before and not (tiny / "judgments.jsonl").exists()
+
+
+# -- several processes (torchrun): each judges every world-th pair into its own log ---------------------
+
+
+def as_rank(monkeypatch, rank, world):
+    monkeypatch.setenv("RANK", str(rank))
+    monkeypatch.setenv("WORLD_SIZE", str(world))
+    monkeypatch.setenv("LOCAL_RANK", str(rank))
+
+
+def by_key(out):
+    return {r["key"]: r for lines in ev.read_logs(out).values() for r in lines}
+
+
+def test_ranks_judge_their_share_and_the_last_one_scores(tiny, tmp_path, monkeypatch, capsys):
+    """Ranks run one after another (as the slowest finishes last): each judges items rank::world into its own
+    log; only the rank that finds every judgment written scores, and the scores and judgments are those of
+    one process. A rerun with another number of processes judges only what is missing."""
+    data_file = BENCH / "rm-bench" / "chat_filtered.json"
+    args = ["--model", str(tiny), "--bench", "rm-bench", "--data", str(data_file), "--limit", "9", "--both-orders",
+            "--max-new-tokens", "6", "--batch", "4", "--device", "cpu"]
+    ev.main(args + ["--out", str(tmp_path / "one")])
+    one = by_key(tmp_path / "one")
+    items = [f"{p.id}|{at}" for p, at in data.place(data.read_rmbench(data_file)[:9], "both")]
+    assert list(one) == items
+    out = tmp_path / "two"
+    as_rank(monkeypatch, 1, 2)
+    ev.main(args + ["--out", str(out)])
+    assert [r["key"] for r in ev.read_log(out / "judgments.rank1.jsonl")] == items[1::2]
+    assert not (out / "judgments.jsonl").exists() and not (out / "scores.json").exists()
+    assert "9 of other ranks are not yet written" in capsys.readouterr().err
+    as_rank(monkeypatch, 0, 2)
+    ev.main(args + ["--out", str(out)])
+    assert [r["key"] for r in ev.read_log(out / "judgments.jsonl")] == items[0::2]
+    assert by_key(out) == one
+    assert (out / "scores.json").read_text() == (tmp_path / "one" / "scores.json").read_text()
+    # rank 1's last two judgments lost: one process rejudges just those, into its own log
+    log1 = out / "judgments.rank1.jsonl"
+    log1.write_text("".join(x + "\n" for x in log1.read_text().splitlines()[:-2]))
+    (out / "scores.json").unlink()
+    monkeypatch.delenv("RANK"), monkeypatch.delenv("WORLD_SIZE"), monkeypatch.delenv("LOCAL_RANK")
+    ev.main(args + ["--out", str(out)])
+    assert [r["key"] for r in ev.read_log(out / "judgments.jsonl")] == items[0::2] + items[1::2][-2:]
+    assert by_key(out) == one
+    assert (out / "scores.json").read_text() == (tmp_path / "one" / "scores.json").read_text()
+    # a judgment in two logs would count twice: an error naming both places
+    (out / "judgments.rank1.jsonl").write_text((out / "judgments.jsonl").read_text().splitlines()[1] + "\n")
+    with pytest.raises(ValueError, match=re.escape(f"judgments.rank1.jsonl:1: judgment {items[2]} is already at "
+                                                   f"{out / 'judgments.jsonl'}:2")):
+        ev.main(["--bench", "rm-bench", "--out", str(out), "--score-only"])
+
+
+def test_other_ranks_logs_are_read_not_repaired(tmp_path):
+    """A cut-short last line in another rank's log is being written: skipped, left as it is. This process's
+    own log is repaired."""
+    line = lambda i: json.dumps({"id": i, "chosen_at": "A"}) + "\n"  # noqa: E731
+    (tmp_path / "judgments.jsonl").write_text(line("p") + '{"id": "x", "chos')
+    (tmp_path / "judgments.rank1.jsonl").write_text(line("q") + '{"id": "y", "chos')
+    logs = ev.read_logs(tmp_path, own=tmp_path / "judgments.jsonl", required=["id", "chosen_at"])
+    assert [[r["id"] for r in v] for v in logs.values()] == [["p"], ["q"]]
+    assert (tmp_path / "judgments.jsonl").read_text() == line("p")
+    assert (tmp_path / "judgments.rank1.jsonl").read_text() == line("q") + '{"id": "y", "chos'
+
+
+def test_torchrun_two_processes_score_as_one(tiny, tmp_path):
+    """Two processes at once under torchrun: every judgment made once, scores those of one process."""
+    import os
+    import subprocess
+    import sys
+
+    data_file = BENCH / "rm-bench" / "chat_filtered.json"
+    args = ["--model", str(tiny), "--bench", "rm-bench", "--data", str(data_file), "--limit", "9", "--max-new-tokens",
+            "6", "--batch", "2", "--device", "cpu"]
+    ev.main(args + ["--out", str(tmp_path / "one")])
+    port = str(29900 + os.getpid() % 90)
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
+                        ev.__file__, *args, "--out", str(tmp_path / "two")],
+                       env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert by_key(tmp_path / "two") == by_key(tmp_path / "one")
+    assert (tmp_path / "two" / "scores.json").read_text() == (tmp_path / "one" / "scores.json").read_text()
+    assert len(ev.read_log(tmp_path / "two" / "judgments.rank1.jsonl")) == 4
+
+
+@pytest.mark.parametrize("extra", [["--question", "q", "--answer-a", "a", "--answer-b", "b"], ["--score-only"]])
+def test_one_pair_and_score_only_refuse_torchrun(tmp_path, monkeypatch, extra):
+    as_rank(monkeypatch, 0, 2)
+    with pytest.raises(SystemExit, match="runs in one process: start it without torchrun"):
+        ev.main(["--bench", "rm-bench", "--out", str(tmp_path), *extra])
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+def test_gpu_torchrun_judges_on_two_gpus(tiny, tmp_path):
+    """torchrun on two GPUs: each rank on its own device (bf16, graphs), every judgment made once, scored."""
+    import os
+    import subprocess
+    import sys
+
+    data_file = BENCH / "rm-bench" / "chat_filtered.json"
+    args = ["--model", str(tiny), "--bench", "rm-bench", "--data", str(data_file), "--limit", "18", "--both-orders",
+            "--max-new-tokens", "40", "--batch", "8", "--out", str(tmp_path / "two")]
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                        f"--master_port={29900 + os.getpid() % 90}", ev.__file__, *args],
+                       env=os.environ, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    items = [f"{p.id}|{at}" for p, at in data.place(data.read_rmbench(data_file)[:18], "both")]
+    assert [r["key"] for r in ev.read_log(tmp_path / "two" / "judgments.rank1.jsonl")] == items[1::2]
+    assert sorted(by_key(tmp_path / "two")) == sorted(items)
+    assert json.loads((tmp_path / "two" / "scores.json").read_text())["pairs_in_both_orders"] == 18

@@ -610,6 +610,24 @@ def test_gpu_graph_path_matches_eager_and_cpu(models):
                    for g, c in zip(graph, cpu))
 
 
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+def test_gpu_graphs_follow_a_model_on_the_second_gpu(models):
+    """A model on cuda:1 while cuda:0 is the current device (as under torchrun without set_device): the
+    engine's streams and graphs are made on the model's device, and the tokens are the CPU path's."""
+    import copy
+
+    _, ours = models
+    gpu = copy.deepcopy(ours).to("cuda:1")
+    assert torch.cuda.current_device() == 0
+    ps, limits = prompts([5, 17, 1, 9], seed=15), [30, 7, 20, 12]
+    for kw in (dict(temperature=0), dict(temperature=1.0, top_p=0.9, n=2, seed=3)):
+        cpu = generate(ours, ps, limits, slots=3, sync_every=3, **kw)
+        graph = generate(gpu, ps, limits, slots=3, sync_every=3, **kw)
+        assert [o.tokens for o in graph] == [o.tokens for o in cpu]
+        assert sample._engine.use_graph and sample._engine.graphs
+    sample.release()
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 @pytest.mark.parametrize("matrix", [True, False])
 def test_gpu_flash_decode_matches_masked_decode_and_full_forward(models, monkeypatch, matrix):
