@@ -172,23 +172,29 @@ def test_release_frees_the_engine_and_its_cache(models):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
-def test_gpu_release_returns_the_memory_of_cache_and_graphs(models):
-    """On a GPU, after graph-captured decoding, release() gives back every byte the engine allocated."""
+def test_gpu_release_frees_cache_buffers_and_graphs(models):
+    """On a GPU, after graph-captured decoding, release() leaves no engine tensor or graph alive, and the
+    allocator's count drops by at least their bytes. (Not to where it was before the first call: cuBLAS
+    keeps a workspace per stream it has run on, which is the library's, not the engine's.)"""
     import copy
     import gc
+    import weakref
 
     _, ours = models
     gpu = copy.deepcopy(ours).cuda()
-    sample.release()
-    gc.collect()
-    torch.cuda.synchronize()
-    base = torch.cuda.memory_allocated()
     generate(gpu, prompts([9, 4, 7], seed=14), 20, n=2, temperature=1.0, slots=4, sync_every=3)
-    assert torch.cuda.memory_allocated() > base + sample._engine.cache.kv[0].nbytes
+    e = sample._engine
+    tensors = [*e.cache.kv, *vars(e.s).values()]
+    assert e.graphs and all(t.is_cuda for t in tensors)
+    held = sum(t.untyped_storage().nbytes() for t in tensors)
+    refs = [weakref.ref(x) for x in (*tensors, *e.graphs.values())]
+    del e, tensors
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
     sample.release()
     gc.collect()
-    torch.cuda.synchronize()
-    assert torch.cuda.memory_allocated() == base
+    assert all(r() is None for r in refs)
+    assert before - torch.cuda.memory_allocated() >= held
 
 
 def test_stops_at_its_own_eos(models):
