@@ -255,7 +255,7 @@ class Engine:
                 torch.cuda.current_stream().wait_stream(side)
                 steps -= 1
                 g = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(g, pool=self.pool):
+                with torch.cuda.graph(g, pool=self.pool, stream=side):  # (its default stream: the first device's)
                     self._step(B)
                 self.pool = g.pool()
                 self.graphs[(B, attend_len, self.logprobs)] = g
@@ -344,6 +344,11 @@ class Engine:
             # Collect finished rows: one host sync per `sync_every` steps for the state, one for the
             # tokens (and log-probs) of every row that finished.
             done, n_gen = torch.stack([s.done.long(), s.n_gen]).tolist()
+            # a running row has made one token per step (a decode step that did nothing would loop forever)
+            stalled = [k for k, o in enumerate(owner)
+                       if o is not None and not done[k] and n_gen[k] != upper[k] - len(prompts[o[0]]) + 1]
+            if stalled:
+                raise RuntimeError(f"generate: the decode steps did not advance slots {stalled} (internal error)")
             if on_tokens is not None:
                 for slot, o in enumerate(owner):
                     if o is not None and n_gen[slot] > streamed[o[0] * n + o[1]]:

@@ -197,6 +197,15 @@ def test_gpu_release_frees_cache_buffers_and_graphs(models):
     assert before - torch.cuda.memory_allocated() >= held
 
 
+def test_decode_steps_that_do_nothing_are_an_error_not_a_hang(models, monkeypatch):
+    """If the decode steps left the rows where they were (as a CUDA graph captured on the wrong device's stream
+    does), generate would wait for them forever; it raises instead."""
+    _, ours = models
+    monkeypatch.setattr(sample.Engine, "_run", lambda self, steps, B, attend_len: None)
+    with pytest.raises(RuntimeError, match=r"did not advance slots \[0, 1\]"):
+        generate(ours, prompts([5, 3], seed=16), 10, temperature=0)
+
+
 def test_stops_at_its_own_eos(models):
     _, ours = models
     ps = prompts([5, 8], seed=5)
