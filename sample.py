@@ -206,7 +206,7 @@ class Engine:
                         row(torch.long), row(torch.float))
         self.eos = torch.tensor(list(self.eos_ids) or [-1], device=dev)
         self.use_graph = self.cuda_graph and dev.type == "cuda"
-        self.pool = None
+        self.pool = self.side = None  # the graphs' memory pool and capture stream, made with the first graph
         self.logprobs = False  # set by each generate call
 
     def serves(self, model: Transformer, **settings) -> bool:
@@ -247,15 +247,17 @@ class Engine:
         with torch.cuda.device(self.device):  # streams and graphs belong to the current device: the model's
             g = self.graphs.get((B, attend_len, self.logprobs))
             if g is None:
-                # The first step of a new shape runs eagerly on a side stream (warm-up), then is captured.
-                side = torch.cuda.Stream()
-                side.wait_stream(torch.cuda.current_stream())
-                with torch.cuda.stream(side):
+                # The first step of a new shape runs eagerly on the side stream (warm-up), then is captured on
+                # it: one stream per engine, so cuBLAS keeps one workspace for it, not one per shape.
+                if self.side is None:
+                    self.side = torch.cuda.Stream()
+                self.side.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(self.side):
                     self._step(B)
-                torch.cuda.current_stream().wait_stream(side)
+                torch.cuda.current_stream().wait_stream(self.side)
                 steps -= 1
                 g = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(g, pool=self.pool, stream=side):  # (its default stream: the first device's)
+                with torch.cuda.graph(g, pool=self.pool, stream=self.side):  # (not its default: the first device's)
                     self._step(B)
                 self.pool = g.pool()
                 self.graphs[(B, attend_len, self.logprobs)] = g
