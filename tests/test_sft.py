@@ -182,6 +182,16 @@ def test_kill_and_resume_continues_exactly(run_dir, straight):
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
+def test_resume_on_another_number_of_processes(run_dir, straight):
+    """Stopped on two processes, resumed on one (the sharded state is resharded on load): the straight run's
+    losses and steps."""
+    out = run_dir / "reshard"
+    run(run_dir, out, "--max-steps", "1", procs=2)
+    resumed, _ = run(run_dir, out, "--resume")
+    assert [m["step"] for m in resumed] == [1, 2, 3]
+    assert all(abs(a["loss"] - b["loss"]) < 1e-5 for a, b in zip(resumed, straight))
+
+
 def test_sigkill_at_any_moment_then_resume(run_dir, straight):
     """Killed with SIGKILL after its first saved state: --resume ends exactly where a straight run does."""
     import signal
