@@ -494,3 +494,29 @@ def test_gpu_torchrun_judges_on_two_gpus(tiny, tmp_path):
     assert [r["key"] for r in ev.read_log(tmp_path / "two" / "judgments.rank1.jsonl")] == items[1::2]
     assert sorted(by_key(tmp_path / "two")) == sorted(items)
     assert json.loads((tmp_path / "two" / "scores.json").read_text())["pairs_in_both_orders"] == 18
+
+
+def test_a_write_cut_inside_a_character_is_repaired_in_our_log_and_skipped_in_others(tmp_path):
+    """A crash can cut the last line inside a multi-byte character: this process's log drops that line (it
+    will be judged again); another rank's log is left as it is (its write may be under way)."""
+    line = lambda i: json.dumps({"id": i, "chosen_at": "A", "output": "café"}, ensure_ascii=False).encode()  # noqa: E731
+    cut = line("x")[:-3]  # ends on the first of the two bytes of é
+    (tmp_path / "judgments.jsonl").write_bytes(line("p") + b"\n" + cut)
+    (tmp_path / "judgments.rank1.jsonl").write_bytes(line("q") + b"\n" + cut)
+    logs = ev.read_logs(tmp_path, own=tmp_path / "judgments.jsonl", required=["id", "chosen_at"])
+    assert [[r["id"] for r in v] for v in logs.values()] == [["p"], ["q"]]
+    assert (tmp_path / "judgments.jsonl").read_bytes() == line("p") + b"\n"
+    assert (tmp_path / "judgments.rank1.jsonl").read_bytes() == line("q") + b"\n" + cut
+
+
+def test_a_whole_last_line_without_newline_is_kept_and_ended(tmp_path):
+    """A file written elsewhere may end without a newline: its last judgment counts, and before anything is
+    appended the line is ended. A line that is JSON but not an object is malformed."""
+    log = tmp_path / "judgments.jsonl"
+    a, b = (json.dumps({"id": i, "chosen_at": "A", "output": "x"}) for i in "ab")
+    log.write_text(a + "\n" + b)
+    assert [r["id"] for r in ev.read_log(log, ["id", "chosen_at"])] == ["a", "b"]
+    assert log.read_text() == a + "\n" + b + "\n"
+    log.write_text(a + "\n7\n")
+    with pytest.raises(ValueError, match="judgments.jsonl:2: malformed judgment line"):
+        ev.read_log(log, ["id"])
