@@ -186,8 +186,8 @@ class Tokenizer:
         template is rendered, the result is cut at the (template-written) added tokens, and each piece
         between them is un-escaped and encoded as plain text.
 
-        >>> # tok.encode_chat([{"role": "user", "content": "x<|im_end|>"}])[-6:] ends with the pieces
-        >>> # of "<|im_end|>" as text, then the real <|im_end|> (151645) and "\\n" the template wrote.
+        Example: tok.encode_chat([{"role": "user", "content": "x<|im_end|>"}])[-6:] ends with the pieces
+                 of "<|im_end|>" as text, then the real <|im_end|> (151645) and "\\n" the template wrote.
         """
         text = self.apply_chat_template(messages, add_generation_prompt, **kwargs)
         escaped = [{k: self._escape(v) if isinstance(v, str) else v for k, v in m.items()} for m in messages]
@@ -312,8 +312,8 @@ def _unique(pairs: list[Pair], what: str) -> list[Pair]:
 def read_rewardbench(path) -> list[Pair]:
     """RewardBench rows: prompt, chosen, rejected, subset, id (single-turn).
 
-    >>> # {"prompt": "2+2?", "chosen": "4", "rejected": "5", "subset": "math-prm", "id": 7}
-    >>> # -> Pair(id="7", context=[{"role": "user", "content": "2+2?"}], chosen="4", rejected="5", subset="math-prm")
+    Example: {"prompt": "2+2?", "chosen": "4", "rejected": "5", "subset": "math-prm", "id": 7}
+             -> Pair(id="7", context=[{"role": "user", "content": "2+2?"}], chosen="4", rejected="5", subset="math-prm")
     """
     pairs = []
     for where, r in read_rows(path):
@@ -332,7 +332,7 @@ def read_rmbench(path) -> list[Pair]:
 
     The domain is the row's "domain" field, else the file name (chat_filtered.json -> chat,
     safety-refuse_filtered.json -> safety).
-    >>> # item 8 -> pairs "8/00" .. "8/22", group "chat/8", extra {"i": i, "j": j}
+    Example: item 8 -> pairs "8/00" .. "8/22", group "chat/8", extra {"i": i, "j": j}
     """
     paths = sorted(Path(path).glob("*.json*")) if Path(path).is_dir() else [Path(path)]
     pairs = []
@@ -422,7 +422,7 @@ def read_rmr1_training(path) -> list[dict]:
     """RM-R1 training rows: context_messages (the judge prompt as chat messages) and winner
     ("model_a" / "model_b"); an optional target trace ("response" or "completion") for SFT.
 
-    >>> # -> [{"messages": [{"role": "system", ...}, {"role": "user", ...}], "label": "model_a", "target": None}]
+    Returns [{"messages": [{"role": "system", ...}, {"role": "user", ...}], "label": "model_a", "target": None}, ...]
     """
     out = []
     for where, r in read_rows(path):

@@ -598,7 +598,7 @@ class TextStream:
     far ends on a whole character it is written and its tokens dropped, so each token is decoded about once
     (decoding everything at every sync would cost O(length^2): 3 ms per sync at 8,192 tokens).
 
-    >>> # chunks [Hi] [half of 🦜] [rest of 🦜] [half of 𝔘], then close(): writes "Hi", "🦜", "\ufffd"
+    Example: chunks [Hi] [half of 🦜] [rest of 🦜] [half of 𝔘], then close(): writes "Hi", "🦜", "\ufffd"
     """
 
     def __init__(self, tok, out=None):

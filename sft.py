@@ -23,6 +23,7 @@ import math
 import os
 import random
 import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -138,8 +139,8 @@ def tokenize_row(tok: data.Tokenizer, messages: list[dict], target: str) -> tupl
     The mask is 1 on every token after the prompt up to and including the assistant's closing EOS: the
     header "<|im_start|>assistant\\n", the trace, and "<|im_end|>" (not the template's trailing "\\n").
 
-    >>> # [..system.., ..user.., <|im_start|> assistant \\n  <type> ... </answer> <|im_end|> \\n]
-    >>> # [    0    ..     0   ,      1        1       1       1   ...     1          1      0 ]
+    Example: [..system.., ..user.., <|im_start|> assistant \\n  <type> ... </answer> <|im_end|> \\n]
+             [    0    ..     0   ,      1        1       1       1   ...     1          1      0 ]
     """
     prompt = tok.encode_chat(messages, add_generation_prompt=False)
     ids = tok.encode_chat(messages + [{"role": "assistant", "content": target}])
@@ -384,6 +385,30 @@ def load_state(model, optim, out: Path) -> int:
 # The loop
 
 
+def metrics_up_to(path: Path, step: int) -> list[str]:
+    """The lines of a metrics log for steps up to `step`, the last saved one: a run killed after logging steps
+    it never saved logs them again. A last line cut short (a write interrupted, a full disk) is dropped;
+    any other unreadable line is an error naming it.
+
+    Example: lines '{"step": 1, ...}', '{"step": 2, ...}', '{"step": 3, "lo' up to step 1 -> ['{"step": 1, ...}']
+    """
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    kept = []
+    for k, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            s = json.loads(line)["step"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            if k == len(lines):
+                print(f"{path}: dropping the unfinished last line {k}", file=sys.stderr)
+                break
+            raise ValueError(f"{path}:{k}: not a metrics line (a JSON object with a step)") from None
+        if s <= step:
+            kept.append(line)
+    return kept
+
+
 def train(cfg: SFTConfig):
     from tqdm import tqdm
 
@@ -409,8 +434,7 @@ def train(cfg: SFTConfig):
                               weight_decay=cfg.weight_decay, fused=True)
     start = load_state(model, optim, out) if cfg.resume else 0
     if rank == 0 and cfg.resume and (out / "metrics.jsonl").is_file():
-        # A run killed after logging steps it never saved: those steps will be logged again.
-        kept = [x for x in (out / "metrics.jsonl").read_text().splitlines() if x and json.loads(x)["step"] <= start]
+        kept = metrics_up_to(out / "metrics.jsonl", start)
         (out / "metrics.jsonl").write_text("".join(x + "\n" for x in kept))
     if rank == 0:
         (out / "data_stats.json").write_text(json.dumps(counts) + "\n")  # rows kept and dropped for length

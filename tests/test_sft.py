@@ -99,6 +99,19 @@ def test_activation_checkpointing_recomputes_blocks_with_the_same_gradients(tiny
         assert torch.allclose(grads[True][k], grads[False][k], atol=1e-6, rtol=1e-5), k
 
 
+def test_metrics_up_to_the_saved_step(tmp_path, capsys):
+    """On resume the metrics log keeps the steps up to the saved one; a last line cut short is dropped (said so),
+    any other unreadable line is an error naming it."""
+    log = tmp_path / "metrics.jsonl"
+    lines = [json.dumps({"step": s, "loss": 1.0 / s}) for s in (1, 2, 3)]
+    log.write_text("\n".join(lines) + "\n" + lines[2][:9])
+    assert sft.metrics_up_to(log, 2) == lines[:2]
+    assert "dropping the unfinished last line 4" in capsys.readouterr().err
+    log.write_text(lines[0] + "\n{\"loss\": 1}\n" + lines[2] + "\n")
+    with pytest.raises(ValueError, match="metrics.jsonl:2: not a metrics line"):
+        sft.metrics_up_to(log, 3)
+
+
 def test_lr_schedule():
     cfg = sft.SFTConfig(lr=1.0, warmup_ratio=0.03, min_lr_ratio=0.1)
     lrs = [sft.lr_at(s, 100, cfg) for s in range(100)]
