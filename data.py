@@ -15,6 +15,7 @@ deliberate difference from transformers, for safety:
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -491,3 +492,15 @@ def changed_settings(saved: dict, now: dict, keys) -> list[str]:
         if k in keys and k in saved and k in now:
             saved[k], now[k] = str(Path(saved[k]).resolve()), str(Path(now[k]).resolve())
     return [f"{k}: {saved.get(k)!r} there, {now[k]!r} now" for k in keys if saved.get(k) != now[k]]
+
+
+def write_atomic(path: Path, text: str):
+    """Write text to path through a temporary file of this process renamed over it: a crash leaves the old
+    file or the new one, and a reader (another rank) never sees a half-written one."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -513,7 +513,7 @@ def main(argv=None):
         items = data.place(pairs, "both" if cfg.both_orders else "random", cfg.seed)
         model = load_model(cfg, int(os.environ.get("LOCAL_RANK", 0)) if world > 1 else None)
         out.mkdir(parents=True, exist_ok=True)
-        _write_atomic(out / "config.json", json.dumps({**asdict(cfg), "variant": variant}, indent=2) + "\n", rank)
+        data.write_atomic(out / "config.json", json.dumps({**asdict(cfg), "variant": variant}, indent=2) + "\n")
         log = log_path(out, rank)
         done = {_key(r): r for lines in read_logs(out, own=log).values() for r in lines}
         # rank r owns items r, r + world, ... whatever the logs hold, so no two processes judge one item
@@ -527,16 +527,8 @@ def main(argv=None):
             return
         records = [judged[f"{p.id}|{at}"] for p, at in items]
     scores = score(cfg.bench, records)
-    _write_atomic(out / "scores.json", json.dumps(scores, indent=2) + "\n", rank)
+    data.write_atomic(out / "scores.json", json.dumps(scores, indent=2) + "\n")
     print(json.dumps({k: v for k, v in scores.items() if not isinstance(v, (dict, list))}, indent=2))
-
-
-def _write_atomic(path: Path, text: str, rank: int):
-    """Write path through a temporary file of this rank renamed over it: a reader (another rank) sees the old
-    file or the new one, never a half-written one."""
-    tmp = path.with_name(f"{path.name}.{rank}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 if __name__ == "__main__":

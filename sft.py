@@ -421,7 +421,7 @@ def train(cfg: SFTConfig):
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         run_config = {**asdict(cfg), "data_sha256": data_sha256}
-        (out / "config.json").write_text(json.dumps(run_config, indent=2) + "\n")
+        data.write_atomic(out / "config.json", json.dumps(run_config, indent=2) + "\n")
     tok = data.Tokenizer.load(cfg.model)
     rows, counts = load_rows(cfg, tok)
     lengths = [len(r[0]) for r in rows]
@@ -435,7 +435,7 @@ def train(cfg: SFTConfig):
     start = load_state(model, optim, out) if cfg.resume else 0
     if rank == 0 and cfg.resume and (out / "metrics.jsonl").is_file():
         kept = metrics_up_to(out / "metrics.jsonl", start)
-        (out / "metrics.jsonl").write_text("".join(x + "\n" for x in kept))
+        data.write_atomic(out / "metrics.jsonl", "".join(x + "\n" for x in kept))
     if rank == 0:
         (out / "data_stats.json").write_text(json.dumps(counts) + "\n")  # rows kept and dropped for length
         print(f"{counts} | {len(steps)} steps of {cfg.global_batch} | {n_params / 1e6:.1f}M params | world {world}")

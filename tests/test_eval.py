@@ -520,3 +520,24 @@ def test_a_whole_last_line_without_newline_is_kept_and_ended(tmp_path):
     log.write_text(a + "\n7\n")
     with pytest.raises(ValueError, match="judgments.jsonl:2: malformed judgment line"):
         ev.read_log(log, ["id"])
+
+
+def test_write_atomic_leaves_the_old_file_until_the_new_one_is_whole(tmp_path, monkeypatch):
+    """config.json, scores.json and sft's rewritten metrics go through data.write_atomic: a failure before
+    the rename (a crash, a full disk) leaves the old file as it was."""
+    path = tmp_path / "scores.json"
+    path.write_text("old\n")
+    data.write_atomic(path, "new\n")
+    assert path.read_text() == "new\n" and [p.name for p in tmp_path.iterdir()] == ["scores.json"]
+
+    write_text = type(path).write_text
+
+    def full_disk(self, text, *a, **kw):  # writes part of the text, then fails
+        write_text(self, text[:2], *a, **kw)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(type(path), "write_text", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        data.write_atomic(path, "newer\n")
+    monkeypatch.undo()
+    assert path.read_text() == "new\n" and [p.name for p in tmp_path.iterdir()] == ["scores.json"]
