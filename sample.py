@@ -580,8 +580,9 @@ _engine: Engine | None = None  # the last engine, kept while calls keep the same
 
 def release():
     """Free the engine `generate` keeps between calls: its KV cache (by default half the GPU memory that was
-    free when it was built), output buffers and CUDA graphs. Call it before training in the same process;
-    the next generate() builds a new engine."""
+    free when it was built), output buffers, CUDA graphs and its reference to the model (deleting the model
+    alone frees nothing while the engine holds it). Call it before training in the same process or loading
+    another model; the next generate() builds a new engine."""
     global _engine
     _engine = None
 
