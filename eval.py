@@ -294,6 +294,11 @@ def read_logs(out: Path, own: Path | None = None, required=None) -> dict[Path, l
     return logs
 
 
+def judged_by_key(out: Path, own: Path) -> dict[str, dict]:
+    """Every rank's judgments in out by key (id|chosen_at); see read_logs."""
+    return {_key(r): r for lines in read_logs(out, own=own).values() for r in lines}
+
+
 def rescore(lines: list[dict], pairs: list[data.Pair], where: str) -> list[dict]:
     """Judgments made elsewhere (each line: id, chosen_at, output) joined with the benchmark's pairs by id;
     the verdict and correctness are recomputed from the output text with the evaluation rule."""
@@ -515,11 +520,11 @@ def main(argv=None):
         out.mkdir(parents=True, exist_ok=True)
         data.write_atomic(out / "config.json", json.dumps({**asdict(cfg), "variant": variant}, indent=2) + "\n")
         log = log_path(out, rank)
-        done = {_key(r): r for lines in read_logs(out, own=log).values() for r in lines}
+        done = judged_by_key(out, log)
         # rank r owns items r, r + world, ... whatever the logs hold, so no two processes judge one item
         judge(model, tok, items[rank::world], log, variant, cfg.max_new_tokens, cfg.batch, cfg.slots,
               progress=rank == 0, done=done)
-        judged = {_key(r): r for lines in read_logs(out, own=log).values() for r in lines}
+        judged = judged_by_key(out, log)
         waiting = sum(f"{p.id}|{at}" not in judged for p, at in items)
         if waiting:  # other ranks still judging: the last one to finish sees every judgment and scores
             print(f"rank {rank}: its judgments are in {log}; {waiting} of other ranks are not yet written, "
