@@ -14,10 +14,12 @@ deliberate difference from transformers, for safety:
 
 from __future__ import annotations
 
+import argparse
+import inspect
 import json
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from pathlib import Path
 
@@ -477,7 +479,7 @@ def training_rows(pairs: list[Pair], variant: str = "instruct") -> list[dict]:
 
 
 # ----------------------------------------------------------------------------------------------
-# Run folders (sft.py and eval.py)
+# Run folders and flags (sft.py and eval.py)
 
 
 def changed_settings(saved: dict, now: dict, keys) -> list[str]:
@@ -504,3 +506,28 @@ def write_atomic(path: Path, text: str):
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The module docstring as written, and each flag's default after its help."""
+
+
+def config_parser(cls, description: str) -> argparse.ArgumentParser:
+    """A parser with one flag per field of the dataclass cls (max_len -> --max-len), the field's default, and as
+    help the comment on its line of the class: the dataclass is the one place a script's settings are written.
+    Booleans take --flag / --no-flag.
+
+    Example: `max_len: int = 12288  # rows longer are dropped` -> --max-len MAX_LEN  rows longer are dropped
+             (default: 12288)
+    """
+    helps = dict(re.findall(r"^\s+(\w+): [^=\n]+=[^#\n]*#\s*(.+)$", inspect.getsource(cls), re.M))
+    ap = argparse.ArgumentParser(description=description, formatter_class=_HelpFormatter)
+    for f in fields(cls):
+        kind = getattr(f.type, "__name__", f.type)  # "int", also under `from __future__ import annotations`
+        kw = dict(default=f.default, help=helps.get(f.name, "").replace("%", "%%"))
+        if kind == "bool":
+            kw["action"] = argparse.BooleanOptionalAction
+        else:
+            kw["type"] = {"int": int, "float": float}.get(kind, str)
+        ap.add_argument("--" + f.name.replace("_", "-"), **kw)
+    return ap

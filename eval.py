@@ -14,7 +14,6 @@ judgments.jsonl) and the last rank to finish scores.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -382,29 +381,22 @@ class EvalConfig:
     data: str = ""  # file or folder of the benchmark
     out: str = ""  # run folder: judgments.jsonl, scores.json, config.json
     variant: str = "auto"  # auto | instruct | reasoning
-    max_new_tokens: int = 4096
+    max_new_tokens: int = 4096  # longest judgment (fewer where the prompt nears the model's limit)
     batch: int = 256  # judgments per generate() call (and per flush to the log)
     slots: int = 0  # sequences decoding at once (0: all of a batch that half the free GPU memory holds as KV cache)
     seed: int = 0  # placement of the chosen answer (A/B), per pair
     both_orders: bool = False  # judge every pair twice, chosen at A and at B
     limit: int = 0  # judge only the first N pairs (0 = all)
     score_only: bool = False  # score OUT/judgments.jsonl without a model (with --data: lines need only id, chosen_at, output)
-    device: str = ""  # default: cuda if available, else cpu
-    question: str = ""  # one-pair mode: the question ...
-    answer_a: str = ""  # ... and the two answers
-    answer_b: str = ""
+    device: str = ""  # cuda, cuda:N or cpu (empty: cuda if there is one; under torchrun each rank its own)
+    question: str = ""  # one-pair mode: the question
+    answer_a: str = ""  # one-pair mode: answer A
+    answer_b: str = ""  # one-pair mode: answer B
     pair_file: str = ""  # one-pair mode from a JSON file {"question", "answer_a", "answer_b"}
 
 
 def parse_args(argv=None) -> EvalConfig:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for f in fields(EvalConfig):
-        flag = "--" + f.name.replace("_", "-")
-        if f.type in ("bool", bool):
-            ap.add_argument(flag, action="store_true")
-        else:
-            ap.add_argument(flag, type=int if f.type in ("int", int) else str, default=f.default)
-    return EvalConfig(**vars(ap.parse_args(argv)))
+    return EvalConfig(**vars(data.config_parser(EvalConfig, __doc__).parse_args(argv)))
 
 
 def load_model(cfg: EvalConfig, local_rank: int | None = None):

@@ -16,7 +16,6 @@ Outputs in --out: config.json, metrics.jsonl, hf/ (a Hugging Face folder), state
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import math
@@ -25,7 +24,7 @@ import random
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -43,37 +42,30 @@ import model as M
 class SFTConfig:
     model: str = ""  # Hugging Face folder to start from
     data: str = ""  # JSONL/JSON/Parquet rows: context_messages, winner, and the target trace ("response")
-    out: str = "runs/sft"
+    out: str = "runs/sft"  # run folder: config.json, metrics.jsonl, hf/, state/
     max_len: int = 12288  # rows whose prompt or whole sequence is longer are dropped (counted), never cut
     global_batch: int = 128  # sequences per optimizer step
     micro_tokens: int = 16384  # padded tokens per micro-batch on one rank
-    epochs: int = 1
-    lr: float = 5e-6
+    epochs: int = 1  # passes over the data
+    lr: float = 5e-6  # peak learning rate (AdamW)
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
     warmup_ratio: float = 0.03  # warmup steps = ceil(ratio * total steps)
-    beta1: float = 0.9
-    beta2: float = 0.95
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    activation_checkpointing: bool = True
+    beta1: float = 0.9  # AdamW betas
+    beta2: float = 0.95  # AdamW betas
+    weight_decay: float = 0.0  # AdamW weight decay
+    grad_clip: float = 1.0  # clip the global gradient norm to this
+    activation_checkpointing: bool = True  # recompute each block in backward (less memory, ~1/3 more compute)
     compute_dtype: str = "bfloat16"  # float32 for exact CPU tests
     loss_chunk: int = 1024  # tokens per chunk of the log-prob computation
-    seed: int = 0
+    seed: int = 0  # order of the rows
     save_every: int = 0  # optimizer steps between training-state saves (0: only at the end)
     max_steps: int = 0  # stop after this many steps (0: all epochs)
-    resume: bool = False
+    resume: bool = False  # continue the run saved in --out
     peak_tflops: float = 989.0  # per device, for MFU (bf16 dense H100/H200 datasheet)
 
 
 def parse_args(argv=None) -> SFTConfig:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for f in fields(SFTConfig):
-        flag = "--" + f.name.replace("_", "-")
-        if f.type == "bool":
-            ap.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
-        else:
-            ap.add_argument(flag, type={"int": int, "float": float}.get(f.type, str), default=f.default)
-    return SFTConfig(**vars(ap.parse_args(argv)))
+    return SFTConfig(**vars(data.config_parser(SFTConfig, __doc__).parse_args(argv)))
 
 
 def check_config(cfg: SFTConfig):

@@ -541,3 +541,22 @@ def test_write_atomic_leaves_the_old_file_until_the_new_one_is_whole(tmp_path, m
         data.write_atomic(path, "newer\n")
     monkeypatch.undo()
     assert path.read_text() == "new\n" and [p.name for p in tmp_path.iterdir()] == ["scores.json"]
+
+
+@pytest.mark.parametrize("module,cls", [("eval", "EvalConfig"), ("sft", "SFTConfig")])
+def test_every_flag_has_help_from_its_field_comment(module, cls):
+    """--help lists every setting of the script's dataclass with the comment of its line and its default."""
+    import dataclasses
+    import importlib
+
+    config = getattr(importlib.import_module(module), cls)
+    ap = data.config_parser(config, "")
+    flags = {a.dest: a for a in ap._actions if a.dest != "help"}
+    assert set(flags) == {f.name for f in dataclasses.fields(config)}
+    assert all(a.help for a in flags.values()), [d for d, a in flags.items() if not a.help]
+    text = " ".join(ap.format_help().split())  # unwrapped
+    if module == "sft":
+        assert flags["max_len"].help == "rows whose prompt or whole sequence is longer are dropped (counted), never cut"
+        assert "never cut (default: 12288)" in text and "--no-activation-checkpointing" in text
+    else:
+        assert "--both-orders, --no-both-orders judge every pair twice, chosen at A and at B (default: False)" in text
