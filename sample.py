@@ -628,12 +628,12 @@ def main(argv=None):
     ap.add_argument("--model", required=True, help="Hugging Face model folder")
     ap.add_argument("--prompt", required=True, help="the user message")
     ap.add_argument("--system", default=None, help="an optional system message")
-    ap.add_argument("--max-new-tokens", type=int, default=512)
+    ap.add_argument("--max-new-tokens", type=int, default=512, help="longest reply")
     ap.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    ap.add_argument("--top-p", type=float, default=1.0)
-    ap.add_argument("--top-k", type=int, default=0)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--top-p", type=float, default=1.0, help="nucleus mass kept (1 = off)")
+    ap.add_argument("--top-k", type=int, default=0, help="most likely tokens kept (0 = off)")
+    ap.add_argument("--seed", type=int, default=0, help="the draws are a function of seed and position")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cuda, cuda:N or cpu")
     args = ap.parse_args(argv)
     dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
     tok = Tokenizer.load(args.model)  # a folder without a tokenizer fails before the weights load
