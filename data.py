@@ -509,7 +509,10 @@ def write_atomic(path: Path, text: str):
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """The module docstring as written, and each flag's default after its help."""
+    """The module docstring as written, and each flag's default after its help (unless it is empty)."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default == "" else super()._get_help_string(action)
 
 
 def config_parser(cls, description: str) -> argparse.ArgumentParser:
