@@ -19,6 +19,7 @@ import inspect
 import json
 import os
 import re
+import sys
 from dataclasses import dataclass, field, fields
 from datetime import datetime
 from pathlib import Path
@@ -494,6 +495,47 @@ def changed_settings(saved: dict, now: dict, keys) -> list[str]:
         if k in keys and k in saved and k in now:
             saved[k], now[k] = str(Path(saved[k]).resolve()), str(Path(now[k]).resolve())
     return [f"{k}: {saved.get(k)!r} there, {now[k]!r} now" for k in keys if saved.get(k) != now[k]]
+
+
+def read_jsonl_log(path: Path, repair: bool, what: str = "log") -> list[tuple[int, dict]]:
+    """(line number, object) of each line of an append-only JSONL log (eval's judgments, sft's metrics).
+
+    Read as bytes, because a write cut short by a crash may end inside a character as well as inside a line.
+    Such an unfinished last line is skipped; with `repair` it is also cut from the file (and said so), so the
+    next append starts a line of its own. Without `repair` the file is left alone: another process may be
+    writing that line. A whole last line missing its newline (a file written elsewhere) is kept, and with
+    `repair` ended. Any other line that is not a JSON object is an error naming it ("malformed {what} line").
+    """
+    raw = path.read_bytes()
+    cut = raw.rfind(b"\n") + 1  # complete lines end here
+    lines, tail = raw[:cut].split(b"\n")[:-1], raw[cut:]
+    if tail.strip():
+        try:
+            _json_object(tail)
+            lines.append(tail)
+            if repair:
+                with open(path, "ab") as f:
+                    f.write(b"\n")
+        except ValueError:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            if repair:
+                print(f"{path}: dropping the unfinished last line {len(lines) + 1}", file=sys.stderr)
+                with open(path, "r+b") as f:
+                    f.truncate(cut)
+    out = []
+    for k, line in enumerate(lines, 1):
+        if line.strip():
+            try:
+                out.append((k, _json_object(line)))
+            except ValueError:
+                raise ValueError(f"{path}:{k}: malformed {what} line") from None
+    return out
+
+
+def _json_object(line: bytes) -> dict:
+    rec = json.loads(line.decode("utf-8"))
+    if not isinstance(rec, dict):
+        raise ValueError("not a JSON object")
+    return rec
 
 
 def write_atomic(path: Path, text: str):

@@ -211,36 +211,12 @@ def read_log(path: Path, required=None, repair: bool = True) -> list[dict]:
 
 
 def _log_lines(path: Path, required, repair: bool) -> list[tuple[int, dict]]:
-    """(line number, judgment) of each judgment in path; see read_log. Read as bytes: a write cut short may end
-    inside a character as well as inside a line."""
+    """(line number, judgment) of each judgment in path; see read_log and data.read_jsonl_log."""
     required = required or [f.name for f in fields(Judgment)]
     if not path.exists():
         return []
-    raw = path.read_bytes()
-    cut = raw.rfind(b"\n") + 1  # complete lines end here; what follows is the last line if it is whole
-    lines = raw[:cut].split(b"\n")[:-1]
-    tail = raw[cut:]
-    if tail.strip():
-        try:
-            _parse(tail)
-            lines.append(tail)  # a whole last line without its newline (a file written elsewhere)
-            if repair:  # so that the next judgment appended starts a line of its own
-                with open(path, "ab") as f:
-                    f.write(b"\n")
-        except (json.JSONDecodeError, UnicodeDecodeError):  # an interrupted write (or, not ours, one under way)
-            if repair:
-                print(f"{path}: dropping the unfinished last line {len(lines) + 1} (it will be judged again)",
-                      file=sys.stderr)
-                with open(path, "r+b") as f:
-                    f.truncate(cut)
     records, seen = [], {}  # seen: key (id|chosen_at) -> line number
-    for k, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            rec = _parse(line)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise ValueError(f"{path}:{k}: malformed judgment line") from None
+    for k, rec in data.read_jsonl_log(path, repair, "judgment"):
         missing = [name for name in required if name not in rec]
         if missing:
             raise ValueError(f"{path}:{k}: judgment lacks {missing}")
@@ -250,14 +226,6 @@ def _log_lines(path: Path, required, repair: bool) -> list[tuple[int, dict]]:
         seen[key] = k
         records.append((k, rec))
     return records
-
-
-def _parse(line: bytes) -> dict:
-    """One log line: a JSON object in UTF-8 (anything else raises JSONDecodeError or UnicodeDecodeError)."""
-    rec = json.loads(line.decode("utf-8"))
-    if not isinstance(rec, dict):
-        raise json.JSONDecodeError("not a JSON object", line.decode("utf-8"), 0)
-    return rec
 
 
 def _key(rec: dict) -> str:

@@ -22,7 +22,6 @@ import math
 import os
 import random
 import shutil
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -93,7 +92,8 @@ SAME_ON_RESUME = ("model", "data", "max_len", "global_batch", "epochs", "lr", "m
 def check_out(cfg: SFTConfig, data_sha256: str):
     """A new run needs a folder without one; --resume needs the settings (and data) the run was started with."""
     out = Path(cfg.out)
-    if (out / "config.json").is_file() and "global_batch" not in json.loads((out / "config.json").read_text()):
+    saved = json.loads((out / "config.json").read_text()) if (out / "config.json").is_file() else None
+    if saved is not None and "global_batch" not in saved:
         raise SystemExit(f"{out / 'config.json'} is not an SFT run's config (a model folder?); use another --out")
     there = [p.name for p in (out / "state", out / "metrics.jsonl") if p.exists()]
     if not cfg.resume:
@@ -101,9 +101,8 @@ def check_out(cfg: SFTConfig, data_sha256: str):
             raise SystemExit(f"{out} holds a run ({', '.join(there)}): pass --resume to continue it, "
                              f"or use another --out")
         return
-    if not (out / "config.json").is_file():
+    if saved is None:
         return  # nothing was started there: load_state says there is no state
-    saved = json.loads((out / "config.json").read_text())
     now = {**asdict(cfg), "data_sha256": data_sha256}  # the rows too, not only their path
     keys = SAME_ON_RESUME + ("data_sha256",) if "data_sha256" in saved else SAME_ON_RESUME  # older runs lack it
     diff = data.changed_settings(saved, now, keys)
@@ -377,27 +376,16 @@ def load_state(model, optim, out: Path) -> int:
 # The loop
 
 
-def metrics_up_to(path: Path, step: int) -> list[str]:
-    """The lines of a metrics log for steps up to `step`, the last saved one: a run killed after logging steps
-    it never saved logs them again. A last line cut short (a write interrupted, a full disk) is dropped;
-    any other unreadable line is an error naming it.
-
-    Example: lines '{"step": 1, ...}', '{"step": 2, ...}', '{"step": 3, "lo' up to step 1 -> ['{"step": 1, ...}']
-    """
-    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+def metrics_up_to(path: Path, step: int) -> list[dict]:
+    """The metrics logged for steps up to `step`, the last saved one: a run killed after logging steps it never
+    saved logs them again. A last line cut short is dropped (data.read_jsonl_log); a line without a step is an
+    error naming it."""
     kept = []
-    for k, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            s = json.loads(line)["step"]
-        except (json.JSONDecodeError, KeyError, TypeError):
-            if k == len(lines):
-                print(f"{path}: dropping the unfinished last line {k}", file=sys.stderr)
-                break
-            raise ValueError(f"{path}:{k}: not a metrics line (a JSON object with a step)") from None
-        if s <= step:
-            kept.append(line)
+    for k, m in data.read_jsonl_log(path, True, "metrics"):
+        if not isinstance(m.get("step"), int):
+            raise ValueError(f"{path}:{k}: not a metrics line (a JSON object with a step)")
+        if m["step"] <= step:
+            kept.append(m)
     return kept
 
 
@@ -427,7 +415,7 @@ def train(cfg: SFTConfig):
     start = load_state(model, optim, out) if cfg.resume else 0
     if rank == 0 and cfg.resume and (out / "metrics.jsonl").is_file():
         kept = metrics_up_to(out / "metrics.jsonl", start)
-        data.write_atomic(out / "metrics.jsonl", "".join(x + "\n" for x in kept))
+        data.write_atomic(out / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in kept))
     if rank == 0:
         (out / "data_stats.json").write_text(json.dumps(counts) + "\n")  # rows kept and dropped for length
         print(f"{counts} | {len(steps)} steps of {cfg.global_batch} | {n_params / 1e6:.1f}M params | world {world}")

@@ -105,7 +105,7 @@ def test_metrics_up_to_the_saved_step(tmp_path, capsys):
     log = tmp_path / "metrics.jsonl"
     lines = [json.dumps({"step": s, "loss": 1.0 / s}) for s in (1, 2, 3)]
     log.write_text("\n".join(lines) + "\n" + lines[2][:9])
-    assert sft.metrics_up_to(log, 2) == lines[:2]
+    assert sft.metrics_up_to(log, 2) == [json.loads(x) for x in lines[:2]]
     assert "dropping the unfinished last line 4" in capsys.readouterr().err
     log.write_text(lines[0] + "\n{\"loss\": 1}\n" + lines[2] + "\n")
     with pytest.raises(ValueError, match="metrics.jsonl:2: not a metrics line"):
