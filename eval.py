@@ -372,14 +372,13 @@ def load_model(cfg: EvalConfig, local_rank: int | None = None):
     process takes its own GPU, cuda:LOCAL_RANK, unless --device names one."""
     import torch
 
-    from model import load
+    from model import checked_device, load, local_gpu
 
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and local_rank is not None:
-        device = f"cuda:{local_rank}"
-    if device.startswith("cuda"):
+    device = local_gpu(local_rank) if device == "cuda" and local_rank is not None else checked_device(device)
+    if device.type == "cuda":
         torch.cuda.set_device(device)  # CUDA graphs and streams are made on the current device
-    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     return load(cfg.model, device=device, dtype=dtype).eval()
 
 

@@ -696,12 +696,32 @@ def expected_shapes(cfg: Config) -> dict[str, tuple]:
     return {n: tuple(p.shape) for n, p in model.named_parameters()}
 
 
+def checked_device(device, hint: str = "") -> torch.device:
+    """torch.device(device), or, for a GPU this process cannot see, an error naming it and how many it sees
+    (CUDA's own is "invalid device ordinal", raised by the first tensor placed there), then `hint`."""
+    device = torch.device(device)
+    n = torch.cuda.device_count() if device.type == "cuda" else 0
+    if device.type == "cuda" and (device.index or 0) >= n:
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        raise ValueError(f"device {device}: this process sees {n} GPU{'' if n == 1 else 's'}"
+                         + (f" (CUDA_VISIBLE_DEVICES={visible!r})" if visible is not None else "")
+                         + (f"; {hint}" if hint else ""))
+    return device
+
+
+def local_gpu(local_rank: int) -> torch.device:
+    """cuda:LOCAL_RANK, the GPU of one torchrun process on its node, checked like any device."""
+    return checked_device(f"cuda:{local_rank}", "torchrun starts one process per GPU (--nproc_per_node at most "
+                                                "the GPUs of a node)")
+
+
 def load(path, device="cpu", dtype: torch.dtype | None = torch.bfloat16) -> Transformer:
     """Load a Hugging Face Qwen2/Qwen3 folder. dtype None keeps the checkpoint's own dtype.
 
     The model is built on the meta device (no memory), then each tensor is read from the memory-mapped
     file, converted, and assigned in place: peak memory is one copy of the weights plus one tensor.
     """
+    device = checked_device(device)
     cfg = load_config(path)
     with torch.device("meta"):
         model = Transformer(cfg)

@@ -272,11 +272,12 @@ def setup_distributed():
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
         os.environ.setdefault("MASTER_PORT", str(29500 + os.getpid() % 1000))
     cuda = torch.cuda.is_available()
-    if cuda:
-        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+    device = torch.device("cpu")
+    if cuda:  # one GPU per process: cuda:LOCAL_RANK
+        device = M.local_gpu(int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if cuda else "gloo")
-    device = torch.device("cuda", int(os.environ["LOCAL_RANK"])) if cuda else torch.device("cpu")
     return dist.get_rank(), dist.get_world_size(), device
 
 

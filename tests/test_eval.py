@@ -476,6 +476,15 @@ def test_one_pair_and_score_only_refuse_torchrun(tmp_path, monkeypatch, extra):
         ev.main(["--bench", "rm-bench", "--out", str(tmp_path), *extra])
 
 
+def test_a_torchrun_rank_without_a_gpu_of_its_own_is_a_clear_error(tiny, monkeypatch):
+    """More processes on a node than GPUs: the rank past them stops naming its device, the count and the fix
+    (the GPUs are faked: one GPU, LOCAL_RANK 1)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ValueError, match=r"^device cuda:1: this process sees 1 GPU.*--nproc_per_node at most"):
+        ev.load_model(ev.EvalConfig(model=str(tiny)), local_rank=1)
+
+
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
 def test_gpu_torchrun_judges_on_two_gpus(tiny, tmp_path):
     """torchrun on two GPUs: each rank on its own device (bf16, graphs), every judgment made once, scored."""

@@ -234,6 +234,25 @@ def test_accepts_official_configs(shared):
     assert M.load_config(shared / "hf" / "qwen3-0.6b").head_dim == 128  # explicit, != 1024 / 16
 
 
+def test_a_gpu_this_process_cannot_see_is_an_error_naming_it(tmp_path, monkeypatch):
+    """load on a GPU index past what this process sees stops before reading any tensor, naming the device and
+    the count (CUDA's own error, at the first tensor placed there, is "invalid device ordinal"). The count is
+    faked, so this runs on a CPU build too."""
+    _saved(tmp_path)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
+    with pytest.raises(ValueError, match=r"^device cuda:1: this process sees 1 GPU \(CUDA_VISIBLE_DEVICES='3'\)$"):
+        M.load(tmp_path, device="cuda:1")
+    fine = ("cuda:0", "cuda", "cpu")
+    assert [M.checked_device(d) for d in fine] == [torch.device(d) for d in fine]
+    with pytest.raises(ValueError, match=r"^device cuda:1: .*; torchrun starts one process per GPU \(--nproc_per_node"):
+        M.local_gpu(1)  # a torchrun process past its node's GPUs
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    with pytest.raises(ValueError, match=r"^device cuda: this process sees 0 GPUs$"):
+        M.checked_device("cuda")
+
+
 def _saved(tmp_path, **kw):
     ref = hf_model("qwen2", seed=2, **kw)
     ref.save_pretrained(tmp_path)

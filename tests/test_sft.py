@@ -128,7 +128,7 @@ def test_micro_batches_respect_budget_and_keep_every_row():
     assert all(len(mb) == 1 or len(mb) * max(lengths[i] for i in mb) <= 800 for mb in mbs)
 
 
-# -- whole runs, as subprocesses (one or two gloo processes) ---------------------------------------
+# -- whole runs, as subprocesses (one or two gloo processes on the CPU; the GPU tests at the end on GPUs) ---
 
 
 @pytest.fixture(scope="module")
@@ -149,11 +149,15 @@ def run_dir(tmp_path_factory):
     return d
 
 
-def run(d, out, *extra, procs=1):
+def run(d, out, *extra, procs=1, gpu=False):
+    """sft.py as a subprocess, one process or `procs` under torchrun: on the CPU (gloo) on any machine unless
+    gpu. Returns the metrics lines and the finished process; a failed run raises with its stderr."""
     base = ["--model", str(d / "model"), "--data", str(d / "rows.jsonl"), "--out", str(out), "--global-batch", "6",
             "--micro-tokens", "120", "--lr", "3e-3", "--warmup-ratio", "0.3", "--compute-dtype", "float32",
             "--loss-chunk", "16", *extra]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_PORT": str(29600 + hash(str(out)) % 300)}
+    if not gpu:
+        env["CUDA_VISIBLE_DEVICES"] = ""  # the runs these tests compare are CPU runs, also on a GPU machine
     if procs == 1:
         cmd = [sys.executable, str(ROOT / "sft.py"), *base]
     else:
@@ -161,7 +165,7 @@ def run(d, out, *extra, procs=1):
                f"--master_port={env['MASTER_PORT']}", str(ROOT / "sft.py"), *base]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     if r.returncode != 0:
-        raise AssertionError(r.stderr[-3000:])
+        raise AssertionError(r.stderr[-6000:])
     return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()], r
 
 
@@ -211,7 +215,7 @@ def test_sigkill_at_any_moment_then_resume(run_dir, straight):
     import time
 
     out = run_dir / "killed"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_PORT": "29977"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_PORT": "29977", "CUDA_VISIBLE_DEVICES": ""}
     args = ["--model", str(run_dir / "model"), "--data", str(run_dir / "rows.jsonl"), "--out", str(out),
             "--global-batch", "6", "--micro-tokens", "120", "--lr", "3e-3", "--warmup-ratio", "0.3",
             "--compute-dtype", "float32", "--loss-chunk", "16", "--save-every", "1"]
@@ -294,6 +298,24 @@ def test_without_activation_checkpointing_the_run_is_the_same(run_dir, straight)
 def test_loss_goes_down(straight):
     assert straight[-1]["loss"] < straight[0]["loss"] - 0.3, [m["loss"] for m in straight]
     assert all(0 <= m["padding_waste"] < 0.5 for m in straight)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_gpu_run_matches_the_cpu_run(run_dir, straight):
+    """The same run on a GPU (NCCL, float32 compute): the CPU run's losses, with the GPU's peak memory logged."""
+    on_gpu, _ = run(run_dir, run_dir / "gpu", gpu=True)
+    assert [m["step"] for m in on_gpu] == [1, 2, 3]
+    assert all(abs(a["loss"] - b["loss"]) < 1e-4 for a, b in zip(on_gpu, straight))
+    assert all(m["peak_mem_gib"] > 0 for m in on_gpu)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_gpu_more_processes_than_gpus_is_a_clear_error(run_dir):
+    """torchrun with one process more than the node's GPUs: the rank left without one names its device, the
+    count and the fix (CUDA's own error would be "invalid device ordinal")."""
+    n = torch.cuda.device_count()
+    with pytest.raises(AssertionError, match=rf"device cuda:{n}: this process sees {n} GPUs?; .*--nproc_per_node at"):
+        run(run_dir, run_dir / "crowded", procs=n + 1, gpu=True)
 
 
 def test_long_rows_are_dropped_and_counted(run_dir):
