@@ -9,6 +9,7 @@ whole path: checkpoint I/O, chat template, judge prompts, batched sampling, pars
 """
 
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -21,7 +22,7 @@ import model as M
 import sft
 
 ROOT = Path(__file__).resolve().parent
-SHARED = ROOT.parent / "shared"
+SHARED = Path(os.environ.get("RMR1_SHARED", ROOT.parent / "shared"))  # as in the tests
 TOKENIZER = SHARED / "hf" / "qwen2.5-7b-instruct"
 
 
@@ -42,7 +43,7 @@ def tiny_checkpoint(path: Path):
 
 def main():
     if not TOKENIZER.is_dir():
-        sys.exit(f"{TOKENIZER} not found: the demo reads the Qwen2.5 tokenizer from ../shared/hf/")
+        sys.exit(f"{TOKENIZER} not found: the demo reads the Qwen2.5 tokenizer from ../shared/hf/ (or RMR1_SHARED)")
     out = ROOT / "runs" / "demo"
     shutil.rmtree(out, ignore_errors=True)
     ckpt = out / "tiny-qwen2"

@@ -377,6 +377,8 @@ def load_model(cfg: EvalConfig, local_rank: int | None = None):
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
     device = local_gpu(local_rank) if device == "cuda" and local_rank is not None else checked_device(device)
     if device.type == "cuda":
+        if device.index is None:  # "cuda" is the current GPU; set_device wants its index
+            device = torch.device("cuda", torch.cuda.current_device())
         torch.cuda.set_device(device)  # CUDA graphs and streams are made on the current device
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     return load(cfg.model, device=device, dtype=dtype).eval()

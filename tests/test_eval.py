@@ -485,6 +485,22 @@ def test_a_torchrun_rank_without_a_gpu_of_its_own_is_a_clear_error(tiny, monkeyp
         ev.load_model(ev.EvalConfig(model=str(tiny)), local_rank=1)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.parametrize("device", ["", "cuda", "cuda:0"])
+def test_gpu_one_process_judges_on_the_gpu_by_default(tiny, tmp_path, device):
+    """No --device (or a plain "cuda") on a GPU machine: the judge loads in bf16 on the current GPU and judges
+    there, as with cuda:0 named. (A plain "cuda" once reached torch.cuda.set_device, which refuses a device
+    without an index: every run without --device stopped there.)"""
+    data_file = BENCH / "rm-bench" / "chat_filtered.json"
+    model = ev.load_model(ev.EvalConfig(model=str(tiny), device=device))
+    assert next(model.parameters()).device == torch.device("cuda", torch.cuda.current_device())
+    assert next(model.parameters()).dtype == torch.bfloat16
+    del model
+    ev.main(["--model", str(tiny), "--bench", "rm-bench", "--data", str(data_file), "--limit", "3",
+             "--max-new-tokens", "8", "--out", str(tmp_path), *(["--device", device] if device else [])])
+    assert len(ev.read_log(tmp_path / "judgments.jsonl")) == 3
+
+
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
 def test_gpu_torchrun_judges_on_two_gpus(tiny, tmp_path):
     """torchrun on two GPUs: each rank on its own device (bf16, graphs), every judgment made once, scored."""
