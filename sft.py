@@ -277,7 +277,7 @@ def setup_distributed():
         device = M.local_gpu(int(os.environ["LOCAL_RANK"]))
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if cuda else "gloo")
+        dist.init_process_group("nccl" if cuda else "gloo", device_id=device if cuda else None)  # (barriers use it)
     return dist.get_rank(), dist.get_world_size(), device
 
 
