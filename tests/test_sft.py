@@ -311,6 +311,17 @@ def test_gpu_run_matches_the_cpu_run(run_dir, straight):
     assert all(m["peak_mem_gib"] > 0 for m in on_gpu)
 
 
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+def test_gpu_two_processes_on_two_gpus_match_the_cpu_run(run_dir, straight):
+    """FSDP over two GPUs (NCCL, float32 compute): the one-process CPU run's losses and weights."""
+    two, _ = run(run_dir, run_dir / "gpu-two", procs=2, gpu=True)
+    assert [m["step"] for m in two] == [1, 2, 3]
+    assert all(abs(a["loss"] - b["loss"]) < 1e-4 for a, b in zip(two, straight))
+    wa, wb = weights(run_dir / "straight"), weights(run_dir / "gpu-two")
+    for k in wa:
+        assert torch.allclose(wa[k], wb[k], atol=1e-2 * wa[k].abs().max().item() + 1e-6), k  # equal up to bf16 export
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 def test_gpu_more_processes_than_gpus_is_a_clear_error(run_dir):
     """torchrun with one process more than the node's GPUs: the rank left without one names its device, the
