@@ -700,8 +700,10 @@ def checked_device(device, hint: str = "") -> torch.device:
     """torch.device(device), or, for a GPU this process cannot see, an error naming it and how many it sees
     (CUDA's own is "invalid device ordinal", raised by the first tensor placed there), then `hint`."""
     device = torch.device(device)
-    n = torch.cuda.device_count() if device.type == "cuda" else 0
-    if device.type == "cuda" and (device.index or 0) >= n:
+    if device.type != "cuda":
+        return device
+    n = torch.cuda.device_count()
+    if (device.index or 0) >= n:
         visible = os.environ.get("CUDA_VISIBLE_DEVICES")
         raise ValueError(f"device {device}: this process sees {n} GPU{'' if n == 1 else 's'}"
                          + (f" (CUDA_VISIBLE_DEVICES={visible!r})" if visible is not None else "")
