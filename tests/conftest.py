@@ -34,6 +34,25 @@ def hf_model(arch="qwen2", heads=4, kv=2, head_dim=None, hidden=None, tied=False
     return model
 
 
+def tiny_judge(path: Path, layers: int = 1, max_positions: int = 32768, seed: int = 0) -> Path:
+    """A tiny random Qwen2 written by model.save with the real Qwen2.5 tokenizer, chat template and generation
+    config beside it: a judge checkpoint that eval.py, sample.py and the README's examples load as it is."""
+    import json
+
+    import model as M
+
+    tok_dir = SHARED / "hf" / "qwen2.5-7b-instruct"
+    cfg = M.Config.from_hf({"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "vocab_size": 151936,
+                            "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": layers,
+                            "num_attention_heads": 2, "num_key_value_heads": 1, "rope_theta": 1e6,
+                            "rms_norm_eps": 1e-6, "tie_word_embeddings": True,
+                            "max_position_embeddings": max_positions})
+    torch.manual_seed(seed)
+    M.save(M.Transformer(cfg), path, copy_files_from=tok_dir,
+           generation_config=json.loads((tok_dir / "generation_config.json").read_text()))
+    return path
+
+
 @pytest.fixture
 def shared():
     return SHARED

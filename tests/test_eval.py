@@ -6,7 +6,7 @@ import re
 
 import pytest
 import torch
-from conftest import SHARED
+from conftest import SHARED, tiny_judge
 
 import data
 import eval as ev
@@ -182,16 +182,7 @@ def test_both_orders_bias_figures():
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    d = tmp_path_factory.mktemp("tiny")
-    cfg = M.Config.from_hf({"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "vocab_size": 151936,
-                            "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
-                            "num_attention_heads": 2, "num_key_value_heads": 1, "rope_theta": 1e6,
-                            "rms_norm_eps": 1e-6, "tie_word_embeddings": True, "max_position_embeddings": 32768})
-    torch.manual_seed(0)
-    tok_dir = SHARED / "hf" / "qwen2.5-7b-instruct"
-    M.save(M.Transformer(cfg), d, generation_config=json.loads((tok_dir / "generation_config.json").read_text()),
-           copy_files_from=tok_dir)
-    return d
+    return tiny_judge(tmp_path_factory.mktemp("tiny"))
 
 
 def test_end_to_end_eval_and_resume(tiny, tmp_path):
@@ -345,15 +336,7 @@ def test_a_judgment_logged_twice_is_an_error_not_a_double_count(tmp_path):
 def test_one_pair_reply_is_bounded_by_the_model_limit(tmp_path, capsys):
     """A 1,024-position model: the reply stops at the limit like a benchmark judgment (length), and a prompt
     that fills the limit is refused naming both numbers."""
-    tok_dir = SHARED / "hf" / "qwen2.5-7b-instruct"
-    cfg = M.Config.from_hf({"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "vocab_size": 151936,
-                            "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
-                            "num_attention_heads": 2, "num_key_value_heads": 1, "rope_theta": 1e6,
-                            "rms_norm_eps": 1e-6, "tie_word_embeddings": True, "max_position_embeddings": 1024})
-    torch.manual_seed(0)
-    M.save(M.Transformer(cfg), tmp_path / "m", copy_files_from=tok_dir,
-           generation_config=json.loads((tok_dir / "generation_config.json").read_text()))
-    tok = data.Tokenizer.load(tmp_path / "m")
+    tok = data.Tokenizer.load(tiny_judge(tmp_path / "m", max_positions=1024))
     args = ["--model", str(tmp_path / "m"), "--device", "cpu", "--max-new-tokens", "4096"]
     ev.main(args + ["--question", "2+2?", "--answer-a", "4", "--answer-b", "5"])
     from rubrics import judge_messages

@@ -1,11 +1,10 @@
 """The README's Python examples, run as written on a tiny checkpoint: only the folder name is swapped in
 (and, on a machine without a GPU, "cuda" becomes "cpu"), so an example that stops working fails here."""
 
-import json
 import re
 
 import torch
-from conftest import ROOT, SHARED
+from conftest import ROOT, tiny_judge
 
 import model as M
 import sample
@@ -16,14 +15,7 @@ def test_readme_python_examples_run(tmp_path, monkeypatch, capsys):
     assert len(blocks) == 2  # loading a checkpoint, sampling (a new example needs its checks here)
     code = "\n".join(blocks)
     assert code.count('"Qwen2.5-7B-Instruct"') == 3
-    tok_dir = SHARED / "hf" / "qwen2.5-7b-instruct"
-    cfg = M.Config.from_hf({"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "vocab_size": 151936,
-                            "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-                            "num_attention_heads": 2, "num_key_value_heads": 1, "rope_theta": 1e6,
-                            "rms_norm_eps": 1e-6, "tie_word_embeddings": True, "max_position_embeddings": 32768})
-    torch.manual_seed(0)
-    M.save(M.Transformer(cfg), tmp_path / "tiny", copy_files_from=tok_dir,
-           generation_config=json.loads((tok_dir / "generation_config.json").read_text()))
+    tiny_judge(tmp_path / "tiny", layers=2)
     code = code.replace('"Qwen2.5-7B-Instruct"', repr(str(tmp_path / "tiny")))
     if not torch.cuda.is_available():
         code = code.replace('"cuda"', '"cpu"')
