@@ -207,29 +207,37 @@ def read_log(path: Path, required=None, repair: bool = True) -> list[dict]:
     """Judgments already written. A last line cut short by a crash is removed (and said so) if `repair`, else
     skipped (another process may be writing it); any other malformed line, or one lacking a `required` field
     (default: every Judgment field), is an error naming it."""
-    return [rec for _, rec in _log_lines(path, required, repair)]
+    return _read_judgments(path, required, repair, seen={})
 
 
-def _log_lines(path: Path, required, repair: bool) -> list[tuple[int, dict]]:
-    """(line number, judgment) of each judgment in path; see read_log and data.read_jsonl_log."""
+def _read_judgments(path: Path, required, repair: bool, seen: dict) -> list[dict]:
+    """read_log's work. seen: key -> (file, line) of the judgments read so far, from this file or other ranks'
+    logs, updated here; a key met again would count twice in the scores, an error naming both places."""
     required = required or [f.name for f in fields(Judgment)]
     if not path.exists():
         return []
-    records, seen = [], {}  # seen: key (id|chosen_at) -> line number
+    records = []
     for k, rec in data.read_jsonl_log(path, repair, "judgment"):
         missing = [name for name in required if name not in rec]
         if missing:
             raise ValueError(f"{path}:{k}: judgment lacks {missing}")
         key = _key(rec)
-        if key in seen:  # it would count twice in the scores
-            raise ValueError(f"{path}:{k}: judgment {key} is already on line {seen[key]}")
-        seen[key] = k
-        records.append((k, rec))
+        if key in seen:
+            file, line = seen[key]
+            raise ValueError(f"{path}:{k}: judgment {key} is already "
+                             + (f"on line {line}" if file == path else f"at {file}:{line}"))
+        seen[key] = (path, k)
+        records.append(rec)
     return records
 
 
+def item_key(pair_id, chosen_at) -> str:
+    """The key of one judgment: the pair's id and where its chosen answer sits ("7|A")."""
+    return f"{pair_id}|{chosen_at}"
+
+
 def _key(rec: dict) -> str:
-    return rec.get("key", f"{rec.get('id')}|{rec.get('chosen_at')}")
+    return rec.get("key", item_key(rec.get("id"), rec.get("chosen_at")))
 
 
 def log_path(out: Path, rank: int = 0) -> Path:
@@ -250,15 +258,8 @@ def read_logs(out: Path, own: Path | None = None, required=None) -> dict[Path, l
     """The judgments of every rank's log in out, by file (rank 0's first). Only `own`, the log this process
     appends to, is repaired (see read_log). A judgment in two logs is an error naming both lines.
     """
-    logs, seen = {}, {}  # seen: key -> "file:line"
-    for path in log_files(out):
-        logs[path] = []
-        for k, rec in _log_lines(path, required, repair=path == own):
-            if (key := _key(rec)) in seen:
-                raise ValueError(f"{path}:{k}: judgment {key} is already at {seen[key]}")
-            seen[key] = f"{path}:{k}"
-            logs[path].append(rec)
-    return logs
+    seen = {}  # shared by the files: a judgment in two logs is found like one twice in a log
+    return {path: _read_judgments(path, required, path == own, seen) for path in log_files(out)}
 
 
 def judged_by_key(out: Path, own: Path) -> dict[str, dict]:
@@ -291,7 +292,7 @@ def judge(model, tok, items: list[tuple[data.Pair, str]], log: Path, variant: st
 
     from sample import generate
 
-    keys = [f"{p.id}|{at}" for p, at in items]
+    keys = [item_key(p.id, at) for p, at in items]
     known = {r["key"]: r for r in read_log(log)} if done is None else done
     done = {k: known[k] for k in keys if k in known}  # these items' judgments already made
     todo = [item for item, k in zip(items, keys) if k not in done]
@@ -310,7 +311,7 @@ def judge(model, tok, items: list[tuple[data.Pair, str]], log: Path, variant: st
             for (p, at), o in zip(chunk, outs):
                 text = tok.decode(o.tokens, skip_special_tokens=True)
                 verdict = parse_verdict(text)
-                j = Judgment(f"{p.id}|{at}", p.id, p.subset, p.group, at, text, verdict, int(verdict == at),
+                j = Judgment(item_key(p.id, at), p.id, p.subset, p.group, at, text, verdict, int(verdict == at),
                              o.finish, p.extra)
                 f.write(json.dumps(asdict(j), ensure_ascii=False) + "\n")
                 done[j.key] = asdict(j)
@@ -376,10 +377,8 @@ def load_model(cfg: EvalConfig, local_rank: int | None = None):
 
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
     device = local_gpu(local_rank) if device == "cuda" and local_rank is not None else checked_device(device)
-    if device.type == "cuda":
-        if device.index is None:  # "cuda" is the current GPU; set_device wants its index
-            device = torch.device("cuda", torch.cuda.current_device())
-        torch.cuda.set_device(device)  # CUDA graphs and streams are made on the current device
+    if device.index is not None:  # a GPU named by number becomes the current one, on which CUDA graphs and
+        torch.cuda.set_device(device)  # streams are made ("cuda" is the current one already)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     return load(cfg.model, device=device, dtype=dtype).eval()
 
@@ -486,12 +485,12 @@ def main(argv=None):
         judge(model, tok, items[rank::world], log, variant, cfg.max_new_tokens, cfg.batch, cfg.slots,
               progress=rank == 0, done=done)
         judged = judged_by_key(out, log)
-        waiting = sum(f"{p.id}|{at}" not in judged for p, at in items)
+        waiting = sum(item_key(p.id, at) not in judged for p, at in items)
         if waiting:  # other ranks still judging: the last one to finish sees every judgment and scores
             print(f"rank {rank}: its judgments are in {log}; {waiting} of other ranks are not yet written, "
                   f"and the last rank to finish writes scores.json", file=sys.stderr)
             return
-        records = [judged[f"{p.id}|{at}"] for p, at in items]
+        records = [judged[item_key(p.id, at)] for p, at in items]
     scores = score(cfg.bench, records)
     data.write_atomic(out / "scores.json", json.dumps(scores, indent=2) + "\n")
     print(json.dumps({k: v for k, v in scores.items() if not isinstance(v, (dict, list))}, indent=2))
