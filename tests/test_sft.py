@@ -149,9 +149,9 @@ def run_dir(tmp_path_factory):
     return d
 
 
-def run(d, out, *extra, procs=1, gpu=False):
-    """sft.py as a subprocess, one process or `procs` under torchrun: on the CPU (gloo) on any machine unless
-    gpu. Returns the metrics lines and the finished process; a failed run raises with its stderr."""
+def command(d, out, *extra, procs=1, gpu=False) -> tuple[list[str], dict]:
+    """The command line and environment of one small sft.py run: one process, or `procs` under torchrun; on
+    the CPU (gloo) on any machine unless gpu."""
     base = ["--model", str(d / "model"), "--data", str(d / "rows.jsonl"), "--out", str(out), "--global-batch", "6",
             "--micro-tokens", "120", "--lr", "3e-3", "--warmup-ratio", "0.3", "--compute-dtype", "float32",
             "--loss-chunk", "16", *extra]
@@ -159,10 +159,15 @@ def run(d, out, *extra, procs=1, gpu=False):
     if not gpu:
         env["CUDA_VISIBLE_DEVICES"] = ""  # the runs these tests compare are CPU runs, also on a GPU machine
     if procs == 1:
-        cmd = [sys.executable, str(ROOT / "sft.py"), *base]
-    else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={procs}",
-               f"--master_port={env['MASTER_PORT']}", str(ROOT / "sft.py"), *base]
+        return [sys.executable, str(ROOT / "sft.py"), *base], env
+    return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={procs}",
+            f"--master_port={env['MASTER_PORT']}", str(ROOT / "sft.py"), *base], env
+
+
+def run(d, out, *extra, procs=1, gpu=False):
+    """sft.py run to its end (see command). Returns the metrics lines and the finished process; a failed run
+    raises with its stderr."""
+    cmd, env = command(d, out, *extra, procs=procs, gpu=gpu)
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     if r.returncode != 0:
         raise AssertionError(r.stderr[-6000:])
@@ -215,12 +220,8 @@ def test_sigkill_at_any_moment_then_resume(run_dir, straight):
     import time
 
     out = run_dir / "killed"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_PORT": "29977", "CUDA_VISIBLE_DEVICES": ""}
-    args = ["--model", str(run_dir / "model"), "--data", str(run_dir / "rows.jsonl"), "--out", str(out),
-            "--global-batch", "6", "--micro-tokens", "120", "--lr", "3e-3", "--warmup-ratio", "0.3",
-            "--compute-dtype", "float32", "--loss-chunk", "16", "--save-every", "1"]
-    p = subprocess.Popen([sys.executable, str(ROOT / "sft.py"), *args], env=env, stdout=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL)
+    cmd, env = command(run_dir, out, "--save-every", "1")
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while not (out / "state" / "progress.json").is_file() and time.time() < deadline and p.poll() is None:
         time.sleep(0.05)
