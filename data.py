@@ -226,7 +226,8 @@ class Pair:
 
     id: unique within a run. subset: RewardBench subset, RM-Bench domain, RMB category path.
     group: pairs scored together (an RM-Bench item's 3x3 styles, an RMB Best-of-N item), else "".
-    extra: format-specific facts kept for scoring (RM-Bench style indices).
+    extra: format-specific facts kept for scoring (RM-Bench style indices, an RMB Best-of-N loser's index and
+    its item's loser count).
     """
 
     id: str
@@ -364,6 +365,8 @@ def read_rmb(path) -> list[Pair]:
     chosen.answer, reject.answer, pair_uid) and Best-of-N rows (bon_best, loser_list of 2-6, bon_uid),
     each Best-of-N item expanded into best-vs-loser pairs sharing one group.
     subset = category_path, e.g. "Pairwise_set/Helpfulness/Chat/Supportive Conversation".
+    Example: Best-of-N item 1281 with 5 losers -> pairs "bon/1281/0" .. "bon/1281/4", group "bon/1281",
+    extra {"loser": k, "losers": 5}: the item is scored only when all 5 are judged.
     """
     paths = sorted(Path(path).rglob("*.json")) if Path(path).is_dir() else [Path(path)]
     if not paths:
@@ -379,7 +382,7 @@ def read_rmb(path) -> list[Pair]:
                 uid = str(require(where, r, "bon_uid", None))
                 for k, loser in enumerate(losers):
                     pairs.append(Pair(f"bon/{uid}/{k}", context, best, require(f"{where} loser {k}", loser, "answer"),
-                                      category, f"bon/{uid}"))
+                                      category, f"bon/{uid}", {"loser": k, "losers": len(losers)}))
             else:
                 chosen = require(where, require(where, r, "chosen", dict), "answer")
                 rejected = require(where, require(where, r, "reject", dict), "answer")

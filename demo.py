@@ -70,7 +70,7 @@ def main():
                             "--limit", "18", "--out", str(out / "rm-bench")])
     evaluate.main(common + ["--bench", "rmb", "--data",
                             str(SHARED / "benchmarks" / "rmb" / "BoN_set" / "Helpfulness" / "Reasoning"),
-                            "--limit", "12", "--both-orders", "--out", str(out / "rmb")])
+                            "--limit", "10", "--both-orders", "--out", str(out / "rmb")])  # 4 whole items
     # 4. Rescoring saved judgments needs no model.
     evaluate.main(["--bench", "rm-bench", "--out", str(out / "rm-bench"), "--score-only"])
     print(f"\ndemo done: judgments and scores under {out}")

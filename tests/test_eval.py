@@ -36,6 +36,8 @@ def test_rmb_reader_on_real_rows():
     item = bon[0]
     group = [p for p in pairs if p.group == f"bon/{item['bon_uid']}"]
     assert len(group) == len(item["loser_list"]) and all(p.chosen == item["bon_best"]["answer"] for p in group)
+    assert [p.extra for p in group] == [{"loser": k, "losers": len(group)} for k in range(len(group))]
+    assert [p.rejected for p in group] == [loser["answer"] for loser in item["loser_list"]]
     multi = json.loads((BENCH / "rmb" / "Pairwise_set" / "Harmlessness" / "multi.json").read_text())
     assert any(len(r["conversation_input"]) > 1 for r in multi)
     p = next(x for x in pairs if x.id == f"pair/{multi[0]['pair_uid']}")
@@ -154,9 +156,14 @@ def test_rmbench_matrix_by_hand():
 
 
 def test_rmb_best_of_n_needs_every_pair():
-    recs = [{"subset": "BoN_set/Helpfulness/Chat/x", "group": "bon/1", "correct": c} for c in (1, 1, 1, 0)]  # one wrong
-    recs += [{"subset": "BoN_set/Helpfulness/Chat/x", "group": "bon/2", "correct": 1} for _ in range(3)]
-    recs += [{"subset": "BoN_set/Harmlessness/S1", "group": "bon/3", "correct": 1}]
+    def bon(subset, group, correct):  # one Best-of-N item's judgments, loser k judged correct[k]
+        return [{"subset": subset, "group": group, "correct": c, "extra": {"loser": k, "losers": len(correct)}}
+                for k, c in enumerate(correct)]
+
+    recs = bon("BoN_set/Helpfulness/Chat/x", "bon/1", (1, 1, 1, 0))  # one wrong
+    recs += bon("BoN_set/Helpfulness/Chat/x", "bon/2", (1, 1, 1))
+    recs += bon("BoN_set/Harmlessness/S1", "bon/3", (1, 1))
+    recs += bon("BoN_set/Harmlessness/S1", "bon/4", (1, 1, 1))[:2]  # its third pair not judged
     recs += [{"subset": "Pairwise_set/Helpfulness/a", "group": "", "correct": c} for c in (1, 0, 1)]
     recs += [{"subset": "Pairwise_set/Helpfulness/b", "group": "", "correct": 1}]
     recs += [{"subset": "Pairwise_set/Harmlessness/multi", "group": "", "correct": 0}]
@@ -164,6 +171,14 @@ def test_rmb_best_of_n_needs_every_pair():
     assert out["bon_helpfulness"] == 0.5 and out["bon_harmlessness"] == 1.0
     assert out["pairwise_helpfulness"] == 0.75  # pooled over both sets: 3 of 4
     assert out["pairwise_harmlessness"] == 0.0 and out["mean"] == pytest.approx((0.5 + 1 + 0.75 + 0) / 4)
+    # bon/4 has two right answers out of its three losers: reported, not scored as a whole item
+    assert out["incomplete_items"] == ["bon/4"]
+    assert out["counts"]["bon_items_harmlessness"] == 1 and out["counts"]["bon_items_helpfulness"] == 2
+    assert ev.score_rmb(bon("BoN_set/Harmlessness/S1", "bon/4", (1, 1, 1))[:2])["bon_harmlessness"] is None
+    # a Best-of-N judgment that does not say which loser it was cannot be checked for completeness
+    with pytest.raises(ValueError, match="bon/9.*loser.*--score-only --data"):
+        ev.score_rmb([{"id": "bon/9/0", "subset": "BoN_set/Harmlessness/S1", "group": "bon/9", "correct": 1,
+                       "extra": {}}])
 
 
 def test_both_orders_bias_figures():
@@ -228,6 +243,29 @@ def test_score_outputs_made_elsewhere(tmp_path):
     (tmp_path / "judgments.jsonl").write_text(json.dumps({"id": "nope", "chosen_at": "A", "output": "x"}) + "\n")
     with pytest.raises(ValueError, match="judgments.jsonl: judgment 1 has id 'nope'"):
         ev.main(["--bench", "rm-bench", "--data", str(data_file), "--out", str(tmp_path), "--score-only"])
+
+
+def test_a_best_of_n_item_judged_in_part_is_reported_not_scored(tmp_path, capsys):
+    """The first 12 pairs of this RMB file end inside an item (bon/1281: 2 of its 5 losers), as --limit 12 or
+    an unfinished run leaves it: that item is listed, and only the four whole items are scored."""
+    data_dir = BENCH / "rmb" / "BoN_set" / "Helpfulness" / "Reasoning"
+    pairs = data.read_rmb(data_dir)
+    assert [p.group for p in pairs[10:13]] == ["bon/1281"] * 3 and pairs[12].extra["losers"] == 5
+    lines = [{"id": p.id, "chosen_at": "A", "output": "<answer>[[A]]</answer>"} for p in pairs[:12]]  # all right
+    (tmp_path / "judgments.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    ev.main(["--bench", "rmb", "--data", str(data_dir), "--out", str(tmp_path), "--score-only"])
+    scores = json.loads((tmp_path / "scores.json").read_text())
+    assert scores["incomplete_items"] == ["bon/1281"] and scores["counts"]["bon_items_helpfulness"] == 4
+    assert scores["bon_helpfulness"] == 1.0
+    assert "1 item(s) with only some of their pairs judged are not scored" in capsys.readouterr().err
+    # the same judgments as our own runs log them (every field), scored without the data: the extra fields
+    # say which losers each item has
+    own = tmp_path / "own"
+    own.mkdir()
+    full = ev.rescore(lines, pairs, "lines")
+    (own / "judgments.jsonl").write_text("".join(json.dumps(r) + "\n" for r in full))
+    ev.main(["--bench", "rmb", "--out", str(own), "--score-only"])
+    assert json.loads((own / "scores.json").read_text()) == scores
 
 
 def test_malformed_log_line_is_an_error(tmp_path):
