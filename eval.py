@@ -432,6 +432,18 @@ def one_pair(cfg: EvalConfig):
 SAME_ON_RESUME = ("model", "bench", "data", "variant", "max_new_tokens")
 
 
+def saved_pairs(out: Path) -> int | None:
+    """How many pairs the eval run in `out` judges, from its config.json (None without one)."""
+    path = out / "config.json"
+    if not path.is_file():
+        return None
+    try:
+        saved = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise SystemExit(f"{path}: not JSON ({e})")
+    return saved.get("pairs") if isinstance(saved, dict) else None
+
+
 def check_resume(out: Path, cfg: EvalConfig, variant: str):
     """A rerun into a folder that holds judgments must use the settings they were made with."""
     saved_path = out / "config.json"
@@ -473,8 +485,10 @@ def main(argv=None):
             pairs = BENCHES[cfg.bench][0](cfg.data)
             logs = read_logs(out, required=["id", "chosen_at", "output"])
             records = [r for path, lines in logs.items() for r in rescore(lines, pairs, str(path))]
+            total = len(pairs)
         else:
             records = [r for lines in read_logs(out).values() for r in lines]
+            total = saved_pairs(out)
         if not records:
             raise SystemExit(f"{out / 'judgments.jsonl'}: no judgments to score")
     else:
@@ -491,7 +505,9 @@ def main(argv=None):
         items = data.place(pairs, "both" if cfg.both_orders else "random", cfg.seed)
         model = load_model(cfg, int(os.environ.get("LOCAL_RANK", 0)) if world > 1 else None)
         out.mkdir(parents=True, exist_ok=True)
-        data.write_atomic(out / "config.json", json.dumps({**asdict(cfg), "variant": variant}, indent=2) + "\n")
+        saved = {**asdict(cfg), "variant": variant, "pairs": len(pairs)}  # pairs: what --score-only expects
+        data.write_atomic(out / "config.json", json.dumps(saved, indent=2) + "\n")
+        total = len(pairs)
         log = log_path(out, rank)
         done = judged_by_key(out, log)
         # rank r owns items r, r + world, ... whatever the logs hold, so no two processes judge one item
@@ -504,8 +520,15 @@ def main(argv=None):
                   f"and the last rank to finish writes scores.json", file=sys.stderr)
             return
         records = [judged[item_key(p.id, at)] for p, at in items]
-    scores = score(cfg.bench, records)
+    judged = len({r["id"] for r in records})
+    scores = {**score(cfg.bench, records), "pairs_judged": judged, "pairs_total": total}
     data.write_atomic(out / "scores.json", json.dumps(scores, indent=2) + "\n")
+    if total is None:
+        print(f"{out}: no eval config.json saying how many pairs the run holds; the scores cover the {judged} "
+              "pairs judged", file=sys.stderr)
+    elif judged != total:  # a run not finished, or logs kept from a run with a larger --limit
+        print(f"the scores cover the {judged} pairs judged, of the {total} in {'the data' if cfg.data else 'the run'}",
+              file=sys.stderr)
     # an item cut by --limit, or by a log not yet finished, is listed in the scores (per order), not scored
     cut = {g for part in [scores, *scores.get("by_order", {}).values()] for g in part.get("incomplete_items", [])}
     if cut:

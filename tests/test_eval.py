@@ -200,7 +200,7 @@ def tiny(tmp_path_factory):
     return tiny_judge(tmp_path_factory.mktemp("tiny"))
 
 
-def test_end_to_end_eval_and_resume(tiny, tmp_path):
+def test_end_to_end_eval_and_resume(tiny, tmp_path, capsys):
     args = ["--model", str(tiny), "--bench", "rm-bench", "--data", str(BENCH / "rm-bench" / "chat_filtered.json"),
             "--limit", "18", "--max-new-tokens", "6", "--batch", "7", "--device", "cpu", "--out", str(tmp_path / "run")]
     ev.main(args)
@@ -214,6 +214,14 @@ def test_end_to_end_eval_and_resume(tiny, tmp_path):
     assert set(json.loads(scores)["domains"]) == {"chat"}
     # crash simulation: the last 5 judgments lost, the one before cut mid-line
     log.write_text("\n".join(lines[:12]) + "\n" + lines[12][:40])
+    # the unfinished run rescored: 12 of its 18 pairs, the second item's 3 cells listed, not scored
+    capsys.readouterr()
+    ev.main(["--bench", "rm-bench", "--out", str(tmp_path / "run"), "--score-only"])
+    part = json.loads((tmp_path / "run" / "scores.json").read_text())
+    assert (part["pairs_judged"], part["pairs_total"]) == (12, 18) and part["incomplete_items"] == [recs[12]["group"]]
+    assert part["domains"]["chat"]["items"] == 1
+    err = capsys.readouterr().err
+    assert "cover the 12 pairs judged, of the 18 in the run" in err and "1 item(s) with only some" in err
     ev.main(args)
     assert sorted(log.read_text().splitlines()) == sorted(lines)  # rejudged to identical lines (greedy)
     assert (tmp_path / "run" / "scores.json").read_text() == scores
@@ -240,6 +248,7 @@ def test_score_outputs_made_elsewhere(tmp_path):
     want = ev.score_rmbench([{"group": p.group, "subset": p.subset, "extra": p.extra, "correct": int(k % 3 != 0)}
                              for k, p in enumerate(pairs)])
     assert scores["total"] == pytest.approx(want["total"]) and scores["domains"]["chat"]["items"] == 2
+    assert (scores["pairs_judged"], scores["pairs_total"]) == (18, len(data.read_rmbench(data_file)))
     (tmp_path / "judgments.jsonl").write_text(json.dumps({"id": "nope", "chosen_at": "A", "output": "x"}) + "\n")
     with pytest.raises(ValueError, match="judgments.jsonl: judgment 1 has id 'nope'"):
         ev.main(["--bench", "rm-bench", "--data", str(data_file), "--out", str(tmp_path), "--score-only"])
@@ -264,8 +273,10 @@ def test_a_best_of_n_item_judged_in_part_is_reported_not_scored(tmp_path, capsys
     own.mkdir()
     full = ev.rescore(lines, pairs, "lines")
     (own / "judgments.jsonl").write_text("".join(json.dumps(r) + "\n" for r in full))
+    capsys.readouterr()
     ev.main(["--bench", "rmb", "--out", str(own), "--score-only"])
-    assert json.loads((own / "scores.json").read_text()) == scores
+    assert json.loads((own / "scores.json").read_text()) == {**scores, "pairs_total": None}
+    assert "no eval config.json saying how many pairs the run holds" in capsys.readouterr().err
 
 
 def test_malformed_log_line_is_an_error(tmp_path):
