@@ -418,7 +418,7 @@ def train(cfg: SFTConfig):
         kept = metrics_up_to(out / "metrics.jsonl", start)
         data.write_atomic(out / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in kept))
     if rank == 0:
-        (out / "data_stats.json").write_text(json.dumps(counts) + "\n")  # rows kept and dropped for length
+        data.write_atomic(out / "data_stats.json", json.dumps(counts) + "\n")  # rows kept and dropped for length
         print(f"{counts} | {len(steps)} steps of {cfg.global_batch} | {n_params / 1e6:.1f}M params | world {world}")
     log = open(out / "metrics.jsonl", "a") if rank == 0 else None
     bar = tqdm(total=stop, initial=start, disable=rank != 0, desc="sft")
