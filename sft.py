@@ -22,6 +22,7 @@ import math
 import os
 import random
 import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,6 +33,7 @@ import torch.nn.functional as F
 
 import data
 import model as M
+from rubrics import reward
 
 # ----------------------------------------------------------------------------------------------
 # Defaults (each field is a command-line flag)
@@ -147,8 +149,9 @@ def tokenize_row(tok: data.Tokenizer, messages: list[dict], target: str) -> tupl
 
 
 def load_rows(cfg: SFTConfig, tok: data.Tokenizer) -> tuple[list[tuple[list[int], list[int]]], dict]:
-    """Tokenized (ids, mask) rows and counts of what was dropped for length."""
-    rows, too_long_prompt, too_long = [], 0, 0
+    """Tokenized (ids, mask) rows and counts of what was dropped for length. Rows whose trace does not end
+    in its winner's verdict (the GRPO reward's rule) are trained on as given, and their row numbers listed."""
+    rows, too_long_prompt, too_long, off_winner = [], 0, 0, []
     read = data.read_rmr1_training(cfg.data)
     if not read:
         raise ValueError(f"{cfg.data}: no rows")
@@ -159,6 +162,8 @@ def load_rows(cfg: SFTConfig, tok: data.Tokenizer) -> tuple[list[tuple[list[int]
             ids, mask = tokenize_row(tok, r["messages"], r["target"])
         except ValueError as e:
             raise ValueError(f"{cfg.data}:{k + 1}: {e}") from None
+        if reward(r["target"], r["label"]) != 1:  # its last 80 characters hold no verdict, or the other one
+            off_winner.append(k + 1)
         if len(ids) - sum(mask) >= cfg.max_len:
             too_long_prompt += 1
         elif len(ids) > cfg.max_len:
@@ -167,7 +172,8 @@ def load_rows(cfg: SFTConfig, tok: data.Tokenizer) -> tuple[list[tuple[list[int]
             rows.append((ids, mask))
     if not rows:
         raise ValueError(f"{cfg.data}: no rows left within max_len={cfg.max_len}")
-    return rows, {"rows": len(rows), "dropped_prompt_too_long": too_long_prompt, "dropped_too_long": too_long}
+    return rows, {"rows": len(rows), "dropped_prompt_too_long": too_long_prompt, "dropped_too_long": too_long,
+                  "rows_whose_trace_does_not_end_in_the_winner": off_winner}
 
 
 def step_batches(n_rows: int, cfg: SFTConfig) -> list[list[int]]:
@@ -419,7 +425,12 @@ def train(cfg: SFTConfig):
         data.write_atomic(out / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in kept))
     if rank == 0:
         data.write_atomic(out / "data_stats.json", json.dumps(counts) + "\n")  # rows kept and dropped for length
-        print(f"{counts} | {len(steps)} steps of {cfg.global_batch} | {n_params / 1e6:.1f}M params | world {world}")
+        if off := counts["rows_whose_trace_does_not_end_in_the_winner"]:
+            print(f"{cfg.data}: {len(off)} trace(s) do not end in their winner's verdict (rows {off[:10]}"
+                  f"{', ...' if len(off) > 10 else ''}; all in {out / 'data_stats.json'}); they are trained on as given",
+                  file=sys.stderr)
+        kept = {k: v for k, v in counts.items() if isinstance(v, int)}
+        print(f"{kept} | {len(steps)} steps of {cfg.global_batch} | {n_params / 1e6:.1f}M params | world {world}")
     log = open(out / "metrics.jsonl", "a") if rank == 0 else None
     bar = tqdm(total=stop, initial=start, disable=rank != 0, desc="sft")
     model.train()

@@ -343,6 +343,19 @@ def test_long_rows_are_dropped_and_counted(run_dir):
     counts = json.loads((run_dir / "short" / "data_stats.json").read_text())
     assert counts["rows"] == sum(n <= cut for n in lengths)
     assert counts["dropped_too_long"] + counts["dropped_prompt_too_long"] == sum(n > cut for n in lengths) > 0
+    assert counts["rows_whose_trace_does_not_end_in_the_winner"] == []
+
+
+def test_traces_that_do_not_end_in_their_winner_are_listed(tmp_path):
+    msgs = [{"role": "system", "content": "Judge."}, {"role": "user", "content": "A or B?"}]
+    traces = [("model_a", "<eval>ok</eval>\n<answer>[[A]]</answer>"), ("model_b", "<answer>[[B]]</answer>"),
+              ("model_a", "<eval>B wins</eval>\n<answer>[[B]]</answer>"),  # the other verdict
+              ("model_b", "<eval>no verdict</eval>"),
+              ("model_a", "<answer>[[A]]</answer> or <answer>[[B]]</answer>")]  # both: not the winner's alone
+    rows = [{"context_messages": msgs, "winner": w, "response": t} for w, t in traces]
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    kept, counts = sft.load_rows(sft.SFTConfig(data=str(tmp_path / "rows.jsonl")), Tokenizer.load(QWEN25))
+    assert len(kept) == 5 and counts["rows_whose_trace_does_not_end_in_the_winner"] == [3, 4, 5]
 
 
 def test_non_finite_loss_stops_with_the_step(run_dir):
