@@ -429,8 +429,8 @@ def train(cfg: SFTConfig):
             print(f"{cfg.data}: {len(off)} trace(s) do not end in their winner's verdict (rows {off[:10]}"
                   f"{', ...' if len(off) > 10 else ''}; all in {out / 'data_stats.json'}); they are trained on as given",
                   file=sys.stderr)
-        kept = {k: v for k, v in counts.items() if isinstance(v, int)}
-        print(f"{kept} | {len(steps)} steps of {cfg.global_batch} | {n_params / 1e6:.1f}M params | world {world}")
+        sizes = {k: v for k, v in counts.items() if isinstance(v, int)}
+        print(f"{sizes} | {len(steps)} steps of {cfg.global_batch} | {n_params / 1e6:.1f}M params | world {world}")
     log = open(out / "metrics.jsonl", "a") if rank == 0 else None
     bar = tqdm(total=stop, initial=start, disable=rank != 0, desc="sft")
     model.train()
