@@ -534,6 +534,11 @@ def main(argv=None):
     if cut:
         print(f"{len(cut)} item(s) with only some of their pairs judged are not scored: see incomplete_items in "
               f"{out / 'scores.json'}", file=sys.stderr)
+    absent = {m for part in [scores, *scores.get("by_order", {}).values()]
+              for m in part.get("missing_domains", []) + part.get("missing_subsets", [])}
+    if absent:  # RM-Bench's means are over the domains present; RewardBench's Overall is None without a section
+        print(f"not in these judgments: {', '.join(sorted(absent))}; the totals cover what is there, so they are not "
+              "the published benchmark's", file=sys.stderr)
     print(json.dumps({k: v for k, v in scores.items() if not isinstance(v, (dict, list))}, indent=2))
 
 

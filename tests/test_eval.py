@@ -222,6 +222,7 @@ def test_end_to_end_eval_and_resume(tiny, tmp_path, capsys):
     assert part["domains"]["chat"]["items"] == 1
     err = capsys.readouterr().err
     assert "cover the 12 pairs judged, of the 18 in the run" in err and "1 item(s) with only some" in err
+    assert "not in these judgments: code, math, safety" in err  # this run judged chat items only
     ev.main(args)
     assert sorted(log.read_text().splitlines()) == sorted(lines)  # rejudged to identical lines (greedy)
     assert (tmp_path / "run" / "scores.json").read_text() == scores
