@@ -135,6 +135,8 @@ class Tokenizer:
         stop ids (Qwen2.5-Instruct stops at both <|im_end|> 151645 and <|endoftext|> 151643)."""
         path = Path(path)
         tj = path / "tokenizer.json"
+        if not path.is_dir():
+            raise FileNotFoundError(f"{path}: not a folder (expected a Hugging Face model folder)")
         if not tj.is_file():
             raise FileNotFoundError(f"{path}: no tokenizer.json (this loader reads the fast-tokenizer file only)")
         cfg_file = path / "tokenizer_config.json"

@@ -178,9 +178,12 @@ def test_template_rewriting_added_tokens_is_an_error():
         tok.encode_chat(msgs)
 
 
-def test_missing_tokenizer_json():
+def test_missing_tokenizer_json(tmp_path):
     with pytest.raises(FileNotFoundError, match="no tokenizer.json"):
         Tokenizer.load(DEEPSEEK)
+    for wrong in (tmp_path / "typo", QWEN3 / "tokenizer.json"):  # no such folder; a file, not its folder
+        with pytest.raises(FileNotFoundError, match=f"{wrong}: not a folder"):
+            Tokenizer.load(wrong)
 
 
 def test_template_variables_pass_through():
