@@ -183,11 +183,15 @@ def score(bench: str, records: list[dict]) -> dict:
     by_pair = defaultdict(dict)
     for r in records:
         by_pair[r["id"]][r["chosen_at"]] = r
+    # not part of the official scores, but what to look at first when they are low: judgments with no single
+    # verdict (scored wrong) and judgments cut by --max-new-tokens (most of those have none)
+    checks = {"no_verdict": sum(r.get("verdict") is None for r in records),
+              "stopped_at_length": sum(r.get("finish") == "length" for r in records)}
     both = [v for v in by_pair.values() if len(v) == 2]
     if not both:  # each pair judged once, in its seeded position
-        return {"bench": bench, **agg(records)}
-    out = {"bench": bench, "by_order": {f"chosen_at_{o}": agg([r for r in records if r["chosen_at"] == o])
-                                        for o in ("A", "B")}}
+        return {"bench": bench, **agg(records), **checks}
+    out = {"bench": bench, **checks,
+           "by_order": {f"chosen_at_{o}": agg([r for r in records if r["chosen_at"] == o]) for o in ("A", "B")}}
     # A pair "flips" when the judge prefers a different response once the positions are swapped.
     out["pairs_in_both_orders"] = len(both)
     out["accuracy_chosen_at_A"] = _mean(v["A"]["correct"] for v in both)

@@ -190,6 +190,16 @@ def test_both_orders_bias_figures():
     assert out["accuracy_chosen_at_A"] == 0.75 and out["accuracy_chosen_at_B"] == 0.25
     assert out["flip_rate"] == 0.5 and out["same_letter_both_orders"] == 0.5
     assert out["by_order"]["chosen_at_A"]["accuracy"] == 0.75
+    assert out["no_verdict"] == 0 and out["stopped_at_length"] == 0
+
+
+def test_judgments_without_a_verdict_and_cut_at_length_are_counted():
+    recs = [{"id": "0", "subset": "s", "chosen_at": "A", "correct": 1, "verdict": "A", "finish": "eos"},
+            {"id": "1", "subset": "s", "chosen_at": "B", "correct": 0, "verdict": None, "finish": "length"},
+            {"id": "2", "subset": "s", "chosen_at": "A", "correct": 0, "verdict": None, "finish": "eos"},
+            {"id": "3", "subset": "s", "chosen_at": "A", "correct": 0, "verdict": "B", "finish": "length"}]
+    out = ev.score("pairs", recs)
+    assert (out["no_verdict"], out["stopped_at_length"], out["accuracy"]) == (2, 2, 0.25)
 
 
 # -- end to end -----------------------------------------------------------------------------------
@@ -211,6 +221,9 @@ def test_end_to_end_eval_and_resume(tiny, tmp_path, capsys):
     assert {r["key"] for r in recs} == {f"{r['id']}|{r['chosen_at']}" for r in recs}
     assert all(r["correct"] == int(r["verdict"] == r["chosen_at"]) and r["finish"] in ("eos", "length") for r in recs)
     scores = (tmp_path / "run" / "scores.json").read_text()
+    counted = json.loads(scores)
+    assert counted["no_verdict"] == sum(r["verdict"] is None for r in recs)
+    assert counted["stopped_at_length"] == sum(r["finish"] == "length" for r in recs) > 0  # 6 new tokens at most
     assert set(json.loads(scores)["domains"]) == {"chat"}
     # crash simulation: the last 5 judgments lost, the one before cut mid-line
     log.write_text("\n".join(lines[:12]) + "\n" + lines[12][:40])
