@@ -202,6 +202,32 @@ def score(bench: str, records: list[dict]) -> dict:
     return out
 
 
+def gaps(scores: dict, source: str) -> list[str]:
+    """What the scores do not cover, one line each: pairs not judged (of those in `source`), items with only
+    some of their pairs judged (listed in the scores, not scored), benchmark parts absent from the judgments.
+
+    >>> gaps({"pairs_judged": 12, "pairs_total": 18, "incomplete_items": ["chat/2"], "missing_domains": ["math"]},
+    ...      "the run")  # doctest: +NORMALIZE_WHITESPACE
+    ['the scores cover the 12 pairs judged, of the 18 in the run',
+     '1 item(s) with only some of their pairs judged are not scored (incomplete_items)',
+     "not in these judgments: math; the totals cover what is there, so they are not the published benchmark's"]
+    """
+    parts = [scores, *scores.get("by_order", {}).values()]  # both orders: each order's aggregation
+    lines = []
+    judged, total = scores["pairs_judged"], scores["pairs_total"]
+    if total is None:
+        lines.append(f"no eval config.json says how many pairs the run holds; the scores cover the {judged} judged")
+    elif judged != total:  # a run not finished, or logs kept from a run with a larger --limit
+        lines.append(f"the scores cover the {judged} pairs judged, of the {total} in {source}")
+    if cut := {g for part in parts for g in part.get("incomplete_items", [])}:
+        lines.append(f"{len(cut)} item(s) with only some of their pairs judged are not scored (incomplete_items)")
+    # RM-Bench's means are over the domains present; RewardBench's Overall is None without one of its sections
+    if absent := {m for part in parts for m in part.get("missing_domains", []) + part.get("missing_subsets", [])}:
+        lines.append(f"not in these judgments: {', '.join(sorted(absent))}; the totals cover what is there, so they "
+                     "are not the published benchmark's")
+    return lines
+
+
 # ----------------------------------------------------------------------------------------------
 # Judging with resumable logs
 
@@ -527,22 +553,8 @@ def main(argv=None):
     judged = len({r["id"] for r in records})
     scores = {**score(cfg.bench, records), "pairs_judged": judged, "pairs_total": total}
     data.write_atomic(out / "scores.json", json.dumps(scores, indent=2) + "\n")
-    if total is None:
-        print(f"{out}: no eval config.json saying how many pairs the run holds; the scores cover the {judged} "
-              "pairs judged", file=sys.stderr)
-    elif judged != total:  # a run not finished, or logs kept from a run with a larger --limit
-        print(f"the scores cover the {judged} pairs judged, of the {total} in {'the data' if cfg.data else 'the run'}",
-              file=sys.stderr)
-    # an item cut by --limit, or by a log not yet finished, is listed in the scores (per order), not scored
-    cut = {g for part in [scores, *scores.get("by_order", {}).values()] for g in part.get("incomplete_items", [])}
-    if cut:
-        print(f"{len(cut)} item(s) with only some of their pairs judged are not scored: see incomplete_items in "
-              f"{out / 'scores.json'}", file=sys.stderr)
-    absent = {m for part in [scores, *scores.get("by_order", {}).values()]
-              for m in part.get("missing_domains", []) + part.get("missing_subsets", [])}
-    if absent:  # RM-Bench's means are over the domains present; RewardBench's Overall is None without a section
-        print(f"not in these judgments: {', '.join(sorted(absent))}; the totals cover what is there, so they are not "
-              "the published benchmark's", file=sys.stderr)
+    for line in gaps(scores, "the data" if cfg.data else "the run"):
+        print(f"{out}: {line}", file=sys.stderr)
     print(json.dumps({k: v for k, v in scores.items() if not isinstance(v, (dict, list))}, indent=2))
 
 

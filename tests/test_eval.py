@@ -290,7 +290,7 @@ def test_a_best_of_n_item_judged_in_part_is_reported_not_scored(tmp_path, capsys
     capsys.readouterr()
     ev.main(["--bench", "rmb", "--out", str(own), "--score-only"])
     assert json.loads((own / "scores.json").read_text()) == {**scores, "pairs_total": None}
-    assert "no eval config.json saying how many pairs the run holds" in capsys.readouterr().err
+    assert "no eval config.json says how many pairs the run holds" in capsys.readouterr().err
 
 
 def test_malformed_log_line_is_an_error(tmp_path):
