@@ -134,9 +134,9 @@ class Tokenizer:
         """From a model folder: tokenizer.json, tokenizer_config.json, and generation_config.json for the
         stop ids (Qwen2.5-Instruct stops at both <|im_end|> 151645 and <|endoftext|> 151643)."""
         path = Path(path)
-        tj = path / "tokenizer.json"
         if not path.is_dir():
             raise FileNotFoundError(f"{path}: not a folder (expected a Hugging Face model folder)")
+        tj = path / "tokenizer.json"
         if not tj.is_file():
             raise FileNotFoundError(f"{path}: no tokenizer.json (this loader reads the fast-tokenizer file only)")
         cfg_file = path / "tokenizer_config.json"

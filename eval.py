@@ -322,7 +322,7 @@ def rescore(lines: list[dict], pairs: list[data.Pair], where: str) -> list[dict]
         if r["chosen_at"] not in ("A", "B") or not isinstance(r["output"], str):
             raise ValueError(f"{where}: judgment {k + 1} needs chosen_at 'A'/'B' and a string output")
         verdict = parse_verdict(r["output"])
-        out.append(asdict(Judgment(f"{p.id}|{r['chosen_at']}", p.id, p.subset, p.group, r["chosen_at"], r["output"],
+        out.append(asdict(Judgment(item_key(p.id, r["chosen_at"]), p.id, p.subset, p.group, r["chosen_at"], r["output"],
                                    verdict, int(verdict == r["chosen_at"]), r.get("finish", "unknown"), p.extra)))
     return out
 
@@ -462,24 +462,24 @@ def one_pair(cfg: EvalConfig):
 SAME_ON_RESUME = ("model", "bench", "data", "variant", "max_new_tokens")
 
 
-def saved_pairs(out: Path) -> int | None:
-    """How many pairs the eval run in `out` judges, from its config.json (None without one)."""
+def saved_config(out: Path) -> dict | None:
+    """The config.json an eval run saved in `out` (its settings, and "pairs": how many it judges), None without
+    one; a file that is not an eval run's config (a model folder's?) is an error."""
     path = out / "config.json"
     if not path.is_file():
         return None
     try:
         saved = json.loads(path.read_text())
     except json.JSONDecodeError as e:
-        raise SystemExit(f"{path}: not JSON ({e})")
-    return saved.get("pairs") if isinstance(saved, dict) else None
+        raise SystemExit(f"{path}: not JSON ({e})") from None
+    if not isinstance(saved, dict) or not {"bench", "variant"} <= set(saved):
+        raise SystemExit(f"{path} is not an eval run's config (a model folder?); use another --out")
+    return saved
 
 
 def check_resume(out: Path, cfg: EvalConfig, variant: str):
     """A rerun into a folder that holds judgments must use the settings they were made with."""
-    saved_path = out / "config.json"
-    saved = json.loads(saved_path.read_text()) if saved_path.is_file() else None
-    if saved is not None and not {"bench", "variant"} <= set(saved):
-        raise SystemExit(f"{saved_path} is not an eval run's config (a model folder?); use another --out")
+    saved_path, saved = out / "config.json", saved_config(out)
     logs = [p.name for p in log_files(out) if p.stat().st_size]
     if not logs:
         return
@@ -518,7 +518,7 @@ def main(argv=None):
             total = len(pairs)
         else:
             records = [r for lines in read_logs(out).values() for r in lines]
-            total = saved_pairs(out)
+            total = (saved_config(out) or {}).get("pairs")
         if not records:
             raise SystemExit(f"{out / 'judgments.jsonl'}: no judgments to score")
     else:
@@ -550,8 +550,7 @@ def main(argv=None):
                   f"and the last rank to finish writes scores.json", file=sys.stderr)
             return
         records = [judged[item_key(p.id, at)] for p, at in items]
-    judged = len({r["id"] for r in records})
-    scores = {**score(cfg.bench, records), "pairs_judged": judged, "pairs_total": total}
+    scores = {**score(cfg.bench, records), "pairs_judged": len({r["id"] for r in records}), "pairs_total": total}
     data.write_atomic(out / "scores.json", json.dumps(scores, indent=2) + "\n")
     for line in gaps(scores, "the data" if cfg.data else "the run"):
         print(f"{out}: {line}", file=sys.stderr)

@@ -424,7 +424,7 @@ def train(cfg: SFTConfig):
         kept = metrics_up_to(out / "metrics.jsonl", start)
         data.write_atomic(out / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in kept))
     if rank == 0:
-        data.write_atomic(out / "data_stats.json", json.dumps(counts) + "\n")  # rows kept and dropped for length
+        data.write_atomic(out / "data_stats.json", json.dumps(counts) + "\n")  # rows kept, dropped, off their winner
         if off := counts["rows_whose_trace_does_not_end_in_the_winner"]:
             print(f"{cfg.data}: {len(off)} trace(s) do not end in their winner's verdict (rows {off[:10]}"
                   f"{', ...' if len(off) > 10 else ''}; all in {out / 'data_stats.json'}); they are trained on as given",
