@@ -378,9 +378,15 @@ def read_rmb(path) -> list[Pair]:
         for where, r in read_rows(f):
             context = _messages(where, require(where, r, "conversation_input", list), "conversation_input")
             category = require(where, r, "category_path")
-            if "bon_best" in r:
+            kind = "BoN_set" if "bon_best" in r else "Pairwise_set"  # the row's fields say which set it is in
+            if category.split("/")[:2] not in ([kind, "Helpfulness"], [kind, "Harmlessness"]):  # what it is scored in
+                raise ValueError(f"{where}: category_path {category!r} should start with {kind}/Helpfulness or "
+                                 f"{kind}/Harmlessness")
+            if kind == "BoN_set":
                 best = require(where, require(where, r, "bon_best", dict), "answer")
                 losers = require(where, r, "loser_list", list)
+                if not losers:
+                    raise ValueError(f"{where}: loser_list is empty (a Best-of-N item needs at least one loser)")
                 uid = str(require(where, r, "bon_uid", None))
                 for k, loser in enumerate(losers):
                     pairs.append(Pair(f"bon/{uid}/{k}", context, best, require(f"{where} loser {k}", loser, "answer"),

@@ -132,11 +132,14 @@ def score_rmb(records: list[dict]) -> dict:
     bon = defaultdict(lambda: defaultdict(dict))  # aspect -> item -> loser index -> correct
     losers = {}  # item -> its number of losers
     for r in records:
-        parts = r["subset"].split("/")
-        kind, aspect = parts[0], parts[1].lower() if len(parts) > 1 else "?"
+        kind, aspect = (r["subset"].split("/") + [""])[:2]
+        aspect = aspect.lower()
+        if kind not in ("Pairwise_set", "BoN_set") or aspect not in ("helpfulness", "harmlessness"):
+            raise ValueError(f"RMB record {r.get('id')}: category {r['subset']!r} should start with Pairwise_set/ or "
+                             "BoN_set/, then Helpfulness or Harmlessness")
         if kind == "Pairwise_set":
             pair[aspect].append(r["correct"])
-        elif kind == "BoN_set":
+        else:
             extra = r.get("extra") or {}
             if "loser" not in extra or "losers" not in extra:
                 raise ValueError(f"RMB Best-of-N judgment {r.get('id')}: its extra field lacks the loser's index and "
@@ -144,8 +147,6 @@ def score_rmb(records: list[dict]) -> dict:
                                  "--score-only --data)")
             bon[aspect][r["group"]][extra["loser"]] = r["correct"]
             losers[r["group"]] = extra["losers"]
-        else:
-            raise ValueError(f"RMB record {r.get('id')}: category {r['subset']!r} is neither Pairwise_set nor BoN_set")
     whole = {a: [all(v.values()) for g, v in items.items() if len(v) == losers[g]] for a, items in bon.items()}
     out = {
         "pairwise_helpfulness": _mean(pair["helpfulness"]),
@@ -204,13 +205,16 @@ def score(bench: str, records: list[dict]) -> dict:
 
 def gaps(scores: dict, source: str) -> list[str]:
     """What the scores do not cover, one line each: pairs not judged (of those in `source`), items with only
-    some of their pairs judged (listed in the scores, not scored), benchmark parts absent from the judgments.
+    some of their pairs judged (listed in the scores, not scored), benchmark parts absent from the judgments,
+    RewardBench subsets that belong to no section.
 
     >>> gaps({"pairs_judged": 12, "pairs_total": 18, "incomplete_items": ["chat/2"], "missing_domains": ["math"]},
     ...      "the run")  # doctest: +NORMALIZE_WHITESPACE
     ['the scores cover the 12 pairs judged, of the 18 in the run',
      '1 item(s) with only some of their pairs judged are not scored (incomplete_items)',
      "not in these judgments: math; the totals cover what is there, so they are not the published benchmark's"]
+    >>> gaps({"pairs_judged": 3, "pairs_total": 3, "unknown_subsets": ["prior-x"]}, "the run")
+    ['subsets in no RewardBench section: prior-x; they count in accuracy only']
     """
     parts = [scores, *scores.get("by_order", {}).values()]  # both orders: each order's aggregation
     lines = []
@@ -225,6 +229,8 @@ def gaps(scores: dict, source: str) -> list[str]:
     if absent := {m for part in parts for m in part.get("missing_domains", []) + part.get("missing_subsets", [])}:
         lines.append(f"not in these judgments: {', '.join(sorted(absent))}; the totals cover what is there, so they "
                      "are not the published benchmark's")
+    if unknown := {s for part in parts for s in part.get("unknown_subsets", [])}:
+        lines.append(f"subsets in no RewardBench section: {', '.join(sorted(unknown))}; they count in accuracy only")
     return lines
 
 

@@ -53,6 +53,27 @@ def write(path, rows, jsonl=True):
     return path
 
 
+RMB_BON = {"conversation_input": [{"role": "user", "content": "q"}], "category_path": "BoN_set/Helpfulness/Chat/x",
+           "bon_best": {"answer": "a"}, "loser_list": [{"answer": "b"}], "bon_uid": 5}
+RMB_PAIR = {"conversation_input": [{"role": "user", "content": "q"}], "category_path": "Pairwise_set/Harmlessness/S1",
+            "chosen": {"answer": "a"}, "reject": {"answer": "b"}, "pair_uid": 1}
+
+
+@pytest.mark.parametrize("row,match", [
+    ({**RMB_BON, "loser_list": []}, r"rmb.json:2: loser_list is empty"),  # the item would vanish from the scores
+    ({**RMB_BON, "category_path": "Pairwise_set/Helpfulness/Chat/x"}, r"rmb.json:2: .* should start with BoN_set/"),
+    ({**RMB_PAIR, "category_path": "BoN_set/Harmlessness/S1"}, r"rmb.json:2: .* should start with Pairwise_set/"),
+    ({**RMB_PAIR, "category_path": "Pairwise_set/Helpfullness/x"}, r"rmb.json:2: category_path 'Pairwise_set/Helpf"),
+    ({**RMB_PAIR, "category_path": "Helpfulness"}, r"rmb.json:2: category_path 'Helpfulness'"),
+])
+def test_rmb_rows_that_would_be_scored_nowhere_are_refused(tmp_path, row, match):
+    f = write(tmp_path / "rmb.json", [RMB_PAIR, row], jsonl=False)
+    with pytest.raises(ValueError, match=match):
+        data.read_rmb(f)
+    assert [p.id for p in data.read_rmb(write(tmp_path / "ok.json", [RMB_PAIR, RMB_BON], jsonl=False))] == \
+        ["pair/1", "bon/5/0"]
+
+
 def test_hand_made_formats(tmp_path):
     rb = data.read_rewardbench(write(tmp_path / "rb.json", [
         {"prompt": "2+2?", "chosen": "4", "rejected": "5", "subset": "math-prm", "id": 3}], jsonl=False))
@@ -66,6 +87,11 @@ def test_hand_made_formats(tmp_path):
     math = data.read_pairs(write(tmp_path / "math.jsonl", [{"prompt": "1+1", "initial_reason_steps": "Step 1:",
                                                              "full_chosen": "Step 1: 2", "full_rejected": "Step 1: 3"}]))
     assert (math[0].chosen, math[0].rejected) == ("Step 1: 2", "Step 1: 3")
+    plain = data.read_pairs(write(tmp_path / "plain.jsonl", [{"prompt": "p", "chosen": "c", "rejected": "r",
+                                                              "id": 9, "subset": "s"}, {"prompt": "q", "chosen": "d",
+                                                                                        "rejected": "e"}]))
+    assert plain == [data.Pair("9", [{"role": "user", "content": "p"}], "c", "r", "s"),
+                     data.Pair("1", [{"role": "user", "content": "q"}], "d", "e", "")]  # id: the row's index from 0
     tr = data.read_rmr1_training(write(tmp_path / "tr.jsonl", [
         {"context_messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}], "winner": "model_b"}]))
     assert tr == [{"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}],
@@ -86,6 +112,28 @@ def test_malformed_rows_name_file_and_row(tmp_path, content, match):
     f.write_text('{"prompt": "q", "chosen": "a", "rejected": "b", "subset": "s", "id": 0}\n' + content + "\n")
     with pytest.raises(ValueError, match=match):
         data.read_rewardbench(f)
+
+
+@pytest.mark.parametrize("name,text,read,match", [
+    ("x.json", '{"prompt": "q"}', data.read_rows, r"x.json: expected a JSON list of rows, got dict"),
+    ("x.json", "[{", data.read_rows, r"x.json: not valid JSON"),
+    ("x.csv", "a,b", data.read_rows, r"x.csv: unknown format '.csv'"),
+    ("x.jsonl", '{"question": "q", "answer": "a"}', data.read_pairs, r"x.jsonl:1: unknown pair format .*'answer'"),
+    ("x.jsonl", '{"prompt": "q", "chosen": ["a"], "rejected": ["b"]}', data.read_pairs,
+     r"x.jsonl:1: chosen\[0\] is not a \{role, content\} message"),
+    ("chat.json", '[{"id": 1, "prompt": "q", "chosen": ["a", "b"], "rejected": ["c", "d", "e"]}]', data.read_rmbench,
+     r"chat.json:1: RM-Bench rows need 3 chosen and 3 rejected strings"),
+    ("poetry.json", '[{"id": 1, "prompt": "q", "chosen": ["a"], "rejected": ["b"]}]', data.read_rmbench,
+     r"poetry.json:1: RM-Bench domain 'poetry' is not one of"),
+    ("t.jsonl", '{"context_messages": [{"role": "user", "content": "u"}], "winner": "A"}', data.read_rmr1_training,
+     r"t.jsonl:1: winner 'A' is neither 'model_a' nor 'model_b'"),
+    ("t.jsonl", '{"context_messages": [{"role": "user", "content": "u"}], "winner": "model_a", "response": 3}',
+     data.read_rmr1_training, r"t.jsonl:1: target trace should be a string"),
+])
+def test_malformed_files_name_file_and_row(tmp_path, name, text, read, match):
+    (tmp_path / name).write_text(text)
+    with pytest.raises(ValueError, match=match):
+        read(tmp_path / name)
 
 
 def test_skywork_with_different_contexts_is_refused(tmp_path):
@@ -179,6 +227,10 @@ def test_rmb_best_of_n_needs_every_pair():
     with pytest.raises(ValueError, match="bon/9.*loser.*--score-only --data"):
         ev.score_rmb([{"id": "bon/9/0", "subset": "BoN_set/Harmlessness/S1", "group": "bon/9", "correct": 1,
                        "extra": {}}])
+    # a judgment from no scored part of RMB (a hand-made or renamed file) is an error, not left out of every figure
+    for subset in ("Pairwise_set/Helpfullness/x", "BoN_set", "Helpfulness/Chat"):
+        with pytest.raises(ValueError, match=f"pair/7: category '{subset}' should start with Pairwise_set/"):
+            ev.score_rmb(recs + [{"id": "pair/7", "subset": subset, "group": "", "correct": 1}])
 
 
 def test_both_orders_bias_figures():
