@@ -295,7 +295,9 @@ def require(where: str, row, name: str, kind=str):
     return value
 
 
-def _messages(where: str, value, name: str) -> list[dict]:
+def _messages(where: str, value, name: str, judged: bool = False) -> list[dict]:
+    """A field's list of chat messages, checked. judged: a conversation the judge is shown, which has user
+    and assistant turns only (the judge prompts flatten them as "User:" and "Chatbot A:" lines)."""
     if not isinstance(value, list) or not value:
         raise ValueError(f"{where}: field {name!r} should be a non-empty list of messages")
     out = []
@@ -303,6 +305,9 @@ def _messages(where: str, value, name: str) -> list[dict]:
         if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant") \
                 or not isinstance(m.get("content"), str):
             raise ValueError(f"{where}: {name}[{k}] is not a {{role, content}} message")
+        if judged and m["role"] == "system":
+            raise ValueError(f"{where}: {name}[{k}] is a system message; the judge prompts show a conversation's "
+                             "user and assistant turns only")
         out.append({"role": m["role"], "content": m["content"]})
     return out
 
@@ -376,7 +381,8 @@ def read_rmb(path) -> list[Pair]:
     pairs = []
     for f in paths:
         for where, r in read_rows(f):
-            context = _messages(where, require(where, r, "conversation_input", list), "conversation_input")
+            context = _messages(where, require(where, r, "conversation_input", list), "conversation_input",
+                                judged=True)
             category = require(where, r, "category_path")
             kind = "BoN_set" if "bon_best" in r else "Pairwise_set"  # the row's fields say which set it is in
             if category.split("/")[:2] not in ([kind, "Helpfulness"], [kind, "Harmlessness"]):  # what it is scored in
@@ -411,8 +417,8 @@ def read_pairs(path) -> list[Pair]:
             raise ValueError(f"{where}: row is a {type(r).__name__}, expected an object")
         rid = str(r.get("id", k))
         if isinstance(r.get("chosen"), list):  # Skywork
-            c = _messages(where, r["chosen"], "chosen")
-            rj = _messages(where, require(where, r, "rejected", list), "rejected")
+            c = _messages(where, r["chosen"], "chosen", judged=True)
+            rj = _messages(where, require(where, r, "rejected", list), "rejected", judged=True)
             if c[-1]["role"] != "assistant" or rj[-1]["role"] != "assistant":
                 raise ValueError(f"{where}: chosen and rejected must end with an assistant message")
             if c[:-1] != rj[:-1]:

@@ -65,6 +65,8 @@ RMB_PAIR = {"conversation_input": [{"role": "user", "content": "q"}], "category_
     ({**RMB_PAIR, "category_path": "BoN_set/Harmlessness/S1"}, r"rmb.json:2: .* should start with Pairwise_set/"),
     ({**RMB_PAIR, "category_path": "Pairwise_set/Helpfullness/x"}, r"rmb.json:2: category_path 'Pairwise_set/Helpf"),
     ({**RMB_PAIR, "category_path": "Helpfulness"}, r"rmb.json:2: category_path 'Helpfulness'"),
+    ({**RMB_PAIR, "conversation_input": [{"role": "system", "content": "s"}, {"role": "user", "content": "q"}]},
+     r"rmb.json:2: conversation_input\[0\] is a system message"),  # the judge could not be shown it
 ])
 def test_rmb_rows_that_would_be_scored_nowhere_are_refused(tmp_path, row, match):
     f = write(tmp_path / "rmb.json", [RMB_PAIR, row], jsonl=False)
@@ -119,6 +121,9 @@ def test_malformed_rows_name_file_and_row(tmp_path, content, match):
     ("x.json", "[{", data.read_rows, r"x.json: not valid JSON"),
     ("x.csv", "a,b", data.read_rows, r"x.csv: unknown format '.csv'"),
     ("x.jsonl", '{"question": "q", "answer": "a"}', data.read_pairs, r"x.jsonl:1: unknown pair format .*'answer'"),
+    ("x.jsonl", '{"chosen": [{"role": "system", "content": "s"}, {"role": "user", "content": "q"}, '
+                '{"role": "assistant", "content": "a"}], "rejected": []}', data.read_pairs,
+     r"x.jsonl:1: chosen\[0\] is a system message"),
     ("x.jsonl", '{"prompt": "q", "chosen": ["a"], "rejected": ["b"]}', data.read_pairs,
      r"x.jsonl:1: chosen\[0\] is not a \{role, content\} message"),
     ("chat.json", '[{"id": 1, "prompt": "q", "chosen": ["a", "b"], "rejected": ["c", "d", "e"]}]', data.read_rmbench,
