@@ -333,10 +333,12 @@ def rescore(lines: list[dict], pairs: list[data.Pair], where: str) -> list[dict]
     return out
 
 
-def judge(model, tok, items: list[tuple[data.Pair, str]], log: Path, variant: str, max_new_tokens: int,
-          batch: int, slots: int = 0, progress: bool = True, done: dict | None = None) -> list[dict]:
+def judge(get_model, tok, items: list[tuple[data.Pair, str]], log: Path, variant: str, max_new_tokens: int,
+          limit: int, batch: int, slots: int = 0, progress: bool = True, done: dict | None = None) -> list[dict]:
     """Greedy judgments of (pair, chosen_at) items, appended to `log`; items already judged are skipped.
-    done: judgments already made, by key (default: those in log)."""
+    done: judgments already made, by key (default: those in log). limit: the model's max_position_embeddings.
+    get_model() returns the judge. It is called only once every prompt is rendered and fits `limit`, and only if
+    something is left to judge: a pair too long, or a run already finished, costs no model load."""
     from tqdm import tqdm
 
     from sample import generate
@@ -348,8 +350,9 @@ def judge(model, tok, items: list[tuple[data.Pair, str]], log: Path, variant: st
     # every prompt rendered and measured before the first judgment, so a long pair stops the run up front
     all_prompts = [tok.encode_chat(judge_messages(*p.conversations(at), variant), add_generation_prompt=True)
                    for p, at in todo]
-    all_budgets = [reply_budget(model, ids, max_new_tokens, f"pair {p.id} (chosen at {at})")
+    all_budgets = [reply_budget(limit, ids, max_new_tokens, f"pair {p.id} (chosen at {at})")
                    for (p, at), ids in zip(todo, all_prompts)]
+    model = get_model() if todo else None
     bar = tqdm(total=len(items), initial=len(items) - len(todo), disable=not progress, desc="judging")
     right = sum(r["correct"] for r in done.values())
     with open(log, "a", encoding="utf-8") as f:
@@ -372,11 +375,10 @@ def judge(model, tok, items: list[tuple[data.Pair, str]], log: Path, variant: st
     return [done[k] for k in keys]
 
 
-def reply_budget(model, ids: list[int], max_new_tokens: int, what: str) -> int:
+def reply_budget(limit: int, ids: list[int], max_new_tokens: int, what: str) -> int:
     """New tokens a judgment may take: max_new_tokens, or fewer where the prompt plus them would pass the
-    model's limit (the reply then stops at the limit, as a length stop). A prompt that fills the limit is an
-    error naming `what`."""
-    limit = model.cfg.max_position_embeddings
+    model's `limit` of positions (the reply then stops there, as a length stop). A prompt that fills the limit is
+    an error naming `what`."""
     if len(ids) >= limit:
         raise ValueError(f"{what}: judge prompt has {len(ids)} tokens, at or over the model's limit of {limit}")
     return min(max_new_tokens, limit - len(ids))
@@ -417,19 +419,28 @@ def parse_args(argv=None) -> EvalConfig:
     return EvalConfig(**vars(data.config_parser(EvalConfig, __doc__).parse_args(argv)))
 
 
-def load_model(cfg: EvalConfig, local_rank: int | None = None):
-    """The model on --device (default: cuda if available, else cpu). Under torchrun (local_rank given) each
-    process takes its own GPU, cuda:LOCAL_RANK, unless --device names one."""
+def judge_device(cfg: EvalConfig, local_rank: int | None = None):
+    """--device, checked (default: cuda if available, else cpu). Under torchrun (local_rank given) each process
+    takes its own GPU, cuda:LOCAL_RANK, unless --device names one."""
     import torch
 
-    from model import checked_device, load, local_gpu
+    from model import checked_device, local_gpu
 
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
     device = local_gpu(local_rank) if device == "cuda" and local_rank is not None else checked_device(device)
     if device.index is not None:  # a GPU named by number becomes the current one, on which CUDA graphs and
         torch.cuda.set_device(device)  # streams are made ("cuda" is the current one already)
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    return load(cfg.model, device=device, dtype=dtype).eval()
+    return device
+
+
+def load_model(cfg: EvalConfig, device=None):
+    """The judge on `device` (default: judge_device's), in bf16 on a GPU, float32 on a CPU."""
+    import torch
+
+    from model import load
+
+    device = device or judge_device(cfg)
+    return load(cfg.model, device=device, dtype=torch.bfloat16 if device.type == "cuda" else torch.float32).eval()
 
 
 def one_pair(cfg: EvalConfig):
@@ -456,7 +467,7 @@ def one_pair(cfg: EvalConfig):
     msgs = judge_messages([{"role": "user", "content": q}, {"role": "assistant", "content": a}],
                           [{"role": "user", "content": q}, {"role": "assistant", "content": b}], variant)
     ids = tok.encode_chat(msgs, add_generation_prompt=True)
-    budget = reply_budget(model, ids, cfg.max_new_tokens, "the pair")
+    budget = reply_budget(model.cfg.max_position_embeddings, ids, cfg.max_new_tokens, "the pair")
     stream = TextStream(tok)
     out = generate(model, [ids], budget, temperature=0, eos_ids=tok.eos_ids, sync_every=4, on_tokens=stream)[0]
     stream.close()
@@ -533,22 +544,26 @@ def main(argv=None):
         tok = data.Tokenizer.load(cfg.model)
         variant = guess_variant(tok) if cfg.variant == "auto" else cfg.variant
         check_resume(out, cfg, variant)
+        from model import load_config
+
+        limit = load_config(cfg.model).max_position_embeddings  # the model's config, checked before its weights
+        device = judge_device(cfg, int(os.environ.get("LOCAL_RANK", 0)) if world > 1 else None)
         pairs = BENCHES[cfg.bench][0](cfg.data)
         if not pairs:
             raise SystemExit(f"{cfg.data}: no {cfg.bench} pairs found")
         if cfg.limit:
             pairs = pairs[: cfg.limit]
         items = data.place(pairs, "both" if cfg.both_orders else "random", cfg.seed)
-        model = load_model(cfg, int(os.environ.get("LOCAL_RANK", 0)) if world > 1 else None)
         out.mkdir(parents=True, exist_ok=True)
         saved = {**asdict(cfg), "variant": variant, "pairs": len(pairs)}  # pairs: what --score-only expects
         data.write_atomic(out / "config.json", json.dumps(saved, indent=2) + "\n")
         total = len(pairs)
         log = log_path(out, rank)
         done = judged_by_key(out, log)
-        # rank r owns items r, r + world, ... whatever the logs hold, so no two processes judge one item
-        judge(model, tok, items[rank::world], log, variant, cfg.max_new_tokens, cfg.batch, cfg.slots,
-              progress=rank == 0, done=done)
+        # rank r owns items r, r + world, ... whatever the logs hold, so no two processes judge one item; the
+        # model loads once its prompts are checked, and not at all when they are all judged
+        judge(lambda: load_model(cfg, device), tok, items[rank::world], log, variant, cfg.max_new_tokens, limit,
+              cfg.batch, cfg.slots, progress=rank == 0, done=done)
         judged = judged_by_key(out, log)
         waiting = sum(item_key(p.id, at) not in judged for p, at in items)
         if waiting:  # other ranks still judging: the last one to finish sees every judgment and scores

@@ -10,7 +10,6 @@ from conftest import SHARED, tiny_judge
 
 import data
 import eval as ev
-import model as M
 
 BENCH = SHARED / "benchmarks"
 
@@ -267,7 +266,7 @@ def tiny(tmp_path_factory):
     return tiny_judge(tmp_path_factory.mktemp("tiny"))
 
 
-def test_end_to_end_eval_and_resume(tiny, tmp_path, capsys):
+def test_end_to_end_eval_and_resume(tiny, tmp_path, capsys, monkeypatch):
     args = ["--model", str(tiny), "--bench", "rm-bench", "--data", str(BENCH / "rm-bench" / "chat_filtered.json"),
             "--limit", "18", "--max-new-tokens", "6", "--batch", "7", "--device", "cpu", "--out", str(tmp_path / "run")]
     ev.main(args)
@@ -295,6 +294,12 @@ def test_end_to_end_eval_and_resume(tiny, tmp_path, capsys):
     assert "not in these judgments: code, math, safety" in err  # this run judged chat items only
     ev.main(args)
     assert sorted(log.read_text().splitlines()) == sorted(lines)  # rejudged to identical lines (greedy)
+    assert (tmp_path / "run" / "scores.json").read_text() == scores
+    # a rerun of the finished run scores again without loading the model (minutes for a large judge)
+    (tmp_path / "run" / "scores.json").unlink()
+    with monkeypatch.context() as m:
+        m.setattr(ev, "load_model", lambda *a: pytest.fail("the model was loaded"))
+        ev.main(args)
     assert (tmp_path / "run" / "scores.json").read_text() == scores
     # scoring alone, without a model
     (tmp_path / "run" / "scores.json").unlink()
@@ -419,24 +424,28 @@ def test_bad_settings_are_refused(tmp_path, extra, match):
     assert not (tmp_path / "o").exists()
 
 
-def test_a_prompt_over_the_model_limit_stops_the_run_before_any_judgment(tiny, tmp_path):
-    import dataclasses
+def test_a_prompt_over_the_model_limit_stops_the_run_before_the_model_loads(tiny, tmp_path, monkeypatch):
+    import shutil
 
     from rubrics import judge_messages
 
-    tok, model = data.Tokenizer.load(tiny), M.load(tiny, dtype=torch.float32).eval()
-    items = data.place(data.read_rmbench(BENCH / "rm-bench" / "chat_filtered.json")[:6], "random", 0)
+    tok = data.Tokenizer.load(tiny)
+    data_file = BENCH / "rm-bench" / "chat_filtered.json"
+    items = data.place(data.read_rmbench(data_file)[:6], "random", 0)  # what the run below judges
     lengths = [len(tok.encode_chat(judge_messages(*p.conversations(at), "instruct"), add_generation_prompt=True))
                for p, at in items]
     longest = max(range(len(items)), key=lengths.__getitem__)
     assert lengths[0] < lengths[longest]  # the first would fit: it must not be judged either
-    model.cfg = dataclasses.replace(model.cfg, max_position_embeddings=lengths[longest])
-    log = tmp_path / "judgments.jsonl"
+    short = shutil.copytree(tiny, tmp_path / "short")  # the same model with room for all but the longest prompt
+    cfg = json.loads((short / "config.json").read_text())
+    (short / "config.json").write_text(json.dumps({**cfg, "max_position_embeddings": lengths[longest]}))
+    monkeypatch.setattr(ev, "load_model", lambda *a: pytest.fail("the model was loaded"))
     p, at = items[longest]
     with pytest.raises(ValueError, match=rf"pair {p.id} \(chosen at {at}\): judge prompt has {lengths[longest]} "
                                          rf"tokens, at or over the model's limit of {lengths[longest]}"):
-        ev.judge(model, tok, items, log, "instruct", 4, batch=2, progress=False)
-    assert not log.exists()
+        ev.main(["--model", str(short), "--bench", "rm-bench", "--data", str(data_file), "--limit", "6",
+                 "--max-new-tokens", "4", "--device", "cpu", "--out", str(tmp_path / "run")])
+    assert not (tmp_path / "run" / "judgments.jsonl").exists()
 
 
 def test_a_judgment_logged_twice_is_an_error_not_a_double_count(tmp_path):
@@ -585,7 +594,7 @@ def test_a_torchrun_rank_without_a_gpu_of_its_own_is_a_clear_error(tiny, monkeyp
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     with pytest.raises(ValueError, match=r"^device cuda:1: this process sees 1 GPU.*--nproc_per_node at most"):
-        ev.load_model(ev.EvalConfig(model=str(tiny)), local_rank=1)
+        ev.judge_device(ev.EvalConfig(model=str(tiny)), local_rank=1)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
