@@ -253,6 +253,8 @@ def read_rows(path) -> list[tuple[str, dict]]:
     Rows are numbered from 1 (JSONL: the line number).
     """
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path}: a folder; expected a .json, .jsonl or .parquet file")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
     suffix = path.suffix.lower()
