@@ -439,7 +439,7 @@ def load_model(cfg: EvalConfig, device=None):
 
     from model import load
 
-    device = device or judge_device(cfg)
+    device = judge_device(cfg) if device is None else device
     return load(cfg.model, device=device, dtype=torch.bfloat16 if device.type == "cuda" else torch.float32).eval()
 
 
