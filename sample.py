@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from model import KVCache, Transformer
+from model import Config, KVCache, Transformer
 
 # ----------------------------------------------------------------------------------------------
 # Pure sampling functions
@@ -452,10 +452,9 @@ def round_size_down(n: int) -> int:
     return n // step * step
 
 
-def check_prompts(model: Transformer, prompts, max_new_tokens):
-    """Reject bad input before any work: empty prompts, ids that are not integers or outside the vocabulary,
-    too long. Returns the prompts as lists of ints, and one max_new_tokens per prompt."""
-    cfg = model.cfg
+def check_prompts(cfg: Config, prompts, max_new_tokens):
+    """Reject bad input before any work: empty prompts, ids that are not integers or outside the model's
+    vocabulary, too long for it. Returns the prompts as lists of ints, and one max_new_tokens per prompt."""
     if not prompts:
         raise ValueError("generate: no prompts")
     limits = max_new_tokens if isinstance(max_new_tokens, (list, tuple)) else [max_new_tokens] * len(prompts)
@@ -542,7 +541,7 @@ def generate(model: Transformer, prompts, max_new_tokens, n: int = 1, temperatur
     The engine (KV cache, CUDA graphs) is kept for the next call that fits it; `release()` frees it.
     """
     global _engine
-    prompts, limits = check_prompts(model, prompts, max_new_tokens)
+    prompts, limits = check_prompts(model.cfg, prompts, max_new_tokens)
     eos_ids = check_settings(n, temperature, top_k, top_p, eos_ids, seed, slots, sync_every, prefill_tokens)
     longest = max(len(p) + m for p, m in zip(prompts, limits))
     slots = min(slots or _slots_that_fit(model, longest), len(prompts) * n)
@@ -622,7 +621,7 @@ class TextStream:
 
 def main(argv=None):
     from data import Tokenizer
-    from model import load
+    from model import load, load_config
 
     ap = argparse.ArgumentParser(description="Chat with a checkpoint (its chat template applied), streaming text.")
     ap.add_argument("--model", required=True, help="Hugging Face model folder")
@@ -636,11 +635,15 @@ def main(argv=None):
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cuda, cuda:N or cpu")
     args = ap.parse_args(argv)
     dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
-    tok = Tokenizer.load(args.model)  # a folder without a tokenizer fails before the weights load
-    model = load(args.model, device=args.device, dtype=dtype).eval()
+    tok = Tokenizer.load(args.model)
     msgs = [{"role": "system", "content": args.system}] if args.system else []
     msgs.append({"role": "user", "content": args.prompt})
     ids = tok.encode_chat(msgs, add_generation_prompt=True)
+    # the prompt and settings checked as generate checks them, before the weights load
+    check_prompts(load_config(args.model), [ids], args.max_new_tokens)
+    check_settings(n=1, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, eos_ids=tok.eos_ids,
+                   seed=args.seed, slots=None, sync_every=4, prefill_tokens=16384)
+    model = load(args.model, device=args.device, dtype=dtype).eval()
     stream = TextStream(tok)
 
     t0 = time.time()

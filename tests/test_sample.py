@@ -401,10 +401,27 @@ def test_cli_holds_back_half_characters_and_prints_them_at_the_end(chat_model, m
         return [sample.Sample(0, 0, tokens, "length")]
 
     monkeypatch.setattr(sample, "generate", fake_generate)
-    out, err, writes, _ = run_cli(monkeypatch, capsys, ["--model", str(d), "--prompt", "x", "--device", "cpu"])
+    out, err, writes, _ = run_cli(monkeypatch, capsys, ["--model", str(d), "--prompt", "x", "--device", "cpu",
+                                                        "--max-new-tokens", "8"])
     assert out == hf_tok.decode(tokens) == "Hi\U0001f99c\ufffd"
     assert writes == ["Hi", "\U0001f99c", "\ufffd"]
     assert f"[{len(tokens)} tokens, stopped by length," in err
+
+
+@pytest.mark.parametrize("flags,error,match", [
+    (["--top-p", "0"], ValueError, r"top_p must be in \(0, 1\], got 0.0"),
+    (["--max-new-tokens", "0"], ValueError, r"prompt 0: max_new_tokens must be an integer >= 1, got 0"),
+    (["--max-new-tokens", "250"], ValueError, r"prompt 0 has \d+ tokens \+ max_new_tokens 250 = \d+, over the "
+                                              r"model's limit of 256"),
+    (["--top-k", "-1"], ValueError, r"top_k must be an integer >= 0"),
+])
+def test_cli_bad_settings_stop_before_the_weights_load(chat_model, monkeypatch, flags, error, match):
+    """The CLI checks its prompt and settings as generate does, against the folder's config.json, before
+    loading the weights (seconds to minutes for a large checkpoint)."""
+    _, d = chat_model
+    monkeypatch.setattr(M, "load", lambda *a, **k: pytest.fail("the weights were loaded"))
+    with pytest.raises(error, match=match):
+        sample.main(["--model", str(d), "--prompt", "hi", "--device", "cpu", "--max-new-tokens", "8", *flags])
 
 
 @pytest.mark.parametrize("name", ["qwen2.5-7b-instruct", "qwen3-0.6b"])
