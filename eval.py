@@ -461,13 +461,16 @@ def one_pair(cfg: EvalConfig):
         q, a, b = flags.values()
     if not cfg.model:
         raise SystemExit("one-pair mode needs --model")
+    from model import load_config
+
     tok = data.Tokenizer.load(cfg.model)
-    model = load_model(cfg)
     variant = guess_variant(tok) if cfg.variant == "auto" else cfg.variant
     msgs = judge_messages([{"role": "user", "content": q}, {"role": "assistant", "content": a}],
                           [{"role": "user", "content": q}, {"role": "assistant", "content": b}], variant)
     ids = tok.encode_chat(msgs, add_generation_prompt=True)
-    budget = reply_budget(model.cfg.max_position_embeddings, ids, cfg.max_new_tokens, "the pair")
+    # a pair too long for the model stops here, before the weights load
+    budget = reply_budget(load_config(cfg.model).max_position_embeddings, ids, cfg.max_new_tokens, "the pair")
+    model = load_model(cfg)
     stream = TextStream(tok)
     out = generate(model, [ids], budget, temperature=0, eos_ids=tok.eos_ids, sync_every=4, on_tokens=stream)[0]
     stream.close()

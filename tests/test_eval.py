@@ -469,9 +469,9 @@ def test_a_judgment_logged_twice_is_an_error_not_a_double_count(tmp_path):
     assert not (tmp_path / "typo").exists()  # a mistyped --out is not created
 
 
-def test_one_pair_reply_is_bounded_by_the_model_limit(tmp_path, capsys):
+def test_one_pair_reply_is_bounded_by_the_model_limit(tmp_path, capsys, monkeypatch):
     """A 1,024-position model: the reply stops at the limit like a benchmark judgment (length), and a prompt
-    that fills the limit is refused naming both numbers."""
+    that fills the limit is refused naming both numbers, before the weights load."""
     tok = data.Tokenizer.load(tiny_judge(tmp_path / "m", max_positions=1024))
     args = ["--model", str(tmp_path / "m"), "--device", "cpu", "--max-new-tokens", "4096"]
     ev.main(args + ["--question", "2+2?", "--answer-a", "4", "--answer-b", "5"])
@@ -482,6 +482,7 @@ def test_one_pair_reply_is_bounded_by_the_model_limit(tmp_path, capsys):
     n = len(tok.encode_chat(msgs, add_generation_prompt=True))
     assert n < 1024 and f"({1024 - n} tokens, length)" in capsys.readouterr().out
     too_long = r"the pair: judge prompt has \d+ tokens, at or over the model's limit of 1024"
+    monkeypatch.setattr(ev, "load_model", lambda *a: pytest.fail("the model was loaded"))
     with pytest.raises(ValueError, match=too_long):
         ev.main(args + ["--question", "2+2? " * 200, "--answer-a", "4", "--answer-b", "5"])
 
