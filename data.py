@@ -445,7 +445,8 @@ def read_rmr1_training(path) -> list[dict]:
     """RM-R1 training rows: context_messages (the judge prompt as chat messages) and winner
     ("model_a" / "model_b"); an optional target trace ("response" or "completion") for SFT.
 
-    Returns [{"messages": [{"role": "system", ...}, {"role": "user", ...}], "label": "model_a", "target": None}, ...]
+    Returns [{"messages": [{"role": "system", ...}, {"role": "user", ...}], "label": "model_a", "target": None,
+              "where": "rows.jsonl:3"}, ...]: where names the row for later messages (JSONL: its line).
     """
     out = []
     for where, r in read_rows(path):
@@ -456,7 +457,7 @@ def read_rmr1_training(path) -> list[dict]:
         target = r.get("response", r.get("completion"))
         if target is not None and not isinstance(target, str):
             raise ValueError(f"{where}: target trace should be a string")
-        out.append({"messages": msgs, "label": label, "target": target})
+        out.append({"messages": msgs, "label": label, "target": target, "where": where})
     return out
 
 

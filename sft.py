@@ -149,30 +149,33 @@ def tokenize_row(tok: data.Tokenizer, messages: list[dict], target: str) -> tupl
 
 
 def load_rows(cfg: SFTConfig, tok: data.Tokenizer) -> tuple[list[tuple[list[int], list[int]]], dict]:
-    """Tokenized (ids, mask) rows and counts of what was dropped for length. Rows whose trace does not end
-    in its winner's verdict (the GRPO reward's rule) are trained on as given, and their row numbers listed."""
-    rows, too_long_prompt, too_long, off_winner = [], 0, 0, []
+    """Tokenized (ids, mask) rows, and what was dropped for length: counts and row numbers (as in errors: from 1,
+    a JSONL row's line). Rows whose trace does not end in its winner's verdict (the GRPO reward's rule) are
+    trained on as given, and their row numbers listed."""
+    rows, too_long_prompt, too_long, off_winner = [], [], [], []
     read = data.read_rmr1_training(cfg.data)
     if not read:
         raise ValueError(f"{cfg.data}: no rows")
-    for k, r in enumerate(read):
+    for r in read:
+        where, number = r["where"], int(r["where"].rpartition(":")[2])  # "rows.jsonl:7" -> 7
         if r["target"] is None:
-            raise ValueError(f"{cfg.data}:{k + 1}: SFT rows need the target trace ('response' or 'completion')")
+            raise ValueError(f"{where}: SFT rows need the target trace ('response' or 'completion')")
         try:
             ids, mask = tokenize_row(tok, r["messages"], r["target"])
         except ValueError as e:
-            raise ValueError(f"{cfg.data}:{k + 1}: {e}") from None
+            raise ValueError(f"{where}: {e}") from None
         if reward(r["target"], r["label"]) != 1:  # its last 80 characters hold no verdict, or the other one
-            off_winner.append(k + 1)
+            off_winner.append(number)
         if len(ids) - sum(mask) >= cfg.max_len:
-            too_long_prompt += 1
+            too_long_prompt.append(number)
         elif len(ids) > cfg.max_len:
-            too_long += 1
+            too_long.append(number)
         else:
             rows.append((ids, mask))
     if not rows:
         raise ValueError(f"{cfg.data}: no rows left within max_len={cfg.max_len}")
-    return rows, {"rows": len(rows), "dropped_prompt_too_long": too_long_prompt, "dropped_too_long": too_long,
+    return rows, {"rows": len(rows), "dropped_prompt_too_long": len(too_long_prompt), "dropped_too_long": len(too_long),
+                  "rows_dropped_prompt_too_long": too_long_prompt, "rows_dropped_too_long": too_long,
                   "rows_whose_trace_does_not_end_in_the_winner": off_winner}
 
 
@@ -425,10 +428,13 @@ def train(cfg: SFTConfig):
         data.write_atomic(out / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in kept))
     if rank == 0:
         data.write_atomic(out / "data_stats.json", json.dumps(counts) + "\n")  # rows kept, dropped, off their winner
-        if off := counts["rows_whose_trace_does_not_end_in_the_winner"]:
-            print(f"{cfg.data}: {len(off)} trace(s) do not end in their winner's verdict (rows {off[:10]}"
-                  f"{', ...' if len(off) > 10 else ''}; all in {out / 'data_stats.json'}); they are trained on as given",
-                  file=sys.stderr)
+        for key, what in (("rows_dropped_prompt_too_long", "row(s) dropped, their prompt alone max_len or longer"),
+                          ("rows_dropped_too_long", "row(s) dropped, longer than max_len"),
+                          ("rows_whose_trace_does_not_end_in_the_winner",
+                           "trace(s) not ending in their winner's verdict, trained on as given")):
+            if rows_named := counts[key]:
+                print(f"{cfg.data}: {len(rows_named)} {what} (rows {rows_named[:10]}"
+                      f"{', ...' if len(rows_named) > 10 else ''}; all in {out / 'data_stats.json'})", file=sys.stderr)
         sizes = {k: v for k, v in counts.items() if isinstance(v, int)}
         print(f"{sizes} | {len(steps)} steps of {cfg.global_batch} | {n_params / 1e6:.1f}M params | world {world}")
     log = open(out / "metrics.jsonl", "a") if rank == 0 else None

@@ -96,7 +96,7 @@ def test_hand_made_formats(tmp_path):
     tr = data.read_rmr1_training(write(tmp_path / "tr.jsonl", [
         {"context_messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}], "winner": "model_b"}]))
     assert tr == [{"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}],
-                   "label": "model_b", "target": None}]
+                   "label": "model_b", "target": None, "where": f"{tmp_path / 'tr.jsonl'}:1"}]
     rows = data.training_rows(rb + code + math)
     assert [r["winner"] for r in rows] == ["model_a", "model_b", "model_a"]
     assert "[The Start of Chatbot A's Response]\nx\n" in rows[1]["context_messages"][1]["content"]

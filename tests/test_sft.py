@@ -337,12 +337,17 @@ def test_long_rows_are_dropped_and_counted(run_dir):
 
     tok = Tokenizer.load(run_dir / "model")
     rows = [sft.tokenize_row(tok, r["messages"], r["target"]) for r in read_rmr1_training(run_dir / "rows.jsonl")]
-    lengths = sorted(len(ids) for ids, _ in rows)
-    cut = lengths[len(lengths) // 2]
+    lengths = [len(ids) for ids, _ in rows]
+    cut = sorted(lengths)[len(lengths) // 2]
     _, r = run(run_dir, run_dir / "short", "--max-len", str(cut), "--max-steps", "1")
     counts = json.loads((run_dir / "short" / "data_stats.json").read_text())
     assert counts["rows"] == sum(n <= cut for n in lengths)
     assert counts["dropped_too_long"] + counts["dropped_prompt_too_long"] == sum(n > cut for n in lengths) > 0
+    # each dropped row named by its number in the file (from 1), and on stderr
+    named = sorted(counts["rows_dropped_too_long"] + counts["rows_dropped_prompt_too_long"])
+    assert named == [k + 1 for k, n in enumerate(lengths) if n > cut]
+    assert len(counts["rows_dropped_too_long"]) == counts["dropped_too_long"] > 0
+    assert f"{counts['dropped_too_long']} row(s) dropped, longer than max_len (rows " in r.stderr
     assert counts["rows_whose_trace_does_not_end_in_the_winner"] == []
 
 
@@ -356,6 +361,14 @@ def test_traces_that_do_not_end_in_their_winner_are_listed(tmp_path):
     (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     kept, counts = sft.load_rows(sft.SFTConfig(data=str(tmp_path / "rows.jsonl")), Tokenizer.load(QWEN25))
     assert len(kept) == 5 and counts["rows_whose_trace_does_not_end_in_the_winner"] == [3, 4, 5]
+    # rows are named by their line, as in errors: blank lines before a row move its number
+    lines = [json.dumps(r) for r in rows]
+    (tmp_path / "gaps.jsonl").write_text("\n\n".join(lines[:2]) + "\n\n\n" + "\n".join(lines[2:]) + "\n")
+    _, counts = sft.load_rows(sft.SFTConfig(data=str(tmp_path / "gaps.jsonl")), Tokenizer.load(QWEN25))
+    assert counts["rows_whose_trace_does_not_end_in_the_winner"] == [6, 7, 8]
+    (tmp_path / "gaps.jsonl").write_text("\n\n".join(lines[:2] + [json.dumps({**rows[2], "response": None})]) + "\n")
+    with pytest.raises(ValueError, match=r"gaps.jsonl:5: SFT rows need the target trace"):
+        sft.load_rows(sft.SFTConfig(data=str(tmp_path / "gaps.jsonl")), Tokenizer.load(QWEN25))
 
 
 def test_non_finite_loss_stops_with_the_step(run_dir):
