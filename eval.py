@@ -321,12 +321,13 @@ def rescore(lines: list[dict], pairs: list[data.Pair], where: str) -> list[dict]
     the verdict and correctness are recomputed from the output text with the evaluation rule."""
     by_id = {p.id: p for p in pairs}
     out = []
-    for k, r in enumerate(lines):
+    for r in lines:  # each named by its id, which a reader can search for (blank lines shift an index)
         p = by_id.get(str(r["id"]))
         if p is None:
-            raise ValueError(f"{where}: judgment {k + 1} has id {r['id']!r}, which is not in the benchmark data")
+            raise ValueError(f"{where}: the judgment of id {r['id']!r}: no pair of the benchmark data has that id")
         if r["chosen_at"] not in ("A", "B") or not isinstance(r["output"], str):
-            raise ValueError(f"{where}: judgment {k + 1} needs chosen_at 'A'/'B' and a string output")
+            raise ValueError(f"{where}: the judgment of id {r['id']!r} needs chosen_at 'A' or 'B' and a string "
+                             f"output, got {r['chosen_at']!r} and a {type(r['output']).__name__}")
         verdict = parse_verdict(r["output"])
         out.append(asdict(Judgment(item_key(p.id, r["chosen_at"]), p.id, p.subset, p.group, r["chosen_at"], r["output"],
                                    verdict, int(verdict == r["chosen_at"]), r.get("finish", "unknown"), p.extra)))

@@ -332,9 +332,14 @@ def test_score_outputs_made_elsewhere(tmp_path):
                              for k, p in enumerate(pairs)])
     assert scores["total"] == pytest.approx(want["total"]) and scores["domains"]["chat"]["items"] == 2
     assert (scores["pairs_judged"], scores["pairs_total"]) == (18, len(data.read_rmbench(data_file)))
-    (tmp_path / "judgments.jsonl").write_text(json.dumps({"id": "nope", "chosen_at": "A", "output": "x"}) + "\n")
-    with pytest.raises(ValueError, match="judgments.jsonl: judgment 1 has id 'nope'"):
-        ev.main(["--bench", "rm-bench", "--data", str(data_file), "--out", str(tmp_path), "--score-only"])
+    for line, match in [({"id": "nope", "chosen_at": "A", "output": "x"},
+                         "judgments.jsonl: the judgment of id 'nope': no pair of the benchmark data has that id"),
+                        ({"id": pairs[1].id, "chosen_at": "a", "output": "x"},
+                         f"the judgment of id '{pairs[1].id}' needs chosen_at 'A' or 'B' .*, got 'a' and a str"),
+                        ({"id": pairs[1].id, "chosen_at": "B", "output": None}, "got 'B' and a NoneType")]:
+        (tmp_path / "judgments.jsonl").write_text("\n" + json.dumps(lines[0]) + "\n\n" + json.dumps(line) + "\n")
+        with pytest.raises(ValueError, match=match):
+            ev.main(["--bench", "rm-bench", "--data", str(data_file), "--out", str(tmp_path), "--score-only"])
 
 
 def test_a_best_of_n_item_judged_in_part_is_reported_not_scored(tmp_path, capsys):
