@@ -141,7 +141,8 @@ def test_malformed_files_name_file_and_row(tmp_path, name, text, read, match):
 
 
 def test_a_folder_or_missing_file_where_a_file_is_read(tmp_path):
-    with pytest.raises(IsADirectoryError, match=f"{tmp_path}: a folder; expected a .json, .jsonl or .parquet file"):
+    folder = re.escape(f"{tmp_path}: a folder; expected a .json, .jsonl or .parquet file")
+    with pytest.raises(IsADirectoryError, match=folder):
         data.read_rewardbench(tmp_path)  # RM-Bench and RMB take folders; RewardBench and pairs files do not
     with pytest.raises(FileNotFoundError, match="rb.json: no such file"):
         data.read_pairs(tmp_path / "rb.json")
