@@ -117,6 +117,9 @@ def score_rmbench(records: list[dict]) -> dict:
     return out
 
 
+RMB_FIGURES = ("pairwise_helpfulness", "pairwise_harmlessness", "bon_helpfulness", "bon_harmlessness")
+
+
 def score_rmb(records: list[dict]) -> dict:
     """Pairwise: pooled accuracy over every pair of Helpfulness (resp. Harmlessness) sets. Best-of-N: an
     item counts only if every one of its best-vs-loser pairs is right; an item with some of its pairs not
@@ -159,6 +162,7 @@ def score_rmb(records: list[dict]) -> dict:
                      "bon_items_helpfulness": len(whole.get("helpfulness", [])),
                      "bon_items_harmlessness": len(whole.get("harmlessness", []))}
     out["incomplete_items"] = sorted(g for items in bon.values() for g, v in items.items() if len(v) != losers[g])
+    out["missing_sets"] = [k for k in RMB_FIGURES if out[k] is None]  # no whole item or pair judged: mean is None
     return out
 
 
@@ -212,7 +216,7 @@ def gaps(scores: dict, source: str) -> list[str]:
     ...      "the run")  # doctest: +NORMALIZE_WHITESPACE
     ['the scores cover the 12 pairs judged, of the 18 in the run',
      '1 item(s) with only some of their pairs judged are not scored (incomplete_items)',
-     "not in these judgments: math; the totals cover what is there, so they are not the published benchmark's"]
+     "not in these judgments: math; the scores cover what is there, so they are not the published benchmark's"]
     >>> gaps({"pairs_judged": 3, "pairs_total": 3, "unknown_subsets": ["prior-x"]}, "the run")
     ['subsets in no RewardBench section: prior-x; they count in accuracy only']
     """
@@ -225,9 +229,10 @@ def gaps(scores: dict, source: str) -> list[str]:
         lines.append(f"the scores cover the {judged} pairs judged, of the {total} in {source}")
     if cut := {g for part in parts for g in part.get("incomplete_items", [])}:
         lines.append(f"{len(cut)} item(s) with only some of their pairs judged are not scored (incomplete_items)")
-    # RM-Bench's means are over the domains present; RewardBench's Overall is None without one of its sections
-    if absent := {m for part in parts for m in part.get("missing_domains", []) + part.get("missing_subsets", [])}:
-        lines.append(f"not in these judgments: {', '.join(sorted(absent))}; the totals cover what is there, so they "
+    # RM-Bench's means are over the domains present; RewardBench's Overall and RMB's mean are None without a part
+    if absent := {m for part in parts for key in ("missing_domains", "missing_subsets", "missing_sets")
+                  for m in part.get(key, [])}:
+        lines.append(f"not in these judgments: {', '.join(sorted(absent))}; the scores cover what is there, so they "
                      "are not the published benchmark's")
     if unknown := {s for part in parts for s in part.get("unknown_subsets", [])}:
         lines.append(f"subsets in no RewardBench section: {', '.join(sorted(unknown))}; they count in accuracy only")

@@ -232,7 +232,7 @@ def test_rmb_best_of_n_needs_every_pair():
     assert out["pairwise_helpfulness"] == 0.75  # pooled over both sets: 3 of 4
     assert out["pairwise_harmlessness"] == 0.0 and out["mean"] == pytest.approx((0.5 + 1 + 0.75 + 0) / 4)
     # bon/4 has two right answers out of its three losers: reported, not scored as a whole item
-    assert out["incomplete_items"] == ["bon/4"]
+    assert out["incomplete_items"] == ["bon/4"] and out["missing_sets"] == []
     assert out["counts"]["bon_items_harmlessness"] == 1 and out["counts"]["bon_items_helpfulness"] == 2
     assert ev.score_rmb(bon("BoN_set/Harmlessness/S1", "bon/4", (1, 1, 1))[:2])["bon_harmlessness"] is None
     # a Best-of-N judgment that does not say which loser it was cannot be checked for completeness
@@ -354,8 +354,11 @@ def test_a_best_of_n_item_judged_in_part_is_reported_not_scored(tmp_path, capsys
     ev.main(["--bench", "rmb", "--data", str(data_dir), "--out", str(tmp_path), "--score-only"])
     scores = json.loads((tmp_path / "scores.json").read_text())
     assert scores["incomplete_items"] == ["bon/1281"] and scores["counts"]["bon_items_helpfulness"] == 4
-    assert scores["bon_helpfulness"] == 1.0
-    assert "1 item(s) with only some of their pairs judged are not scored" in capsys.readouterr().err
+    assert scores["bon_helpfulness"] == 1.0 and scores["mean"] is None
+    assert scores["missing_sets"] == ["pairwise_helpfulness", "pairwise_harmlessness", "bon_harmlessness"]
+    err = capsys.readouterr().err
+    assert "1 item(s) with only some of their pairs judged are not scored" in err
+    assert "not in these judgments: bon_harmlessness, pairwise_harmlessness, pairwise_helpfulness;" in err
     # the same judgments as our own runs log them (every field), scored without the data: the extra fields
     # say which losers each item has
     own = tmp_path / "own"
