@@ -369,6 +369,17 @@ def read_rmbench(path) -> list[Pair]:
     return _unique(pairs, str(path))
 
 
+def rmb_part(category: str) -> tuple[str, str] | None:
+    """The part of RMB a category_path is scored in: its set and (lower-cased) aspect, None if it is in none.
+
+    >>> rmb_part("BoN_set/Harmlessness/S1"), rmb_part("Pairwise_set/Helpfullness/x")
+    (('BoN_set', 'harmlessness'), None)
+    """
+    kind, aspect = (category.split("/") + [""])[:2]
+    aspect = aspect.lower()
+    return (kind, aspect) if kind in ("Pairwise_set", "BoN_set") and aspect in ("helpfulness", "harmlessness") else None
+
+
 def read_rmb(path) -> list[Pair]:
     """RMB files (one file, or a folder searched recursively): Pairwise rows (conversation_input,
     chosen.answer, reject.answer, pair_uid) and Best-of-N rows (bon_best, loser_list of 2-6, bon_uid),
@@ -387,7 +398,8 @@ def read_rmb(path) -> list[Pair]:
                                 judged=True)
             category = require(where, r, "category_path")
             kind = "BoN_set" if "bon_best" in r else "Pairwise_set"  # the row's fields say which set it is in
-            if category.split("/")[:2] not in ([kind, "Helpfulness"], [kind, "Harmlessness"]):  # what it is scored in
+            part = rmb_part(category)  # the part of RMB it is scored in
+            if part is None or part[0] != kind:
                 raise ValueError(f"{where}: category_path {category!r} should start with {kind}/Helpfulness or "
                                  f"{kind}/Harmlessness")
             if kind == "BoN_set":

@@ -640,15 +640,15 @@ def main(argv=None):
     msgs.append({"role": "user", "content": args.prompt})
     ids = tok.encode_chat(msgs, add_generation_prompt=True)
     # the prompt and settings checked as generate checks them, before the weights load
+    settings = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, eos_ids=tok.eos_ids,
+                    seed=args.seed, sync_every=4)
     check_prompts(load_config(args.model), [ids], args.max_new_tokens)
-    check_settings(n=1, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, eos_ids=tok.eos_ids,
-                   seed=args.seed, slots=None, sync_every=4, prefill_tokens=16384)
+    check_settings(n=1, slots=None, prefill_tokens=16384, **settings)  # generate's defaults for the other three
     model = load(args.model, device=args.device, dtype=dtype).eval()
     stream = TextStream(tok)
 
     t0 = time.time()
-    out = generate(model, [ids], args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                   top_p=args.top_p, eos_ids=tok.eos_ids, seed=args.seed, sync_every=4, on_tokens=stream)[0]
+    out = generate(model, [ids], args.max_new_tokens, on_tokens=stream, **settings)[0]
     dt = time.time() - t0
     stream.close()
     print(f"\n[{len(out.tokens)} tokens, stopped by {out.finish}, {len(out.tokens) / dt:.1f} tok/s]", file=sys.stderr)
