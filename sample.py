@@ -642,8 +642,11 @@ def main(argv=None):
     # the prompt and settings checked as generate checks them, before the weights load
     settings = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, eos_ids=tok.eos_ids,
                     seed=args.seed, sync_every=4)
-    check_prompts(load_config(args.model), [ids], args.max_new_tokens)
-    check_settings(n=1, slots=None, prefill_tokens=16384, **settings)  # generate's defaults for the other three
+    try:
+        check_prompts(load_config(args.model), [ids], args.max_new_tokens)
+        check_settings(n=1, slots=None, prefill_tokens=16384, **settings)  # generate's defaults for the other three
+    except ValueError as e:  # a flag out of range: one line, as argparse reports a bad flag, not a traceback
+        raise SystemExit(f"sample.py: {str(e).removeprefix('generate: ')}") from None
     model = load(args.model, device=args.device, dtype=dtype).eval()
     stream = TextStream(tok)
 

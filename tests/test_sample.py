@@ -409,15 +409,15 @@ def test_cli_holds_back_half_characters_and_prints_them_at_the_end(chat_model, m
 
 
 @pytest.mark.parametrize("flags,error,match", [
-    (["--top-p", "0"], ValueError, r"top_p must be in \(0, 1\], got 0.0"),
-    (["--max-new-tokens", "0"], ValueError, r"prompt 0: max_new_tokens must be an integer >= 1, got 0"),
-    (["--max-new-tokens", "250"], ValueError, r"prompt 0 has \d+ tokens \+ max_new_tokens 250 = \d+, over the "
+    (["--top-p", "0"], SystemExit, r"^sample.py: top_p must be in \(0, 1\], got 0.0"),
+    (["--max-new-tokens", "0"], SystemExit, r"^sample.py: prompt 0: max_new_tokens must be an integer >= 1, got 0"),
+    (["--max-new-tokens", "250"], SystemExit, r"prompt 0 has \d+ tokens \+ max_new_tokens 250 = \d+, over the "
                                               r"model's limit of 256"),
-    (["--top-k", "-1"], ValueError, r"top_k must be an integer >= 0"),
+    (["--top-k", "-1"], SystemExit, r"^sample.py: top_k must be an integer >= 0"),
 ])
 def test_cli_bad_settings_stop_before_the_weights_load(chat_model, monkeypatch, flags, error, match):
     """The CLI checks its prompt and settings as generate does, against the folder's config.json, before
-    loading the weights (seconds to minutes for a large checkpoint)."""
+    loading the weights (seconds to minutes for a large checkpoint), and exits with a one-line message."""
     _, d = chat_model
     monkeypatch.setattr(M, "load", lambda *a, **k: pytest.fail("the weights were loaded"))
     with pytest.raises(error, match=match):
