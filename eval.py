@@ -514,6 +514,20 @@ def check_resume(out: Path, cfg: EvalConfig, variant: str):
                          f"rerun with those, or use another --out")
 
 
+def check_no_strays(out: Path, done: dict, items: list[tuple[data.Pair, str]]):
+    """A rerun may judge more (a higher --limit, --both-orders added) but not leave judgments in the logs that it
+    does not score: --score-only would count them, and its scores would differ from the run's. Such judgments
+    come from another --seed (other placements), a lower --limit, --both-orders dropped, or pairs no longer
+    in the data."""
+    keys = {item_key(p.id, at) for p, at in items}
+    strays = [r for k, r in done.items() if k not in keys]
+    if strays:
+        first = strays[0]
+        raise SystemExit(f"{out}: {len(strays)} judgment(s) in its logs are not among this run's pairs and placements "
+                         f"(the first: id {first['id']!r} chosen at {first['chosen_at']}): they were made with another "
+                         f"--seed, a higher --limit, --both-orders, or other data; rerun with those, or use another --out")
+
+
 def main(argv=None):
     cfg = parse_args(argv)
     for name, least in (("max_new_tokens", 1), ("batch", 1), ("slots", 0), ("limit", 0)):
@@ -560,12 +574,13 @@ def main(argv=None):
         if cfg.limit:
             pairs = pairs[: cfg.limit]
         items = data.place(pairs, "both" if cfg.both_orders else "random", cfg.seed)
+        log = log_path(out, rank)
+        done = judged_by_key(out, log)
+        check_no_strays(out, done, items)  # before config.json is rewritten: a refused rerun changes nothing
         out.mkdir(parents=True, exist_ok=True)
         saved = {**asdict(cfg), "variant": variant, "pairs": len(pairs)}  # pairs: what --score-only expects
         data.write_atomic(out / "config.json", json.dumps(saved, indent=2) + "\n")
         total = len(pairs)
-        log = log_path(out, rank)
-        done = judged_by_key(out, log)
         # rank r owns items r, r + world, ... whatever the logs hold, so no two processes judge one item; the
         # model loads once its prompts are checked, and not at all when they are all judged
         judge(lambda: load_model(cfg, device), tok, items[rank::world], log, variant, cfg.max_new_tokens, limit,

@@ -430,6 +430,35 @@ def test_resume_with_other_settings_is_refused(tiny, tmp_path):
     assert log.read_text().startswith(before) and len(log.read_text().splitlines()) == 5
 
 
+def test_a_rerun_that_would_leave_judgments_unscored_is_refused(tiny, tmp_path, capsys):
+    """A rerun may add judgments (a higher --limit, --both-orders) but not drop any from its scores: --score-only
+    counts every judgment in the logs, so scores.json and a rescore would disagree. Refused before config.json
+    is rewritten; the logs and config stay as they were."""
+    run = tmp_path / "run"
+    args = ["--model", str(tiny), "--bench", "rm-bench", "--data", str(BENCH / "rm-bench" / "chat_filtered.json"),
+            "--max-new-tokens", "3", "--device", "cpu", "--out", str(run)]
+    ev.main(args + ["--limit", "4"])
+    log, config = (run / "judgments.jsonl").read_text(), (run / "config.json").read_text()
+    pairs = data.read_rmbench(BENCH / "rm-bench" / "chat_filtered.json")[:4]
+    placed = [json.loads(x)["chosen_at"] for x in log.splitlines()]
+    assert placed == [at for _, at in data.place(pairs, "random", 0)]
+    other_seed = next(s for s in range(1, 50) if [at for _, at in data.place(pairs, "random", s)] != placed)
+    for extra in (["--limit", "2"], ["--limit", "4", "--seed", str(other_seed)]):
+        with pytest.raises(SystemExit, match=r"judgment\(s\) in its logs are not among this run's pairs and "
+                                             r"placements \(the first: id '.+' chosen at [AB]\)"):
+            ev.main(args + extra)
+        assert (run / "judgments.jsonl").read_text() == log and (run / "config.json").read_text() == config
+    # both orders added: the judgments already made are kept and the other order judged; the rescore agrees
+    ev.main(args + ["--limit", "4", "--both-orders"])
+    lines = (run / "judgments.jsonl").read_text().splitlines()
+    assert lines[:4] == log.splitlines() and len(lines) == 8
+    scores = (run / "scores.json").read_text()
+    ev.main(["--bench", "rm-bench", "--out", str(run), "--score-only"])
+    assert (run / "scores.json").read_text() == scores
+    with pytest.raises(SystemExit, match="4 judgment"):  # both orders dropped again: the four of the other order
+        ev.main(args + ["--limit", "4"])
+
+
 @pytest.mark.parametrize("extra,match", [(["--limit", "-1"], "--limit must be >= 0, got -1"),
                                          (["--batch", "0"], "--batch must be >= 1"),
                                          (["--max-new-tokens", "0"], "--max-new-tokens must be >= 1"),
