@@ -15,12 +15,13 @@ deliberate difference from transformers, for safety:
 from __future__ import annotations
 
 import argparse
+import hashlib
 import inspect
 import json
 import os
 import re
 import sys
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime
 from pathlib import Path
 
@@ -245,6 +246,19 @@ class Pair:
         c = self.context + [{"role": "assistant", "content": self.chosen}]
         r = self.context + [{"role": "assistant", "content": self.rejected}]
         return (c, r) if chosen_at == "A" else (r, c)
+
+
+def pairs_sha256(pairs: list[Pair]) -> str:
+    """A fingerprint of pairs' contents in order (ids, conversations, answers, subsets, groups, extras): what
+    an eval run saves, so that a rerun into its folder is refused if the data it reads has changed.
+
+    >>> pairs_sha256([Pair("1", [], "a", "b")]) == pairs_sha256([Pair("1", [], "a", "c")])
+    False
+    """
+    h = hashlib.sha256()
+    for p in pairs:
+        h.update(json.dumps(asdict(p), sort_keys=True, ensure_ascii=False).encode() + b"\n")
+    return h.hexdigest()
 
 
 def read_rows(path) -> list[tuple[str, dict]]:

@@ -500,15 +500,20 @@ def saved_config(out: Path) -> dict | None:
     return saved
 
 
-def check_resume(out: Path, cfg: EvalConfig, variant: str):
-    """A rerun into a folder that holds judgments must use the settings they were made with."""
+def check_resume(out: Path, cfg: EvalConfig, variant: str, data_sha256: str | None = None):
+    """A rerun into a folder that holds judgments must use the settings and data they were made with.
+    data_sha256: `data.pairs_sha256` of every pair read, before --limit (which may change); None: checked
+    later, once the data is read (the settings are checked first, as they are cheaper to check)."""
     saved_path, saved = out / "config.json", saved_config(out)
     logs = [p.name for p in log_files(out) if p.stat().st_size]
     if not logs:
         return
     if saved is None:
         raise SystemExit(f"{out}: {', '.join(logs)} without the config.json it was made with; use another --out")
-    diff = data.changed_settings(saved, {**asdict(cfg), "variant": variant}, SAME_ON_RESUME)
+    keys = SAME_ON_RESUME
+    if data_sha256 is not None and "data_sha256" in saved:  # runs saved before it was recorded lack it
+        keys += ("data_sha256",)
+    diff = data.changed_settings(saved, {**asdict(cfg), "variant": variant, "data_sha256": data_sha256}, keys)
     if diff:
         raise SystemExit(f"{saved_path}: its judgments were made with other settings ({'; '.join(diff)}); "
                          f"rerun with those, or use another --out")
@@ -517,8 +522,8 @@ def check_resume(out: Path, cfg: EvalConfig, variant: str):
 def check_no_strays(out: Path, done: dict, items: list[tuple[data.Pair, str]]):
     """A rerun may judge more (a higher --limit, --both-orders added) but not leave judgments in the logs that it
     does not score: --score-only would count them, and its scores would differ from the run's. Such judgments
-    come from another --seed (other placements), a lower --limit, --both-orders dropped, or pairs no longer
-    in the data."""
+    come from another --seed (other placements), a lower --limit or --both-orders dropped (or, in a run saved
+    before data_sha256 was, pairs no longer in the data)."""
     keys = {item_key(p.id, at) for p, at in items}
     strays = [r for k, r in done.items() if k not in keys]
     if strays:
@@ -571,6 +576,8 @@ def main(argv=None):
         pairs = BENCHES[cfg.bench][0](cfg.data)
         if not pairs:
             raise SystemExit(f"{cfg.data}: no {cfg.bench} pairs found")
+        data_sha256 = data.pairs_sha256(pairs)  # the pairs' contents, not only the path they were read from
+        check_resume(out, cfg, variant, data_sha256)  # the same data, now that it is read
         if cfg.limit:
             pairs = pairs[: cfg.limit]
         items = data.place(pairs, "both" if cfg.both_orders else "random", cfg.seed)
@@ -578,7 +585,8 @@ def main(argv=None):
         done = judged_by_key(out, log)
         check_no_strays(out, done, items)  # before config.json is rewritten: a refused rerun changes nothing
         out.mkdir(parents=True, exist_ok=True)
-        saved = {**asdict(cfg), "variant": variant, "pairs": len(pairs)}  # pairs: what --score-only expects
+        # pairs: how many --score-only expects; data_sha256: what a rerun must read
+        saved = {**asdict(cfg), "variant": variant, "pairs": len(pairs), "data_sha256": data_sha256}
         data.write_atomic(out / "config.json", json.dumps(saved, indent=2) + "\n")
         total = len(pairs)
         # rank r owns items r, r + world, ... whatever the logs hold, so no two processes judge one item; the

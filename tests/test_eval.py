@@ -430,6 +430,28 @@ def test_resume_with_other_settings_is_refused(tiny, tmp_path):
     assert log.read_text().startswith(before) and len(log.read_text().splitlines()) == 5
 
 
+def test_a_rerun_on_changed_data_is_refused(tiny, tmp_path):
+    """The data's path is not enough: a rerun reading pairs whose contents changed (one answer edited, ids kept)
+    would mix judgments of two datasets into one score. The fingerprint covers every pair read, so --limit may
+    still change."""
+    rows = json.loads((BENCH / "rm-bench" / "chat_filtered.json").read_text())[:3]
+    path = tmp_path / "chat_filtered.json"
+    path.write_text(json.dumps(rows))
+    args = ["--model", str(tiny), "--bench", "rm-bench", "--data", str(path), "--limit", "2", "--max-new-tokens", "3",
+            "--device", "cpu", "--out", str(tmp_path / "run")]
+    ev.main(args)
+    log = (tmp_path / "run" / "judgments.jsonl").read_text()
+    rows[2]["chosen"][0] += " (edited)"  # the third item; --limit 2 judges two pairs of the first
+    path.write_text(json.dumps(rows))
+    with pytest.raises(SystemExit, match=r"other settings \(data_sha256: '[0-9a-f]{64}' there, '[0-9a-f]{64}' now\)"):
+        ev.main(args)
+    assert (tmp_path / "run" / "judgments.jsonl").read_text() == log
+    rows[2]["chosen"][0] = rows[2]["chosen"][0].removesuffix(" (edited)")
+    path.write_text(json.dumps(rows))
+    ev.main(args[:-2] + ["--limit", "3", "--out", str(tmp_path / "run")])  # restored: resumes, one more pair
+    assert len((tmp_path / "run" / "judgments.jsonl").read_text().splitlines()) == 3  # 9 pairs per RM-Bench item
+
+
 def test_a_rerun_that_would_leave_judgments_unscored_is_refused(tiny, tmp_path, capsys):
     """A rerun may add judgments (a higher --limit, --both-orders) but not drop any from its scores: --score-only
     counts every judgment in the logs, so scores.json and a rescore would disagree. Refused before config.json
