@@ -14,6 +14,7 @@ judgments.jsonl) and the last rank to finish scores.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -500,23 +501,35 @@ def saved_config(out: Path) -> dict | None:
     return saved
 
 
-def check_resume(out: Path, cfg: EvalConfig, variant: str, data_sha256: str | None = None):
-    """A rerun into a folder that holds judgments must use the settings and data they were made with.
-    data_sha256: `data.pairs_sha256` of every pair read, before --limit (which may change); None: checked
-    later, once the data is read (the settings are checked first, as they are cheaper to check)."""
+def model_stamp(folder) -> str:
+    """A fingerprint of a checkpoint as written: the name, size and modification time of its config.json and
+    safetensors files. Hashing the weights would take minutes for a large judge; a rewrite in place (a later
+    SFT run exporting to the same hf/ folder) changes the times. So does a copy: it counts as another model."""
+    files = sorted(p for p in Path(folder).iterdir() if p.name == "config.json" or ".safetensors" in p.name)
+    stats = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+    return hashlib.sha256(json.dumps(stats).encode()).hexdigest()
+
+
+def check_resume(out: Path, cfg: EvalConfig, variant: str, stamp: str, data_sha256: str | None = None):
+    """A rerun into a folder that holds judgments must use the settings, model and data they were made with.
+    stamp: `model_stamp` of the model folder. data_sha256: `data.pairs_sha256` of every pair read, before --limit
+    (which may change); None: checked later, once the data is read (the rest is cheaper to check)."""
     saved_path, saved = out / "config.json", saved_config(out)
     logs = [p.name for p in log_files(out) if p.stat().st_size]
     if not logs:
         return
     if saved is None:
         raise SystemExit(f"{out}: {', '.join(logs)} without the config.json it was made with; use another --out")
-    keys = SAME_ON_RESUME
-    if data_sha256 is not None and "data_sha256" in saved:  # runs saved before it was recorded lack it
-        keys += ("data_sha256",)
-    diff = data.changed_settings(saved, {**asdict(cfg), "variant": variant, "data_sha256": data_sha256}, keys)
+    diff = data.changed_settings(saved, {**asdict(cfg), "variant": variant}, SAME_ON_RESUME)
     if diff:
         raise SystemExit(f"{saved_path}: its judgments were made with other settings ({'; '.join(diff)}); "
                          f"rerun with those, or use another --out")
+    # the same paths may hold other contents (runs saved before these were recorded lack them)
+    for key, now, what in (("model_stamp", stamp, f"{cfg.model}: its weight files were rewritten (by a later SFT run?)"),
+                           ("data_sha256", data_sha256, f"{cfg.data}: its pairs changed")):
+        if now is not None and key in saved and saved[key] != now:
+            raise SystemExit(f"{what} since the judgments in {out} were made ({key} {saved[key][:12]} there, "
+                             f"{now[:12]} now); judging on would mix two in one score: use another --out")
 
 
 def check_no_strays(out: Path, done: dict, items: list[tuple[data.Pair, str]]):
@@ -568,7 +581,8 @@ def main(argv=None):
             raise SystemExit("--model and --data are required (or --score-only)")
         tok = data.Tokenizer.load(cfg.model)
         variant = guess_variant(tok) if cfg.variant == "auto" else cfg.variant
-        check_resume(out, cfg, variant)
+        stamp = model_stamp(cfg.model)
+        check_resume(out, cfg, variant, stamp)
         from model import load_config
 
         limit = load_config(cfg.model).max_position_embeddings  # the model's config, checked before its weights
@@ -577,7 +591,7 @@ def main(argv=None):
         if not pairs:
             raise SystemExit(f"{cfg.data}: no {cfg.bench} pairs found")
         data_sha256 = data.pairs_sha256(pairs)  # the pairs' contents, not only the path they were read from
-        check_resume(out, cfg, variant, data_sha256)  # the same data, now that it is read
+        check_resume(out, cfg, variant, stamp, data_sha256)  # the same data, now that it is read
         if cfg.limit:
             pairs = pairs[: cfg.limit]
         items = data.place(pairs, "both" if cfg.both_orders else "random", cfg.seed)
@@ -585,8 +599,8 @@ def main(argv=None):
         done = judged_by_key(out, log)
         check_no_strays(out, done, items)  # before config.json is rewritten: a refused rerun changes nothing
         out.mkdir(parents=True, exist_ok=True)
-        # pairs: how many --score-only expects; data_sha256: what a rerun must read
-        saved = {**asdict(cfg), "variant": variant, "pairs": len(pairs), "data_sha256": data_sha256}
+        # pairs: how many --score-only expects; model_stamp and data_sha256: what a rerun must read
+        saved = {**asdict(cfg), "variant": variant, "pairs": len(pairs), "model_stamp": stamp, "data_sha256": data_sha256}
         data.write_atomic(out / "config.json", json.dumps(saved, indent=2) + "\n")
         total = len(pairs)
         # rank r owns items r, r + world, ... whatever the logs hold, so no two processes judge one item; the

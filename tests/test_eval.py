@@ -443,13 +443,32 @@ def test_a_rerun_on_changed_data_is_refused(tiny, tmp_path):
     log = (tmp_path / "run" / "judgments.jsonl").read_text()
     rows[2]["chosen"][0] += " (edited)"  # the third item; --limit 2 judges two pairs of the first
     path.write_text(json.dumps(rows))
-    with pytest.raises(SystemExit, match=r"other settings \(data_sha256: '[0-9a-f]{64}' there, '[0-9a-f]{64}' now\)"):
+    with pytest.raises(SystemExit, match=r"chat_filtered.json: its pairs changed since the judgments in .*run were made "
+                                         r"\(data_sha256 [0-9a-f]{12} there, [0-9a-f]{12} now\)"):
         ev.main(args)
     assert (tmp_path / "run" / "judgments.jsonl").read_text() == log
     rows[2]["chosen"][0] = rows[2]["chosen"][0].removesuffix(" (edited)")
     path.write_text(json.dumps(rows))
     ev.main(args[:-2] + ["--limit", "3", "--out", str(tmp_path / "run")])  # restored: resumes, one more pair
     assert len((tmp_path / "run" / "judgments.jsonl").read_text().splitlines()) == 3  # 9 pairs per RM-Bench item
+
+
+def test_a_rerun_with_the_model_rewritten_at_its_path_is_refused(tmp_path):
+    """sft.py exports to OUT/hf at the end of every run, resumed ones too: judging that folder again into the same
+    --out after more training must not reuse the older model's judgments as the newer one's."""
+    import model as M
+
+    judge = tiny_judge(tmp_path / "hf")
+    args = ["--model", str(judge), "--bench", "rm-bench", "--data", str(BENCH / "rm-bench" / "chat_filtered.json"),
+            "--limit", "2", "--max-new-tokens", "3", "--device", "cpu", "--out", str(tmp_path / "run")]
+    ev.main(args)
+    log = (tmp_path / "run" / "judgments.jsonl").read_text()
+    ev.main(args)  # the same files: resumes (nothing left to judge)
+    M.save(M.load(judge), judge, copy_files_from=judge)  # "further training", exported to the same folder
+    with pytest.raises(SystemExit, match=r"hf: its weight files were rewritten \(by a later SFT run\?\) since the "
+                                         r"judgments in .*run were made \(model_stamp [0-9a-f]{12} there"):
+        ev.main(args)
+    assert (tmp_path / "run" / "judgments.jsonl").read_text() == log
 
 
 def test_a_rerun_that_would_leave_judgments_unscored_is_refused(tiny, tmp_path, capsys):
