@@ -83,6 +83,10 @@ def check_config(cfg: SFTConfig):
             raise SystemExit(f"--{name.replace('_', '-')} must be > 0, got {getattr(cfg, name)}")
     if cfg.compute_dtype not in ("bfloat16", "float32"):
         raise SystemExit(f"--compute-dtype must be bfloat16 or float32, got {cfg.compute_dtype!r}")
+    limit = M.load_config(cfg.model).max_position_embeddings  # config.json only, before any weights or rows
+    if cfg.max_len > limit:  # sequences that long would run past the positions the model was trained on
+        raise SystemExit(f"--max-len {cfg.max_len} is over the model's max_position_embeddings, {limit} "
+                         f"({Path(cfg.model) / 'config.json'}): pass --max-len {limit} or less")
 
 
 # settings that decide a run's trajectory: --resume must keep them (max_steps, save_every, micro_tokens,

@@ -14,7 +14,7 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
 def hf_model(arch="qwen2", heads=4, kv=2, head_dim=None, hidden=None, tied=False, layers=2, vocab=512,
-             inter=96, seed=0, theta=10000.0):
+             inter=96, seed=0, theta=10000.0, positions=256):
     """A random transformers Qwen2/Qwen3 model (float32). Norm weights and biases are perturbed too,
     so a loader that skips them cannot pass."""
     from transformers import AutoModelForCausalLM, Qwen2Config, Qwen3Config
@@ -23,7 +23,7 @@ def hf_model(arch="qwen2", heads=4, kv=2, head_dim=None, hidden=None, tied=False
     hidden = hidden or heads * hd
     kw = dict(vocab_size=vocab, hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
               num_attention_heads=heads, num_key_value_heads=kv, tie_word_embeddings=tied, rope_theta=theta,
-              max_position_embeddings=256, rms_norm_eps=1e-6)
+              max_position_embeddings=positions, rms_norm_eps=1e-6)
     cfg = Qwen2Config(**kw) if arch == "qwen2" else Qwen3Config(head_dim=hd, **kw)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa").eval()

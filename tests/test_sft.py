@@ -135,7 +135,7 @@ def test_micro_batches_respect_budget_and_keep_every_row():
 def run_dir(tmp_path_factory):
     """A small Qwen2 (real Qwen2.5 tokenizer, so vocab 151936) and 16 short judge-style traces."""
     d = tmp_path_factory.mktemp("sft")
-    hf_model("qwen2", 4, 2, 8, layers=2, vocab=151936, seed=1, inter=32).save_pretrained(d / "model")
+    hf_model("qwen2", 4, 2, 8, layers=2, vocab=151936, seed=1, inter=32, positions=12288).save_pretrained(d / "model")
     for f in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
         shutil.copy(QWEN25 / f, d / "model")
     rows = []
@@ -269,6 +269,21 @@ def test_bad_settings_are_refused_before_any_work(tmp_path, flag, value, match):
     with pytest.raises(SystemExit, match=match):
         sft.main(["--model", "m", "--data", "d", "--out", str(tmp_path / "o"), flag, value])
     assert not (tmp_path / "o").exists()
+
+
+def test_max_len_over_the_model_positions_is_refused_before_any_work(tmp_path):
+    """Sequences of --max-len tokens must fit the positions the model was trained on (config.json's
+    max_position_embeddings); nothing is read or written before the refusal."""
+    hf_model("qwen2", 4, 2, 8, layers=1, positions=4096).save_pretrained(tmp_path / "m")
+    args = ["--model", str(tmp_path / "m"), "--data", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "o")]
+    with pytest.raises(SystemExit, match=r"--max-len 12288 is over the model's max_position_embeddings, 4096 "
+                                         r"\(.*m/config.json\): pass --max-len 4096 or less"):
+        sft.main(args)
+    with pytest.raises(SystemExit, match="--max-len 4097 is over"):
+        sft.main(args + ["--max-len", "4097"])
+    assert not (tmp_path / "o").exists()
+    with pytest.raises(FileNotFoundError, match="missing.jsonl"):  # at the limit: past the check, to the data
+        sft.main(args + ["--max-len", "4096"])
 
 
 def test_hf_export_loads_in_transformers(run_dir, straight):
