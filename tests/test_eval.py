@@ -133,6 +133,12 @@ def test_malformed_rows_name_file_and_row(tmp_path, content, match):
      r"t.jsonl:1: winner 'A' is neither 'model_a' nor 'model_b'"),
     ("t.jsonl", '{"context_messages": [{"role": "user", "content": "u"}], "winner": "model_a", "response": 3}',
      data.read_rmr1_training, r"t.jsonl:1: target trace should be a string"),
+    ("t.jsonl", '{"context_messages": [], "winner": "model_a"}', data.read_rmr1_training,
+     r"t.jsonl:1: field 'context_messages' should be a non-empty list of messages"),
+    ("x.jsonl", '["prompt", "chosen"]', data.read_pairs, r"x.jsonl:1: row is a list, expected an object"),
+    ("x.jsonl", '"a row"', data.read_rewardbench, r"x.jsonl:1: row is a str, expected an object"),
+    ("x.jsonl", '{"chosen": [{"role": "user", "content": "q"}], "rejected": [{"role": "user", "content": "q"}]}',
+     data.read_pairs, r"x.jsonl:1: chosen and rejected must end with an assistant message"),
 ])
 def test_malformed_files_name_file_and_row(tmp_path, name, text, read, match):
     (tmp_path / name).write_text(text)
@@ -146,6 +152,8 @@ def test_a_folder_or_missing_file_where_a_file_is_read(tmp_path):
         data.read_rewardbench(tmp_path)  # RM-Bench and RMB take folders; RewardBench and pairs files do not
     with pytest.raises(FileNotFoundError, match="rb.json: no such file"):
         data.read_pairs(tmp_path / "rb.json")
+    with pytest.raises(FileNotFoundError, match=re.escape(f"{tmp_path}: no RMB .json files")):
+        data.read_rmb(tmp_path)  # a folder (RMB's layout) without any rows
 
 
 def test_skywork_with_different_contexts_is_refused(tmp_path):
@@ -337,7 +345,8 @@ def test_score_outputs_made_elsewhere(tmp_path):
                          "judgments.jsonl: the judgment of id 'nope': no pair of the benchmark data has that id"),
                         ({"id": pairs[1].id, "chosen_at": "a", "output": "x"},
                          f"the judgment of id '{pairs[1].id}' needs chosen_at 'A' or 'B' .*, got 'a' and a str"),
-                        ({"id": pairs[1].id, "chosen_at": "B", "output": None}, "got 'B' and a NoneType")]:
+                        ({"id": pairs[1].id, "chosen_at": "B", "output": None}, "got 'B' and a NoneType"),
+                        ({"id": pairs[1].id, "answer": "B"}, r"judgments.jsonl:4: judgment lacks \['chosen_at', 'output'\]")]:
         (tmp_path / "judgments.jsonl").write_text("\n" + json.dumps(lines[0]) + "\n\n" + json.dumps(line) + "\n")
         with pytest.raises(ValueError, match=match):
             ev.main(["--bench", "rm-bench", "--data", str(data_file), "--out", str(tmp_path), "--score-only"])
@@ -451,6 +460,23 @@ def test_a_rerun_on_changed_data_is_refused(tiny, tmp_path):
     path.write_text(json.dumps(rows))
     ev.main(args[:-2] + ["--limit", "3", "--out", str(tmp_path / "run")])  # restored: resumes, one more pair
     assert len((tmp_path / "run" / "judgments.jsonl").read_text().splitlines()) == 3  # 9 pairs per RM-Bench item
+
+
+def test_a_run_folder_whose_config_is_missing_or_broken_is_refused(tiny, tmp_path):
+    """Judgments whose settings cannot be read are not resumed under new ones, and a config.json that is not JSON
+    is named; neither file is changed."""
+    run = tmp_path / "run"
+    args = ["--model", str(tiny), "--bench", "rm-bench", "--data", str(BENCH / "rm-bench" / "chat_filtered.json"),
+            "--limit", "1", "--max-new-tokens", "3", "--device", "cpu", "--out", str(run)]
+    ev.main(args)
+    log = (run / "judgments.jsonl").read_text()
+    (run / "config.json").unlink()
+    with pytest.raises(SystemExit, match=r"run: judgments.jsonl without the config.json it was made with"):
+        ev.main(args)
+    (run / "config.json").write_text("{not json")
+    with pytest.raises(SystemExit, match=r"config.json: not JSON"):
+        ev.main(args)
+    assert (run / "judgments.jsonl").read_text() == log and (run / "config.json").read_text() == "{not json"
 
 
 def test_a_rerun_with_the_model_rewritten_at_its_path_is_refused(tmp_path):
