@@ -269,6 +269,29 @@ def test_missing_shard(tmp_path):
         M.load(tmp_path)
 
 
+def test_broken_index_or_folder(tmp_path):
+    """The index of a sharded checkpoint must map every tensor to the shard that holds it; a folder needs a
+    config.json. Each error names the file."""
+    ref = hf_model("qwen2", seed=2)
+    ref.save_pretrained(tmp_path, max_shard_size="20KB")
+    index = tmp_path / "model.safetensors.index.json"
+    good = json.loads(index.read_text())
+    wm = good["weight_map"]
+    name = "model.norm.weight"
+    other = next(f for f in sorted(set(wm.values())) if f != wm[name])
+    index.write_text(json.dumps({**good, "weight_map": {**wm, name: other}}))
+    with pytest.raises(ValueError, match=f"{other}: the index places 'model.norm.weight' here but the file lacks it"):
+        M.load(tmp_path)
+    index.write_text(json.dumps({"metadata": {}}))
+    with pytest.raises(ValueError, match="model.safetensors.index.json: no 'weight_map'"):
+        M.load(tmp_path)
+    index.write_text(json.dumps(good))
+    M.load(tmp_path)  # restored: loads
+    (tmp_path / "config.json").unlink()
+    with pytest.raises(FileNotFoundError, match=f"{tmp_path}: no config.json"):
+        M.load(tmp_path)
+
+
 def test_truncated_file(tmp_path):
     _saved(tmp_path)
     f = tmp_path / "model.safetensors"

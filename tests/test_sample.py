@@ -289,6 +289,10 @@ def test_bad_input_is_refused_before_work(models):
     _, ours = models
     with pytest.raises(ValueError, match="prompt 1 is empty"):
         generate(ours, [[1, 2], []], 4)
+    with pytest.raises(ValueError, match="generate: no prompts"):
+        generate(ours, [], 4)
+    with pytest.raises(ValueError, match="generate: 3 max_new_tokens values for 2 prompts"):
+        generate(ours, [[1], [2]], [4, 4, 4])
     with pytest.raises(ValueError, match="token id 512 outside the vocabulary"):
         generate(ours, [[1, 512]], 4)
     with pytest.raises(ValueError, match="over the model's limit of 256"):
