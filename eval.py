@@ -338,11 +338,13 @@ def rescore(lines: list[dict], pairs: list[data.Pair], where: str) -> list[dict]
 
 
 def judge(get_model, tok, items: list[tuple[data.Pair, str]], log: Path, variant: str, max_new_tokens: int,
-          limit: int, batch: int, slots: int = 0, progress: bool = True, done: dict | None = None) -> list[dict]:
+          limit: int, batch: int, slots: int = 0, progress: bool = True, done: dict | None = None,
+          ready=None) -> list[dict]:
     """Greedy judgments of (pair, chosen_at) items, appended to `log`; items already judged are skipped.
     done: judgments already made, by key (default: those in log). limit: the model's max_position_embeddings.
     get_model() returns the judge. It is called only once every prompt is rendered and fits `limit`, and only if
-    something is left to judge: a pair too long, or a run already finished, costs no model load."""
+    something is left to judge: a pair too long, or a run already finished, costs no model load.
+    ready(): called once the prompts fit, before anything is judged (eval.main writes the run's config.json)."""
     from tqdm import tqdm
 
     from sample import generate
@@ -356,6 +358,8 @@ def judge(get_model, tok, items: list[tuple[data.Pair, str]], log: Path, variant
                    for p, at in todo]
     all_budgets = [reply_budget(limit, ids, max_new_tokens, f"pair {p.id} (chosen at {at})")
                    for (p, at), ids in zip(todo, all_prompts)]
+    if ready:
+        ready()
     model = get_model() if todo else None
     bar = tqdm(total=len(items), initial=len(items) - len(todo), disable=not progress, desc="judging")
     right = sum(r["correct"] for r in done.values())
@@ -597,16 +601,19 @@ def main(argv=None):
         items = data.place(pairs, "both" if cfg.both_orders else "random", cfg.seed)
         log = log_path(out, rank)
         done = judged_by_key(out, log)
-        check_no_strays(out, done, items)  # before config.json is rewritten: a refused rerun changes nothing
-        out.mkdir(parents=True, exist_ok=True)
+        check_no_strays(out, done, items)
         # pairs: how many --score-only expects; model_stamp and data_sha256: what a rerun must read
         saved = {**asdict(cfg), "variant": variant, "pairs": len(pairs), "model_stamp": stamp, "data_sha256": data_sha256}
-        data.write_atomic(out / "config.json", json.dumps(saved, indent=2) + "\n")
+
+        def save_config():  # once the checks pass (a refused or failed rerun leaves the folder as it was)
+            out.mkdir(parents=True, exist_ok=True)
+            data.write_atomic(out / "config.json", json.dumps(saved, indent=2) + "\n")
+
         total = len(pairs)
         # rank r owns items r, r + world, ... whatever the logs hold, so no two processes judge one item; the
         # model loads once its prompts are checked, and not at all when they are all judged
         judge(lambda: load_model(cfg, device), tok, items[rank::world], log, variant, cfg.max_new_tokens, limit,
-              cfg.batch, cfg.slots, progress=rank == 0, done=done)
+              cfg.batch, cfg.slots, progress=rank == 0, done=done, ready=save_config)
         judged = judged_by_key(out, log)
         waiting = sum(item_key(p.id, at) not in judged for p, at in items)
         if waiting:  # other ranks still judging: the last one to finish sees every judgment and scores

@@ -551,13 +551,18 @@ def test_a_prompt_over_the_model_limit_stops_the_run_before_the_model_loads(tiny
     short = shutil.copytree(tiny, tmp_path / "short")  # the same model with room for all but the longest prompt
     cfg = json.loads((short / "config.json").read_text())
     (short / "config.json").write_text(json.dumps({**cfg, "max_position_embeddings": lengths[longest]}))
+    args = ["--model", str(short), "--bench", "rm-bench", "--data", str(data_file), "--max-new-tokens", "4",
+            "--device", "cpu"]
+    ev.main(args + ["--limit", str(longest), "--out", str(tmp_path / "before")])  # the pairs before it fit
+    before = {f: (tmp_path / "before" / f).read_text() for f in ("config.json", "judgments.jsonl", "scores.json")}
     monkeypatch.setattr(ev, "load_model", lambda *a: pytest.fail("the model was loaded"))
     p, at = items[longest]
-    with pytest.raises(ValueError, match=rf"pair {p.id} \(chosen at {at}\): judge prompt has {lengths[longest]} "
-                                         rf"tokens, at or over the model's limit of {lengths[longest]}"):
-        ev.main(["--model", str(short), "--bench", "rm-bench", "--data", str(data_file), "--limit", "6",
-                 "--max-new-tokens", "4", "--device", "cpu", "--out", str(tmp_path / "run")])
-    assert not (tmp_path / "run" / "judgments.jsonl").exists()
+    for out in ("run", "before"):  # a new run, and a rerun that would extend a finished one
+        with pytest.raises(ValueError, match=rf"pair {p.id} \(chosen at {at}\): judge prompt has {lengths[longest]} "
+                                             rf"tokens, at or over the model's limit of {lengths[longest]}"):
+            ev.main(args + ["--limit", "6", "--out", str(tmp_path / out)])
+    assert not (tmp_path / "run").exists()  # nothing written, not even config.json
+    assert before == {f: (tmp_path / "before" / f).read_text() for f in before}  # its settings not replaced
 
 
 def test_a_judgment_logged_twice_is_an_error_not_a_double_count(tmp_path):
