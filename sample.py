@@ -621,7 +621,7 @@ class TextStream:
 
 def main(argv=None):
     from data import Tokenizer
-    from model import load, load_config
+    from model import checked_device, load, load_config
 
     ap = argparse.ArgumentParser(description="Chat with a checkpoint (its chat template applied), streaming text.")
     ap.add_argument("--model", required=True, help="Hugging Face model folder")
@@ -643,6 +643,7 @@ def main(argv=None):
     settings = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, eos_ids=tok.eos_ids,
                     seed=args.seed, sync_every=4)
     try:
+        checked_device(args.device)  # cuda:N that this process cannot see
         check_prompts(load_config(args.model), [ids], args.max_new_tokens)
         check_settings(n=1, slots=None, prefill_tokens=16384, **settings)  # generate's defaults for the other three
     except ValueError as e:  # a flag out of range: one line, as argparse reports a bad flag, not a traceback
