@@ -507,8 +507,9 @@ def saved_config(out: Path) -> dict | None:
 
 def model_stamp(folder) -> str:
     """A fingerprint of a checkpoint as written: the name, size and modification time of its config.json and
-    safetensors files. Hashing the weights would take minutes for a large judge; a rewrite in place (a later
-    SFT run exporting to the same hf/ folder) changes the times. So does a copy: it counts as another model."""
+    safetensors files. Hashing the weights would read them all (a 32B judge: 61 GB, most of a minute at sha256's
+    1.7 GB/s); a rewrite in place (a later SFT run exporting to the same hf/ folder) changes the times. So does a
+    copy: it counts as another model."""
     files = sorted(p for p in Path(folder).iterdir() if p.name == "config.json" or ".safetensors" in p.name)
     stats = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]
     return hashlib.sha256(json.dumps(stats).encode()).hexdigest()
@@ -529,8 +530,9 @@ def check_resume(out: Path, cfg: EvalConfig, variant: str, stamp: str, data_sha2
         raise SystemExit(f"{saved_path}: its judgments were made with other settings ({'; '.join(diff)}); "
                          f"rerun with those, or use another --out")
     # the same paths may hold other contents (runs saved before these were recorded lack them)
-    for key, now, what in (("model_stamp", stamp, f"{cfg.model}: its weight files were rewritten (by a later SFT run?)"),
-                           ("data_sha256", data_sha256, f"{cfg.data}: its pairs changed")):
+    checks = (("model_stamp", stamp, f"{cfg.model}: its weight files were rewritten (by a later SFT run?)"),
+              ("data_sha256", data_sha256, f"{cfg.data}: its pairs changed"))
+    for key, now, what in checks:
         if now is not None and key in saved and saved[key] != now:
             raise SystemExit(f"{what} since the judgments in {out} were made ({key} {saved[key][:12]} there, "
                              f"{now[:12]} now); judging on would mix two in one score: use another --out")
@@ -545,9 +547,10 @@ def check_no_strays(out: Path, done: dict, items: list[tuple[data.Pair, str]]):
     strays = [r for k, r in done.items() if k not in keys]
     if strays:
         first = strays[0]
-        raise SystemExit(f"{out}: {len(strays)} judgment(s) in its logs are not among this run's pairs and placements "
-                         f"(the first: id {first['id']!r} chosen at {first['chosen_at']}): they were made with another "
-                         f"--seed, a higher --limit, --both-orders, or other data; rerun with those, or use another --out")
+        raise SystemExit(f"{out}: {len(strays)} judgment(s) in its logs are not among this run's pairs and "
+                         f"placements (the first: id {first['id']!r} chosen at {first['chosen_at']}): they were made "
+                         f"with another --seed, a higher --limit, --both-orders, or other data; rerun with those, "
+                         f"or use another --out")
 
 
 def main(argv=None):
@@ -603,7 +606,8 @@ def main(argv=None):
         done = judged_by_key(out, log)
         check_no_strays(out, done, items)
         # pairs: how many --score-only expects; model_stamp and data_sha256: what a rerun must read
-        saved = {**asdict(cfg), "variant": variant, "pairs": len(pairs), "model_stamp": stamp, "data_sha256": data_sha256}
+        saved = {**asdict(cfg), "variant": variant, "pairs": len(pairs), "model_stamp": stamp,
+                 "data_sha256": data_sha256}
 
         def save_config():  # once the checks pass (a refused or failed rerun leaves the folder as it was)
             out.mkdir(parents=True, exist_ok=True)

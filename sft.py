@@ -443,7 +443,8 @@ def train(cfg: SFTConfig):
         short = [len(b) for b in steps if len(b) < cfg.global_batch]  # each epoch's last step takes the rest
         which = "the" if len(short) == 1 else "each epoch's"
         ends = f" ({which} last of {short[0]})" if short else ""
-        print(f"{sizes} | {len(steps)} steps of {cfg.global_batch}{ends} | {n_params / 1e6:.1f}M params | world {world}")
+        print(f"{sizes} | {len(steps)} steps of {cfg.global_batch}{ends} | {n_params / 1e6:.1f}M params "
+              f"| world {world}")
     log = open(out / "metrics.jsonl", "a") if rank == 0 else None
     bar = tqdm(total=stop, initial=start, disable=rank != 0, desc="sft")
     model.train()
