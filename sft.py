@@ -412,12 +412,12 @@ def train(cfg: SFTConfig):
     dist.barrier()  # every rank has looked at the folder before rank 0 writes to it
     torch.manual_seed(cfg.seed)
     out = Path(cfg.out)
+    tok = data.Tokenizer.load(cfg.model)
+    rows, counts = load_rows(cfg, tok)  # a bad row stops the run here, before anything is written
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         run_config = {**asdict(cfg), "data_sha256": data_sha256}
         data.write_atomic(out / "config.json", json.dumps(run_config, indent=2) + "\n")
-    tok = data.Tokenizer.load(cfg.model)
-    rows, counts = load_rows(cfg, tok)
     lengths = [len(r[0]) for r in rows]
     steps = step_batches(len(rows), cfg)
     total = len(steps)  # the schedule always spans the whole run, so stopping early never changes it

@@ -286,6 +286,16 @@ def test_max_len_over_the_model_positions_is_refused_before_any_work(tmp_path):
         sft.main(args + ["--max-len", "4096"])
 
 
+def test_a_bad_row_stops_a_new_run_before_anything_is_written(run_dir, tmp_path):
+    rows = (run_dir / "rows.jsonl").read_text().splitlines()
+    bad = json.loads(rows[3])
+    del bad["winner"]
+    (tmp_path / "rows.jsonl").write_text("\n".join(rows[:3] + [json.dumps(bad)] + rows[4:]) + "\n")
+    with pytest.raises(ValueError, match=r"rows.jsonl:4: missing field 'winner'"):
+        sft.main(["--model", str(run_dir / "model"), "--data", str(tmp_path / "rows.jsonl"), "--out", str(tmp_path / "o")])
+    assert not (tmp_path / "o").exists()
+
+
 def test_hf_export_loads_in_transformers(run_dir, straight):
     from transformers import AutoModelForCausalLM
 
