@@ -441,6 +441,14 @@ def judge_device(cfg: EvalConfig, local_rank: int | None = None):
     return device
 
 
+def flag_device(cfg: EvalConfig, local_rank: int | None = None):
+    """judge_device for the CLI: a device this process cannot see is a one-line error, as other bad flags are."""
+    try:
+        return judge_device(cfg, local_rank)
+    except ValueError as e:
+        raise SystemExit(f"eval.py: {e}") from None
+
+
 def load_model(cfg: EvalConfig, device=None):
     """The judge on `device` (default: judge_device's), in bf16 on a GPU, float32 on a CPU."""
     import torch
@@ -471,6 +479,7 @@ def one_pair(cfg: EvalConfig):
         raise SystemExit("one-pair mode needs --model")
     from model import load_config
 
+    device = flag_device(cfg)
     tok = data.Tokenizer.load(cfg.model)
     variant = guess_variant(tok) if cfg.variant == "auto" else cfg.variant
     msgs = judge_messages([{"role": "user", "content": q}, {"role": "assistant", "content": a}],
@@ -478,7 +487,7 @@ def one_pair(cfg: EvalConfig):
     ids = tok.encode_chat(msgs, add_generation_prompt=True)
     # a pair too long for the model stops here, before the weights load
     budget = reply_budget(load_config(cfg.model).max_position_embeddings, ids, cfg.max_new_tokens, "the pair")
-    model = load_model(cfg)
+    model = load_model(cfg, device)
     stream = TextStream(tok)
     out = generate(model, [ids], budget, temperature=0, eos_ids=tok.eos_ids, sync_every=4, on_tokens=stream)[0]
     stream.close()
@@ -593,7 +602,7 @@ def main(argv=None):
         from model import load_config
 
         limit = load_config(cfg.model).max_position_embeddings  # the model's config, checked before its weights
-        device = judge_device(cfg, int(os.environ.get("LOCAL_RANK", 0)) if world > 1 else None)
+        device = flag_device(cfg, int(os.environ.get("LOCAL_RANK", 0)) if world > 1 else None)
         pairs = BENCHES[cfg.bench][0](cfg.data)
         if not pairs:
             raise SystemExit(f"{cfg.data}: no {cfg.bench} pairs found")

@@ -715,6 +715,16 @@ def test_a_torchrun_rank_without_a_gpu_of_its_own_is_a_clear_error(tiny, monkeyp
         ev.judge_device(ev.EvalConfig(model=str(tiny)), local_rank=1)
 
 
+def test_a_device_this_process_cannot_see_is_a_one_line_error(tiny, tmp_path):
+    """As other bad flags, before the data is read or anything written: in one-pair mode and a benchmark run."""
+    with pytest.raises(SystemExit, match=r"^eval.py: device cuda:99: this process sees \d GPUs?"):
+        ev.main(["--model", str(tiny), "--question", "q", "--answer-a", "a", "--answer-b", "b", "--device", "cuda:99"])
+    with pytest.raises(SystemExit, match=r"^eval.py: device cuda:99: this process sees \d GPUs?"):
+        ev.main(["--model", str(tiny), "--bench", "rm-bench", "--data", str(tmp_path / "missing.json"), "--device",
+                 "cuda:99", "--out", str(tmp_path / "run")])
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 @pytest.mark.parametrize("device", ["", "cuda", "cuda:0"])
 def test_gpu_one_process_judges_on_the_gpu_by_default(tiny, tmp_path, device):
