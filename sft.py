@@ -46,7 +46,7 @@ class SFTConfig:
     out: str = "runs/sft"  # run folder: config.json, metrics.jsonl, hf/, state/
     max_len: int = 12288  # rows whose prompt or whole sequence is longer are dropped (counted), never cut
     global_batch: int = 128  # sequences per optimizer step
-    micro_tokens: int = 16384  # padded tokens per micro-batch on one rank
+    micro_tokens: int = 16384  # padded tokens per micro-batch on one rank (a longer row runs alone, never cut)
     epochs: int = 1  # passes over the data
     lr: float = 5e-6  # peak learning rate (AdamW)
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
@@ -199,6 +199,8 @@ def micro_batches(idx: list[int], lengths: list[int], budget: int) -> list[list[
 
     >>> micro_batches([0, 1, 2, 3], [10, 300, 12, 290], budget=600)
     [[1, 3], [2, 0]]
+    >>> micro_batches([0, 1], [700, 10], budget=600)  # a row over the budget runs alone
+    [[0], [1]]
     """
     order = sorted(idx, key=lambda i: -lengths[i])
     out, cur = [], []
