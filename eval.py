@@ -515,13 +515,20 @@ def saved_config(out: Path) -> dict | None:
 
 
 def model_stamp(folder) -> str:
-    """A fingerprint of a checkpoint as written: the name, size and modification time of its config.json and
-    safetensors files. Hashing the weights would read them all (a 32B judge: 61 GB, most of a minute at sha256's
-    1.7 GB/s); a rewrite in place (a later SFT run exporting to the same hf/ folder) changes the times. So does a
-    copy: it counts as another model."""
-    files = sorted(p for p in Path(folder).iterdir() if p.name == "config.json" or ".safetensors" in p.name)
-    stats = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]
-    return hashlib.sha256(json.dumps(stats).encode()).hexdigest()
+    """A fingerprint of a checkpoint's contents that costs a few reads: config.json, and of each safetensors file
+    its name, size and 16 slices of 64 KiB spread over it (the header among them). Training moves weights all
+    through a checkpoint, so one rewritten by a later SFT run gets another stamp; a copy (to each node of a
+    multi-node run, say) keeps its own. Hashing every byte would read all the weights: 61 GB for a 32B judge, most
+    of a minute at sha256's 1.7 GB/s."""
+    h = hashlib.sha256()
+    for p in sorted(p for p in Path(folder).iterdir() if p.name == "config.json" or ".safetensors" in p.name):
+        size = p.stat().st_size
+        h.update(f"{p.name} {size}\n".encode())
+        with open(p, "rb") as f:
+            for k in range(16):
+                f.seek(k * size // 16)
+                h.update(f.read(1 << 16))
+    return h.hexdigest()
 
 
 def check_resume(out: Path, cfg: EvalConfig, variant: str, stamp: str, data_sha256: str | None = None):
@@ -539,7 +546,7 @@ def check_resume(out: Path, cfg: EvalConfig, variant: str, stamp: str, data_sha2
         raise SystemExit(f"{saved_path}: its judgments were made with other settings ({'; '.join(diff)}); "
                          f"rerun with those, or use another --out")
     # the same paths may hold other contents (runs saved before these were recorded lack them)
-    checks = (("model_stamp", stamp, f"{cfg.model}: its weight files were rewritten (by a later SFT run?)"),
+    checks = (("model_stamp", stamp, f"{cfg.model}: its weights changed (rewritten by a later SFT run?)"),
               ("data_sha256", data_sha256, f"{cfg.data}: its pairs changed"))
     for key, now, what in checks:
         if now is not None and key in saved and saved[key] != now:

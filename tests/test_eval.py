@@ -481,7 +481,10 @@ def test_a_run_folder_whose_config_is_missing_or_broken_is_refused(tiny, tmp_pat
 
 def test_a_rerun_with_the_model_rewritten_at_its_path_is_refused(tmp_path):
     """sft.py exports to OUT/hf at the end of every run, resumed ones too: judging that folder again into the same
-    --out after more training must not reuse the older model's judgments as the newer one's."""
+    --out after more training must not reuse the older model's judgments as the newer one's. A copy of the same
+    checkpoint (new file times, the same bytes: a node-local copy in a multi-node run) is the same model."""
+    import shutil
+
     import model as M
 
     judge = tiny_judge(tmp_path / "hf")
@@ -489,9 +492,16 @@ def test_a_rerun_with_the_model_rewritten_at_its_path_is_refused(tmp_path):
             "--limit", "2", "--max-new-tokens", "3", "--device", "cpu", "--out", str(tmp_path / "run")]
     ev.main(args)
     log = (tmp_path / "run" / "judgments.jsonl").read_text()
-    ev.main(args)  # the same files: resumes (nothing left to judge)
-    M.save(M.load(judge), judge, copy_files_from=judge)  # "further training", exported to the same folder
-    with pytest.raises(SystemExit, match=r"hf: its weight files were rewritten \(by a later SFT run\?\) since the "
+    shutil.copytree(judge, tmp_path / "copy")
+    shutil.rmtree(judge)
+    shutil.copytree(tmp_path / "copy", judge, copy_function=shutil.copyfile)  # the same bytes, new times
+    ev.main(args)  # resumes: nothing left to judge
+    model = M.load(judge, dtype=torch.float32)
+    with torch.no_grad():  # "further training": every weight moves a little
+        for p in model.parameters():
+            p.add_(1e-4 * torch.randn_like(p))
+    M.save(model, judge, copy_files_from=tmp_path / "copy")  # exported to the same folder
+    with pytest.raises(SystemExit, match=r"hf: its weights changed \(rewritten by a later SFT run\?\) since the "
                                          r"judgments in .*run were made \(model_stamp [0-9a-f]{12} there"):
         ev.main(args)
     assert (tmp_path / "run" / "judgments.jsonl").read_text() == log
