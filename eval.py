@@ -531,27 +531,29 @@ def model_stamp(folder) -> str:
     return h.hexdigest()
 
 
-def check_resume(out: Path, cfg: EvalConfig, variant: str, stamp: str, data_sha256: str | None = None):
-    """A rerun into a folder that holds judgments must use the settings, model and data they were made with.
-    stamp: `model_stamp` of the model folder. data_sha256: `data.pairs_sha256` of every pair read, before --limit
-    (which may change); None: checked later, once the data is read (the rest is cheaper to check)."""
+def check_resume(out: Path, cfg: EvalConfig, variant: str, stamp: str) -> dict | None:
+    """A rerun into a folder that holds judgments must use the settings and model they were made with (stamp:
+    `model_stamp` of the model folder). Returns the folder's saved config when it holds judgments, else None."""
     saved_path, saved = out / "config.json", saved_config(out)
     logs = [p.name for p in log_files(out) if p.stat().st_size]
     if not logs:
-        return
+        return None
     if saved is None:
         raise SystemExit(f"{out}: {', '.join(logs)} without the config.json it was made with; use another --out")
     diff = data.changed_settings(saved, {**asdict(cfg), "variant": variant}, SAME_ON_RESUME)
     if diff:
         raise SystemExit(f"{saved_path}: its judgments were made with other settings ({'; '.join(diff)}); "
                          f"rerun with those, or use another --out")
-    # the same paths may hold other contents (runs saved before these were recorded lack them)
-    checks = (("model_stamp", stamp, f"{cfg.model}: its weights changed (rewritten by a later SFT run?)"),
-              ("data_sha256", data_sha256, f"{cfg.data}: its pairs changed"))
-    for key, now, what in checks:
-        if now is not None and key in saved and saved[key] != now:
-            raise SystemExit(f"{what} since the judgments in {out} were made ({key} {saved[key][:12]} there, "
-                             f"{now[:12]} now); judging on would mix two in one score: use another --out")
+    check_same(out, saved, "model_stamp", stamp, f"{cfg.model}: its weights changed (rewritten by a later SFT run?)")
+    return saved
+
+
+def check_same(out: Path, saved: dict | None, key: str, now: str, what: str):
+    """The same path may hold other contents: a fingerprint (`key`) saved with the judgments must match `now`.
+    saved: check_resume's answer (None: no judgments). Runs saved before the fingerprint was recorded lack it."""
+    if saved is not None and key in saved and saved[key] != now:
+        raise SystemExit(f"{what} since the judgments in {out} were made ({key} {saved[key][:12]} there, "
+                         f"{now[:12]} now); judging on would mix two in one score: use another --out")
 
 
 def check_no_strays(out: Path, done: dict, items: list[tuple[data.Pair, str]]):
@@ -605,7 +607,7 @@ def main(argv=None):
         tok = data.Tokenizer.load(cfg.model)
         variant = guess_variant(tok) if cfg.variant == "auto" else cfg.variant
         stamp = model_stamp(cfg.model)
-        check_resume(out, cfg, variant, stamp)
+        before = check_resume(out, cfg, variant, stamp)  # the settings, before the data is read
         from model import load_config
 
         limit = load_config(cfg.model).max_position_embeddings  # the model's config, checked before its weights
@@ -614,7 +616,7 @@ def main(argv=None):
         if not pairs:
             raise SystemExit(f"{cfg.data}: no {cfg.bench} pairs found")
         data_sha256 = data.pairs_sha256(pairs)  # the pairs' contents, not only the path they were read from
-        check_resume(out, cfg, variant, stamp, data_sha256)  # the same data, now that it is read
+        check_same(out, before, "data_sha256", data_sha256, f"{cfg.data}: its pairs changed")
         if cfg.limit:
             pairs = pairs[: cfg.limit]
         items = data.place(pairs, "both" if cfg.both_orders else "random", cfg.seed)
