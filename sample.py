@@ -179,6 +179,9 @@ class _Slots:
     out_lp: torch.Tensor  # [S, max_new + 1] their log-probs
 
 
+PREFILL_TOKENS = 16384  # default padded tokens per prefill forward (generate's prefill_tokens)
+
+
 @dataclass
 class Engine:
     model: Transformer
@@ -192,7 +195,7 @@ class Engine:
     seed: int = 0
     sync_every: int = 16
     cuda_graph: bool = True
-    prefill_tokens: int = 16384
+    prefill_tokens: int = PREFILL_TOKENS
     graphs: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -528,7 +531,7 @@ def check_settings(n, temperature, top_k, top_p, eos_ids, seed, slots, sync_ever
 @torch.no_grad()
 def generate(model: Transformer, prompts, max_new_tokens, n: int = 1, temperature: float = 1.0, top_k: int = 0,
              top_p: float = 1.0, eos_ids=(), seed: int = 0, return_logprobs: bool = False, slots: int | None = None,
-             sync_every: int = 16, cuda_graph: bool = True, prefill_tokens: int = 16384, on_tokens=None,
+             sync_every: int = 16, cuda_graph: bool = True, prefill_tokens: int = PREFILL_TOKENS, on_tokens=None,
              progress=None) -> list[Sample]:
     """Sample `n` continuations of each prompt (lists of token ids, any lengths).
 
@@ -645,7 +648,7 @@ def main(argv=None):
     try:
         checked_device(args.device)  # cuda:N that this process cannot see
         check_prompts(load_config(args.model), [ids], args.max_new_tokens)
-        check_settings(n=1, slots=None, prefill_tokens=16384, **settings)  # generate's defaults for the other three
+        check_settings(n=1, slots=None, prefill_tokens=PREFILL_TOKENS, **settings)  # generate's defaults for these
     except ValueError as e:  # a flag out of range: one line, as argparse reports a bad flag, not a traceback
         raise SystemExit(f"sample.py: {str(e).removeprefix('generate: ')}") from None
     model = load(args.model, device=args.device, dtype=dtype).eval()

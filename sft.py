@@ -70,7 +70,7 @@ def parse_args(argv=None) -> SFTConfig:
 
 
 def check_config(cfg: SFTConfig):
-    """Each setting in its range, before any work starts."""
+    """Each setting in its range, and --max-len within the model's positions (its config.json), before any work."""
     bounds = {"max_len": (1, None), "global_batch": (1, None), "micro_tokens": (1, None), "epochs": (1, None),
               "loss_chunk": (1, None), "save_every": (0, None), "max_steps": (0, None), "min_lr_ratio": (0, 1),
               "warmup_ratio": (0, 1), "beta1": (0, 1), "beta2": (0, 1), "weight_decay": (0, None)}
