@@ -180,6 +180,7 @@ class _Slots:
 
 
 PREFILL_TOKENS = 16384  # default padded tokens per prefill forward (generate's prefill_tokens)
+SYNC_EVERY = 16  # default decode steps between host syncs (generate's sync_every)
 
 
 @dataclass
@@ -193,7 +194,7 @@ class Engine:
     top_k: int = 0
     top_p: float = 1.0
     seed: int = 0
-    sync_every: int = 16
+    sync_every: int = SYNC_EVERY
     cuda_graph: bool = True
     prefill_tokens: int = PREFILL_TOKENS
     graphs: dict = field(default_factory=dict)
@@ -531,8 +532,8 @@ def check_settings(n, temperature, top_k, top_p, eos_ids, seed, slots, sync_ever
 @torch.no_grad()
 def generate(model: Transformer, prompts, max_new_tokens, n: int = 1, temperature: float = 1.0, top_k: int = 0,
              top_p: float = 1.0, eos_ids=(), seed: int = 0, return_logprobs: bool = False, slots: int | None = None,
-             sync_every: int = 16, cuda_graph: bool = True, prefill_tokens: int = PREFILL_TOKENS, on_tokens=None,
-             progress=None) -> list[Sample]:
+             sync_every: int = SYNC_EVERY, cuda_graph: bool = True, prefill_tokens: int = PREFILL_TOKENS,
+             on_tokens=None, progress=None) -> list[Sample]:
     """Sample `n` continuations of each prompt (lists of token ids, any lengths).
 
     max_new_tokens: an int, or one int per prompt. eos_ids: a row stops after emitting any of them.

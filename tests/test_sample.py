@@ -415,8 +415,8 @@ def test_cli_holds_back_half_characters_and_prints_them_at_the_end(chat_model, m
 @pytest.mark.parametrize("flags,error,match", [
     (["--top-p", "0"], SystemExit, r"^sample.py: top_p must be in \(0, 1\], got 0.0"),
     (["--max-new-tokens", "0"], SystemExit, r"^sample.py: prompt 0: max_new_tokens must be an integer >= 1, got 0"),
-    (["--max-new-tokens", "250"], SystemExit, r"prompt 0 has \d+ tokens \+ max_new_tokens 250 = \d+, over the "
-                                              r"model's limit of 256"),
+    (["--max-new-tokens", "250"], SystemExit, r"^sample.py: prompt 0 has \d+ tokens \+ max_new_tokens 250 = \d+, "
+                                              r"over the model's limit of 256"),
     (["--top-k", "-1"], SystemExit, r"^sample.py: top_k must be an integer >= 0"),
     (["--device", "cuda:99"], SystemExit, r"^sample.py: device cuda:99: this process sees \d GPUs?"),
 ])
