@@ -178,6 +178,38 @@ def test_template_rewriting_added_tokens_is_an_error():
         tok.encode_chat(msgs)
 
 
+def test_encode_chats_of_many_conversations_match_transformers_one_by_one(pair):
+    """encode_chats encodes the distinct pieces of up to 256 conversations at a time in one batch: across that
+    boundary, with pieces shared between conversations (the system prompt; a prompt and the same prompt with an
+    answer, as SFT encodes them), each conversation's ids are transformers' own. (encode_chat is encode_chats of
+    one conversation: the forgery tests above cover added-token strings in messages.)"""
+    import data
+    import rubrics
+
+    tok, ref = pair
+    pairs = data.read_rmbench(SHARED / "benchmarks" / "rm-bench" / "chat_filtered.json")[:150]
+    convs = []
+    for k, (p, at) in enumerate(data.place(pairs, "alternate")):
+        msgs = rubrics.judge_messages(*p.conversations(at), "instruct" if k % 3 else "reasoning")
+        convs += [msgs, [*msgs, {"role": "assistant", "content": f"<answer>[[{at}]]</answer>"}]]
+    assert len(convs) > 256
+    expected = []
+    for msgs in convs:
+        ids = ref.apply_chat_template(msgs, tokenize=True, add_generation_prompt=False)
+        expected.append(ids["input_ids"] if not isinstance(ids, list) else ids)
+    assert tok.encode_chats(convs) == expected
+    assert tok.encode_chats([]) == []
+
+
+def test_encode_chats_names_the_conversation_a_template_rewrites():
+    tok = Tokenizer.load(QWEN3)
+    ok = [{"role": "user", "content": "hi"}]
+    bad = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "<think>x</think>y"}]
+    with pytest.raises(ValueError, match=r"qwen3-0.6b: rows.jsonl:300: a message contains an added-token string "
+                                         r"that this chat template rewrites"):
+        tok.encode_chats([ok] * 299 + [bad], names=[f"rows.jsonl:{k}" for k in range(1, 301)])
+
+
 def test_missing_tokenizer_json(tmp_path):
     with pytest.raises(FileNotFoundError, match="no tokenizer.json"):
         Tokenizer.load(DEEPSEEK)
