@@ -339,25 +339,38 @@ def rescore(lines: list[dict], pairs: list[data.Pair], where: str) -> list[dict]
 
 def judge(get_model, tok, items: list[tuple[data.Pair, str]], log: Path, variant: str, max_new_tokens: int,
           limit: int, batch: int, slots: int = 0, progress: bool = True, done: dict | None = None,
-          ready=None) -> list[dict]:
+          ready=None, others: list[tuple[data.Pair, str]] = ()) -> list[dict]:
     """Greedy judgments of (pair, chosen_at) items, appended to `log`; items already judged are skipped.
     done: judgments already made, by key (default: those in log). limit: the model's max_position_embeddings.
     get_model() returns the judge. It is called only once every prompt is rendered and fits `limit`, and only if
     something is left to judge: a pair too long, or a run already finished, costs no model load.
-    ready(): called once the prompts fit, before anything is judged (eval.main writes the run's config.json)."""
+    ready(): called once the prompts fit, before anything is judged (eval.main writes the run's config.json).
+    others: items other processes judge (under torchrun); their prompts must fit too before ready(), so that no
+    process starts on a run that another stops."""
     from tqdm import tqdm
 
     from sample import generate
+
+    def what(p, at):  # an item as errors name it
+        return f"pair {p.id} (chosen at {at})"
+
+    def encode(items):  # token ids of each item's judge prompt
+        return tok.encode_chats([judge_messages(*p.conversations(at), variant) for p, at in items], True,
+                                names=[what(p, at) for p, at in items])
+
+    def budgets(items, prompts):  # new tokens each may take; a prompt that fills the limit stops the run
+        return [reply_budget(limit, ids, max_new_tokens, what(p, at)) for (p, at), ids in zip(items, prompts)]
 
     keys = [item_key(p.id, at) for p, at in items]
     known = {r["key"]: r for r in read_log(log)} if done is None else done
     done = {k: known[k] for k in keys if k in known}  # these items' judgments already made
     todo = [item for item, k in zip(items, keys) if k not in done]
     # every prompt rendered and measured before the first judgment, so a long pair stops the run up front
-    all_prompts = [tok.encode_chat(judge_messages(*p.conversations(at), variant), add_generation_prompt=True)
-                   for p, at in todo]
-    all_budgets = [reply_budget(limit, ids, max_new_tokens, f"pair {p.id} (chosen at {at})")
-                   for (p, at), ids in zip(todo, all_prompts)]
+    all_prompts = encode(todo)
+    all_budgets = budgets(todo, all_prompts)
+    others = [(p, at) for p, at in others if item_key(p.id, at) not in known]
+    for start in range(0, len(others), 1024):  # the other processes' prompts: measured, then dropped
+        budgets(others[start:start + 1024], encode(others[start:start + 1024]))
     if ready:
         ready()
     model = get_model() if todo else None
@@ -635,7 +648,8 @@ def main(argv=None):
         # rank r owns items r, r + world, ... whatever the logs hold, so no two processes judge one item; the
         # model loads once its prompts are checked, and not at all when they are all judged
         judge(lambda: load_model(cfg, device), tok, items[rank::world], log, variant, cfg.max_new_tokens, limit,
-              cfg.batch, cfg.slots, progress=rank == 0, done=done, ready=save_config)
+              cfg.batch, cfg.slots, progress=rank == 0, done=done, ready=save_config,
+              others=[item for k, item in enumerate(items) if k % world != rank])  # checked to fit, not judged
         judged = judged_by_key(out, log)
         waiting = sum(item_key(p.id, at) not in judged for p, at in items)
         if waiting:  # other ranks still judging: the last one to finish sees every judgment and scores

@@ -677,6 +677,36 @@ def test_ranks_judge_their_share_and_the_last_one_scores(tiny, tmp_path, monkeyp
         ev.main(["--bench", "rm-bench", "--out", str(out), "--score-only"])
 
 
+def test_a_pair_too_long_in_another_ranks_share_stops_every_rank_before_anything_is_written(tiny, tmp_path,
+                                                                                         monkeypatch):
+    """Each process measures every pair's prompt, not only its share: a rank whose own pairs fit does not start
+    (writing config.json, loading the model, judging) on a run that the rank holding the long pair stops."""
+    import shutil
+
+    from rubrics import judge_messages
+
+    tok = data.Tokenizer.load(tiny)
+    data_file = BENCH / "rm-bench" / "chat_filtered.json"
+    items = data.place(data.read_rmbench(data_file)[:6], "random", 0)
+    lengths = [len(tok.encode_chat(judge_messages(*p.conversations(at), "instruct"), add_generation_prompt=True))
+               for p, at in items]
+    longest = max(range(len(items)), key=lengths.__getitem__)
+    other = 1 - longest % 2  # the rank of two whose share is items[other::2]
+    assert max(lengths[other::2]) < lengths[longest]  # its own prompts all fit
+    short = shutil.copytree(tiny, tmp_path / "short")
+    cfg = json.loads((short / "config.json").read_text())
+    (short / "config.json").write_text(json.dumps({**cfg, "max_position_embeddings": lengths[longest]}))
+    monkeypatch.setattr(ev, "load_model", lambda *a: pytest.fail("the model was loaded"))
+    p, at = items[longest]
+    for rank in (other, 1 - other):
+        as_rank(monkeypatch, rank, 2)
+        with pytest.raises(ValueError, match=rf"pair {p.id} \(chosen at {at}\): judge prompt has {lengths[longest]} "
+                                             rf"tokens, at or over the model's limit of {lengths[longest]}"):
+            ev.main(["--model", str(short), "--bench", "rm-bench", "--data", str(data_file), "--limit", "6",
+                     "--max-new-tokens", "4", "--device", "cpu", "--out", str(tmp_path / "run")])
+        assert not (tmp_path / "run").exists()
+
+
 def test_other_ranks_logs_are_read_not_repaired(tmp_path):
     """A cut-short last line in another rank's log is being written: skipped, left as it is. This process's
     own log is repaired."""
