@@ -29,7 +29,6 @@ How it works (read top to bottom):
 
 from __future__ import annotations
 
-import argparse
 import numbers
 import operator
 import sys
@@ -623,40 +622,47 @@ class TextStream:
         self.pending = []
 
 
+@dataclass
+class ChatConfig:
+    model: str = ""  # Hugging Face model folder (required)
+    prompt: str = ""  # the user message (required)
+    system: str = ""  # an optional system message
+    max_new_tokens: int = 512  # longest reply
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0  # nucleus mass kept (1 = off)
+    top_k: int = 0  # most likely tokens kept (0 = off)
+    seed: int = 0  # the draws are a function of seed and position
+    device: str = ""  # cuda, cuda:N or cpu (empty: cuda if there is one)
+
+
 def main(argv=None):
-    from data import Tokenizer
+    from data import Tokenizer, config_parser
     from model import checked_device, load, load_config
 
-    ap = argparse.ArgumentParser(description="Chat with a checkpoint (its chat template applied), streaming text.")
-    ap.add_argument("--model", required=True, help="Hugging Face model folder")
-    ap.add_argument("--prompt", required=True, help="the user message")
-    ap.add_argument("--system", default=None, help="an optional system message")
-    ap.add_argument("--max-new-tokens", type=int, default=512, help="longest reply")
-    ap.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    ap.add_argument("--top-p", type=float, default=1.0, help="nucleus mass kept (1 = off)")
-    ap.add_argument("--top-k", type=int, default=0, help="most likely tokens kept (0 = off)")
-    ap.add_argument("--seed", type=int, default=0, help="the draws are a function of seed and position")
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cuda, cuda:N or cpu")
-    args = ap.parse_args(argv)
-    dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
-    tok = Tokenizer.load(args.model)
-    msgs = [{"role": "system", "content": args.system}] if args.system else []
-    msgs.append({"role": "user", "content": args.prompt})
+    cfg = ChatConfig(**vars(config_parser(ChatConfig, "Chat with a checkpoint (its chat template applied), "
+                                                       "streaming text.").parse_args(argv)))
+    if not cfg.model or not cfg.prompt:
+        raise SystemExit("sample.py: --model and --prompt are required")
+    device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    tok = Tokenizer.load(cfg.model)
+    msgs = [{"role": "system", "content": cfg.system}] if cfg.system else []
+    msgs.append({"role": "user", "content": cfg.prompt})
     ids = tok.encode_chat(msgs, add_generation_prompt=True)
     # the prompt and settings checked as generate checks them, before the weights load
-    settings = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, eos_ids=tok.eos_ids,
-                    seed=args.seed, sync_every=4)
+    settings = dict(temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, eos_ids=tok.eos_ids,
+                    seed=cfg.seed, sync_every=4)
     try:
-        checked_device(args.device)  # cuda:N that this process cannot see
-        check_prompts(load_config(args.model), [ids], args.max_new_tokens)
+        checked_device(device)  # cuda:N that this process cannot see
+        check_prompts(load_config(cfg.model), [ids], cfg.max_new_tokens)
         check_settings(n=1, slots=None, prefill_tokens=PREFILL_TOKENS, **settings)  # generate's defaults for these
     except ValueError as e:  # a flag out of range: one line, as argparse reports a bad flag, not a traceback
         raise SystemExit(f"sample.py: {str(e).removeprefix('generate: ')}") from None
-    model = load(args.model, device=args.device, dtype=dtype).eval()
+    model = load(cfg.model, device=device, dtype=dtype).eval()
     stream = TextStream(tok)
 
     t0 = time.time()
-    out = generate(model, [ids], args.max_new_tokens, on_tokens=stream, **settings)[0]
+    out = generate(model, [ids], cfg.max_new_tokens, on_tokens=stream, **settings)[0]
     dt = time.time() - t0
     stream.close()
     print(f"\n[{len(out.tokens)} tokens, stopped by {out.finish}, {len(out.tokens) / dt:.1f} tok/s]", file=sys.stderr)

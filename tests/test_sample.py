@@ -429,6 +429,23 @@ def test_cli_bad_settings_stop_before_the_weights_load(chat_model, monkeypatch, 
         sample.main(["--model", str(d), "--prompt", "hi", "--device", "cpu", "--max-new-tokens", "8", *flags])
 
 
+def test_cli_flags_come_from_its_dataclass_with_defaults_in_the_help(capsys):
+    """As in sft.py and eval.py, the chat CLI's settings are one dataclass: every field a flag, its default and
+    comment in --help; --model and --prompt missing is a one-line error."""
+    from dataclasses import fields
+
+    with pytest.raises(SystemExit) as e:
+        sample.main(["--help"])
+    assert e.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for f in fields(sample.ChatConfig):
+        assert f"--{f.name.replace('_', '-')}" in text
+    assert "longest reply (default: 512)" in text and "0 = greedy (default: 0.0)" in text
+    for argv in ([], ["--model", "m"], ["--prompt", "hi"]):
+        with pytest.raises(SystemExit, match="^sample.py: --model and --prompt are required$"):
+            sample.main(argv)
+
+
 @pytest.mark.parametrize("name", ["qwen2.5-7b-instruct", "qwen3-0.6b"])
 def test_text_stream_writes_what_the_whole_output_decodes_to(name):
     """Random outputs (words, characters split over byte-level tokens, lone halves, control tokens) in random
