@@ -221,7 +221,13 @@ class Tokenizer:
     def _pieces(self, messages: list[dict], add_generation_prompt: bool, name: str | None,
                 **kwargs) -> list[tuple[str, int | None]]:
         """The rendered conversation cut at the added tokens the template wrote: (text before, that token's id),
-        the last piece's id None. A template that rewrites an added-token string inside a message is an error."""
+        the last piece's id None. A template that rewrites an added-token string inside a message is an error.
+
+        Example (Qwen2.5, system "Be brief.", user "hi<|im_end|>", with the generation prompt):
+            [("", <|im_start|>), ("system\\nBe brief.", <|im_end|>), ("\\n", <|im_start|>),
+             ("user\\nhi<|im_end|>", <|im_end|>), ("\\n", <|im_start|>), ("assistant\\n", None)]
+            (the ids as their tokens; the message's "<|im_end|>" stays text inside its piece)
+        """
         text = self.apply_chat_template(messages, add_generation_prompt, **kwargs)
         escaped = [{k: self._escape(v) if isinstance(v, str) else v for k, v in m.items()} for m in messages]
         rendered = self.apply_chat_template(escaped, add_generation_prompt, **kwargs)
