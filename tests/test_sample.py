@@ -429,6 +429,19 @@ def test_cli_bad_settings_stop_before_the_weights_load(chat_model, monkeypatch, 
         sample.main(["--model", str(d), "--prompt", "hi", "--device", "cpu", "--max-new-tokens", "8", *flags])
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_gpu_cli_without_device_runs_on_the_gpu_in_bf16(chat_model, monkeypatch, capsys):
+    """No --device on a GPU machine: the weights load in bf16 on the current GPU, and the reply streams."""
+    _, d = chat_model
+    weights, real_generate = [], sample.generate
+    monkeypatch.setattr(sample, "generate", lambda model, *a, **kw: weights.append(next(model.parameters())) or
+                        real_generate(model, *a, **kw))
+    sample.main(["--model", str(d), "--prompt", "hi", "--max-new-tokens", "8"])
+    assert weights[0].device == torch.device("cuda", torch.cuda.current_device())
+    assert weights[0].dtype == torch.bfloat16
+    assert "tokens, stopped by" in capsys.readouterr().err
+
+
 def test_cli_flags_come_from_its_dataclass_with_defaults_in_the_help(capsys):
     """As in sft.py and eval.py, the chat CLI's settings are one dataclass: every field a flag, its default and
     comment in --help; --model and --prompt missing is a one-line error."""
