@@ -68,7 +68,7 @@ def main():
             [*r["messages"], {"role": "assistant", "content": r["target"]}])) for r in read], args.runs)
         cfg = sft.SFTConfig(data=str(path), max_len=12288)
         batched, (rows_b, _) = median_time(lambda: sft.load_rows(cfg, tok), args.runs)
-    assert rows_one == rows_b
+    assert rows_one == [(ids.tolist(), mask.tolist()) for ids, mask in rows_b]
     print(f"sft rows: one at a time {one:.1f} s, load_rows {batched:.1f} s ({one / batched:.1f}x), "
           f"{sum(len(i) for i, _ in rows_b):,} tokens")
 

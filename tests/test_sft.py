@@ -386,6 +386,10 @@ def test_traces_that_do_not_end_in_their_winner_are_listed(tmp_path):
     (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     kept, counts = sft.load_rows(sft.SFTConfig(data=str(tmp_path / "rows.jsonl")), Tokenizer.load(QWEN25))
     assert len(kept) == 5 and counts["rows_whose_trace_does_not_end_in_the_winner"] == [3, 4, 5]
+    # the rows, encoded in a batch and kept as int32 / bool tensors, are tokenize_row's row by row
+    assert all(ids.dtype == torch.int32 and mask.dtype == torch.bool for ids, mask in kept)
+    assert [(ids.tolist(), mask.tolist()) for ids, mask in kept] == [
+        sft.tokenize_row(Tokenizer.load(QWEN25), msgs, t) for _, t in traces]
     # rows are named by their line, as in errors: blank lines before a row move its number
     lines = [json.dumps(r) for r in rows]
     (tmp_path / "gaps.jsonl").write_text("\n\n".join(lines[:2]) + "\n\n\n" + "\n".join(lines[2:]) + "\n")
