@@ -203,6 +203,8 @@ class Tokenizer:
         """encode_chat of each conversation. The distinct text pieces of up to 256 conversations at a time (a
         system prompt they share, a prompt and the same prompt with an answer: once) are encoded in one batch, which
         the Rust tokenizer spreads over the CPU's cores. names: what an error calls each conversation."""
+        if names is not None and len(names) != len(conversations):
+            raise ValueError(f"encode_chats: {len(names)} names for {len(conversations)} conversations")
         out = []
         for start in range(0, len(conversations), 256):  # bounded: a batch's encodings hold strings and offsets
             layouts = [self._pieces(messages, add_generation_prompt, names[k] if names else None, **kwargs)

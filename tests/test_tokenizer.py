@@ -208,6 +208,8 @@ def test_encode_chats_names_the_conversation_a_template_rewrites():
     with pytest.raises(ValueError, match=r"qwen3-0.6b: rows.jsonl:300: a message contains an added-token string "
                                          r"that this chat template rewrites"):
         tok.encode_chats([ok] * 299 + [bad], names=[f"rows.jsonl:{k}" for k in range(1, 301)])
+    with pytest.raises(ValueError, match="encode_chats: 2 names for 3 conversations"):
+        tok.encode_chats([ok] * 3, names=["a", "b"])
 
 
 def test_missing_tokenizer_json(tmp_path):
