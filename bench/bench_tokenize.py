@@ -3,11 +3,16 @@ Tokenizer.encode_chats (the distinct pieces of 256 conversations per batch, spre
 
     python bench/bench_tokenize.py                   # needs ../shared (or RMR1_SHARED); CPU only
     python bench/bench_tokenize.py --rows 8700 --runs 3
+    python bench/bench_tokenize.py --ranks 8             # eval's check under torchrun: 8 processes at once
 
 eval: every RM-Bench pair (chosen answer placed as eval.py places it) rendered as the Instruct judge prompt with
 the Qwen2.5 tokenizer. sft: `--rows` rows from RM-Bench pairs with a seeded trace of 1,500 words each (about the
 length of the distilled traces), read by sft.load_rows. One at a time means encode_chat per conversation (two per
 SFT row: the prompt, and the prompt with its trace). Median of --runs runs; each way's ids are checked equal.
+
+--ranks N: N processes start together, as eval's ranks under torchrun do on one node, and the wall time until the
+last is done is reported for each process encoding its 1/N share one prompt at a time (the code before eval
+checked every pair) and for each encoding every prompt with encode_chats (what eval does now).
 """
 
 import argparse
@@ -38,14 +43,55 @@ def median_time(fn, runs):
     return statistics.median(times), out
 
 
+def judge_prompts():
+    pairs = data.read_rmbench(SHARED / "benchmarks" / "rm-bench")
+    return pairs, [judge_messages(*p.conversations(at), "instruct") for p, at in data.place(pairs, "random", 0)]
+
+
+def rank_process(rank, ranks, mode, barrier, done):
+    """One of `ranks` processes: loads the tokenizer and prompts, waits for the others, encodes, reports."""
+    tok = data.Tokenizer.load(SHARED / "hf" / "qwen2.5-7b-instruct")
+    _, prompts = judge_prompts()
+    barrier.wait()
+    if mode == "share":
+        [tok.encode_chat(m, add_generation_prompt=True) for m in prompts[rank::ranks]]
+    else:
+        tok.encode_chats(prompts, add_generation_prompt=True)
+    done.put(time.perf_counter())
+
+
+def ranks_at_once(ranks, mode):
+    """Seconds from the moment all `ranks` processes are ready until the last one has encoded."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    barrier, done = ctx.Barrier(ranks + 1), ctx.Queue()
+    procs = [ctx.Process(target=rank_process, args=(r, ranks, mode, barrier, done)) for r in range(ranks)]
+    for p in procs:
+        p.start()
+    barrier.wait()
+    start = time.perf_counter()
+    last = max(done.get() for _ in procs)
+    for p in procs:
+        p.join()
+    return last - start
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=8700, help="SFT rows (the paper's 8.7K distilled traces)")
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--ranks", type=int, default=0, help="only the torchrun case, with this many processes")
     args = ap.parse_args()
+    if args.ranks:
+        print(f"{os.cpu_count()} CPUs; {args.ranks} processes at once; median of {args.runs}")
+        for mode, what in (("share", "its share, one at a time"), ("all", "every prompt, encode_chats")):
+            times = [ranks_at_once(args.ranks, mode) for _ in range(args.runs)]
+            print(f"each process encodes {what}: {statistics.median(times):.1f} s "
+                  f"({', '.join(f'{t:.1f}' for t in times)})")
+        return
     tok = data.Tokenizer.load(SHARED / "hf" / "qwen2.5-7b-instruct")
-    pairs = data.read_rmbench(SHARED / "benchmarks" / "rm-bench")
-    prompts = [judge_messages(*p.conversations(at), "instruct") for p, at in data.place(pairs, "random", 0)]
+    pairs, prompts = judge_prompts()
     print(f"{os.cpu_count()} CPUs; {len(prompts)} RM-Bench judge prompts, {args.rows} SFT rows; median of {args.runs}")
 
     one, ids = median_time(lambda: [tok.encode_chat(m, add_generation_prompt=True) for m in prompts], args.runs)
