@@ -139,7 +139,23 @@ def tokenize_row(tok: data.Tokenizer, messages: list[dict], target: str) -> tupl
     Example: [..system.., ..user.., <|im_start|> assistant \\n  <type> ... </answer> <|im_end|> \\n]
              [    0    ..     0   ,      1        1       1       1   ...     1          1      0 ]
     """
-    return mask_row(tok, *tok.encode_chats([messages, messages + [{"role": "assistant", "content": target}]]))
+    return tokenize_rows(tok, [(messages, target)])[0]
+
+
+def tokenize_rows(tok: data.Tokenizer, rows: list[tuple[list[dict], str]],
+                  names: list[str] | None = None) -> list[tuple[list[int], list[int]]]:
+    """tokenize_row of each (messages, target), all encoded by one Tokenizer.encode_chats call (the prompt and the
+    prompt + target of every row). names: what an error calls each row."""
+    conversations = [c for messages, target in rows
+                     for c in (messages, [*messages, {"role": "assistant", "content": target}])]
+    encoded = tok.encode_chats(conversations, names=None if names is None else [n for n in names for _ in range(2)])
+    out = []
+    for k in range(len(rows)):
+        try:
+            out.append(mask_row(tok, encoded[2 * k], encoded[2 * k + 1]))
+        except ValueError as e:
+            raise ValueError(f"{names[k]}: {e}" if names else str(e)) from None
+    return out
 
 
 def mask_row(tok: data.Tokenizer, prompt: list[int], ids: list[int]) -> tuple[list[int], list[int]]:
@@ -156,9 +172,9 @@ def mask_row(tok: data.Tokenizer, prompt: list[int], ids: list[int]) -> tuple[li
 
 
 def load_rows(cfg: SFTConfig, tok: data.Tokenizer) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], dict]:
-    """Tokenized (ids, mask) rows (int32 and bool tensors), and what was dropped for length: counts and row numbers (as in errors: from 1,
-    a JSONL row's line). Rows whose trace does not end in its winner's verdict (the GRPO reward's rule) are
-    trained on as given, and their row numbers listed. Rows are encoded in batches (tokenize_row's work, faster)."""
+    """Tokenized (ids, mask) rows as int32 and bool tensors, and what was dropped for length: counts and row
+    numbers (as in errors: from 1, a JSONL row's line). Rows whose trace does not end in its winner's verdict (the
+    GRPO reward's rule) are trained on as given, and their row numbers listed."""
     rows, too_long_prompt, too_long, off_winner = [], [], [], []
     read = data.read_rmr1_training(cfg.data)
     if not read:
@@ -168,15 +184,9 @@ def load_rows(cfg: SFTConfig, tok: data.Tokenizer) -> tuple[list[tuple[torch.Ten
             raise ValueError(f"{r['where']}: SFT rows need the target trace ('response' or 'completion')")
     for start in range(0, len(read), 512):  # encoded in batches; each row's prompt ids are dropped once it is masked
         chunk = read[start:start + 512]
-        both = [c for r in chunk
-                for c in (r["messages"], [*r["messages"], {"role": "assistant", "content": r["target"]}])]
-        encoded = tok.encode_chats(both, names=[r["where"] for r in chunk for _ in range(2)])  # prompt, prompt + trace
-        for k, r in enumerate(chunk):
-            where, number = r["where"], int(r["where"].rpartition(":")[2])  # "rows.jsonl:7" -> 7
-            try:
-                ids, mask = mask_row(tok, encoded[2 * k], encoded[2 * k + 1])
-            except ValueError as e:
-                raise ValueError(f"{where}: {e}") from None
+        for r, (ids, mask) in zip(chunk, tokenize_rows(tok, [(r["messages"], r["target"]) for r in chunk],
+                                                       [r["where"] for r in chunk])):
+            number = int(r["where"].rpartition(":")[2])  # "rows.jsonl:7" -> 7
             if reward(r["target"], r["label"]) != 1:  # its last 80 characters hold no verdict, or the other one
                 off_winner.append(number)
             if len(ids) - sum(mask) >= cfg.max_len:
