@@ -445,9 +445,9 @@ def judge_device(cfg: EvalConfig, local_rank: int | None = None):
     takes its own GPU, cuda:LOCAL_RANK, unless --device names one."""
     import torch
 
-    from model import checked_device, local_gpu
+    from model import checked_device, default_device, local_gpu
 
-    device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = cfg.device or default_device()
     device = local_gpu(local_rank) if device == "cuda" and local_rank is not None else checked_device(device)
     if device.index is not None:  # a GPU named by number becomes the current one, on which CUDA graphs and
         torch.cuda.set_device(device)  # streams are made ("cuda" is the current one already)

@@ -696,6 +696,11 @@ def expected_shapes(cfg: Config) -> dict[str, tuple]:
     return {n: tuple(p.shape) for n, p in model.named_parameters()}
 
 
+def default_device() -> str:
+    """What a script runs on when no --device is given: the current GPU if there is one, else the CPU."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def checked_device(device, hint: str = "") -> torch.device:
     """torch.device(device), or, for a GPU this process cannot see, an error naming it and how many it sees
     (CUDA's own is "invalid device ordinal", raised by the first tensor placed there), then `hint`."""

@@ -637,13 +637,13 @@ class ChatConfig:
 
 def main(argv=None):
     from data import Tokenizer, config_parser
-    from model import checked_device, load, load_config
+    from model import checked_device, default_device, load, load_config
 
     cfg = ChatConfig(**vars(config_parser(ChatConfig, "Chat with a checkpoint (its chat template applied), "
                                                        "streaming text.").parse_args(argv)))
     if not cfg.model or not cfg.prompt:
         raise SystemExit("sample.py: --model and --prompt are required")
-    device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = cfg.device or default_device()
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     tok = Tokenizer.load(cfg.model)
     msgs = [{"role": "system", "content": cfg.system}] if cfg.system else []
