@@ -65,7 +65,7 @@ def main():
     evaluate.main(["--model", str(ckpt), "--question", "What is 17 * 3?", "--answer-a", "51", "--answer-b", "41",
                    "--max-new-tokens", "24", "--device", "cpu"])
     # 3. Two benchmarks on a few real rows each, with both orders on one of them.
-    common = ["--model", str(ckpt), "--max-new-tokens", "16", "--device", "cpu", "--batch", "16"]
+    common = ["--model", str(ckpt), "--max-new-tokens", "16", "--device", "cpu"]
     evaluate.main(common + ["--bench", "rm-bench", "--data", str(SHARED / "benchmarks" / "rm-bench" / "chat_filtered.json"),
                             "--limit", "18", "--out", str(out / "rm-bench")])
     evaluate.main(common + ["--bench", "rmb", "--data",

@@ -5,9 +5,9 @@
     python eval.py --model DIR --question "2+2?" --answer-a "4" --answer-b "5"     # one pair, streamed
     torchrun --nproc_per_node=8 eval.py --model DIR --bench rmb --data RMB_dataset/ --out runs/rmb  # 8 GPUs
 
-Flow: data (readers) -> rubrics.judge_messages -> sample.generate (greedy, large batches) ->
+Flow: data (readers) -> rubrics.judge_messages -> sample.generate (greedy, one call for all pairs) ->
 rubrics.parse_verdict -> per-benchmark aggregation (SPEC section 6). Every judgment is appended to
-OUT/judgments.jsonl as soon as its batch finishes; a rerun with the same --out skips what is there.
+OUT/judgments.jsonl as soon as it is made; a rerun with the same --out skips what is there.
 Under torchrun, rank r judges pairs r, r + world, ... into OUT/judgments.rank{r}.jsonl (rank 0 into
 judgments.jsonl) and the last rank to finish scores.
 """
@@ -338,7 +338,7 @@ def rescore(lines: list[dict], pairs: list[data.Pair], where: str) -> list[dict]
 
 
 def judge(get_model, tok, items: list[tuple[data.Pair, str]], log: Path, variant: str, max_new_tokens: int,
-          limit: int, batch: int, slots: int = 0, progress: bool = True, done: dict | None = None,
+          limit: int, slots: int = 0, progress: bool = True, done: dict | None = None,
           ready=None, others: list[tuple[data.Pair, str]] = ()) -> list[dict]:
     """Greedy judgments of (pair, chosen_at) items, appended to `log`; items already judged are skipped.
     done: judgments already made, by key (default: those in log). limit: the model's max_position_embeddings.
@@ -376,22 +376,28 @@ def judge(get_model, tok, items: list[tuple[data.Pair, str]], log: Path, variant
     model = get_model() if todo else None
     bar = tqdm(total=len(items), initial=len(items) - len(todo), disable=not progress, desc="judging")
     right = sum(r["correct"] for r in done.values())
+
     with open(log, "a", encoding="utf-8") as f:
-        for start in range(0, len(todo), batch):
-            chunk, prompts = todo[start:start + batch], all_prompts[start:start + batch]
-            budgets = all_budgets[start:start + batch]
-            outs = generate(model, prompts, budgets, temperature=0, eos_ids=tok.eos_ids, slots=slots or None)
-            for (p, at), o in zip(chunk, outs):
-                text = tok.decode(o.tokens, skip_special_tokens=True)
-                verdict = parse_verdict(text)
-                j = Judgment(item_key(p.id, at), p.id, p.subset, p.group, at, text, verdict, int(verdict == at),
-                             o.finish, p.extra)
-                f.write(json.dumps(asdict(j), ensure_ascii=False) + "\n")
-                done[j.key] = asdict(j)
-                right += j.correct
+
+        def write(o):  # progress(): a finished sequence's judgment, on disk before generate() returns
+            nonlocal right
+            p, at = todo[o.prompt_index]
+            text = tok.decode(o.tokens, skip_special_tokens=True)
+            verdict = parse_verdict(text)
+            j = Judgment(item_key(p.id, at), p.id, p.subset, p.group, at, text, verdict, int(verdict == at),
+                         o.finish, p.extra)
+            f.write(json.dumps(asdict(j), ensure_ascii=False) + "\n")
             f.flush()
-            bar.update(len(chunk))
-            bar.set_postfix(acc=f"{right / max(1, len(done)):.3f}")
+            done[j.key] = asdict(j)
+            right += j.correct
+            bar.update(1)
+            bar.set_postfix(acc=f"{right / len(done):.3f}", refresh=False)
+
+        if todo:
+            # One call for every item: a slot freed by a finished judgment takes the next prompt, so the GPU stays
+            # full until the last few (calls of a few hundred items each waited on their longest judgment in turn).
+            generate(model, all_prompts, all_budgets, temperature=0, eos_ids=tok.eos_ids, slots=slots or None,
+                     progress=write)
     bar.close()
     return [done[k] for k in keys]
 
@@ -423,8 +429,7 @@ class EvalConfig:
     out: str = ""  # run folder: judgments.jsonl, scores.json, config.json
     variant: str = "auto"  # auto | instruct | reasoning
     max_new_tokens: int = 4096  # longest judgment (fewer where the prompt nears the model's limit)
-    batch: int = 256  # judgments per generate() call (and per flush to the log)
-    slots: int = 0  # sequences decoding at once (0: all of a batch that half the free GPU memory holds as KV cache)
+    slots: int = 0  # judgments decoding at once (0: as many as half the free GPU memory holds as KV cache)
     seed: int = 0  # placement of the chosen answer (A/B), per pair
     both_orders: bool = False  # judge every pair twice, chosen at A and at B
     limit: int = 0  # judge only the first N pairs (0 = all)
@@ -586,7 +591,7 @@ def check_no_strays(out: Path, done: dict, items: list[tuple[data.Pair, str]]):
 
 def main(argv=None):
     cfg = parse_args(argv)
-    for name, least in (("max_new_tokens", 1), ("batch", 1), ("slots", 0), ("limit", 0)):
+    for name, least in (("max_new_tokens", 1), ("slots", 0), ("limit", 0)):
         if getattr(cfg, name) < least:
             raise SystemExit(f"--{name.replace('_', '-')} must be >= {least}, got {getattr(cfg, name)}")
     if cfg.variant not in ("auto", "instruct", "reasoning"):
@@ -648,7 +653,7 @@ def main(argv=None):
         # rank r owns items r, r + world, ... whatever the logs hold, so no two processes judge one item; the
         # model loads once its prompts are checked, and not at all when they are all judged
         judge(lambda: load_model(cfg, device), tok, items[rank::world], log, variant, cfg.max_new_tokens, limit,
-              cfg.batch, cfg.slots, progress=rank == 0, done=done, ready=save_config,
+              cfg.slots, progress=rank == 0, done=done, ready=save_config,
               others=[item for k, item in enumerate(items) if k % world != rank])  # checked to fit, not judged
         judged = judged_by_key(out, log)
         waiting = sum(item_key(p.id, at) not in judged for p, at in items)

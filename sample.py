@@ -344,8 +344,14 @@ class Engine:
         first_logits = {}  # prompt -> last prompt logits, until all its samples are admitted
         admitted = [0] * len(prompts)
         results, streamed = {}, [0] * (len(prompts) * n)
+        reported = []  # samples collected at the last sync, for progress()
         s = self.s
         while queue or any(o is not None for o in owner):
+            # progress() hears of the samples collected at the last sync only now, once the chunk after it is
+            # launched: the caller's work on them (eval writes judgments) runs while the GPU decodes
+            for sample in reported:
+                progress(sample)
+            reported = []
             # Collect finished rows: one host sync per `sync_every` steps for the state, one for the
             # tokens (and log-probs) of every row that finished.
             done, n_gen = torch.stack([s.done.long(), s.n_gen]).tolist()
@@ -376,7 +382,7 @@ class Engine:
                 if resident.get(i) == slot:
                     del resident[i]
                 if progress is not None:
-                    progress(results[(i, j)])
+                    reported.append(results[(i, j)])
             # Refill free slots: choose the sequences, prefill their new prompts together, start them.
             new = []
             for slot in range(self.slots):
@@ -434,6 +440,8 @@ class Engine:
             self._run(steps, cover(live[-1]), attend)
             for slot in live:
                 upper[slot] += steps
+        for sample in reported:  # the last rows' samples
+            progress(sample)
         return [results[(i, j)] for i in range(len(prompts)) for j in range(n)]
 
 
@@ -541,6 +549,9 @@ def generate(model: Transformer, prompts, max_new_tokens, n: int = 1, temperatur
     slots: how many sequences decode at once (default: all of them, up to what half the free GPU memory
     holds as KV cache; 256 on a CPU).
     prefill_tokens: padded tokens per prefill forward (new prompts are prefilled together).
+    on_tokens(q, ids): called at each sync with sequence q's (= prompt * n + sample) tokens since the last call.
+    progress(sample): called once per Sample as soon as its sequence is collected, before the call returns
+    (eval writes each judgment in it); it runs while the GPU decodes the next chunk of steps.
     The engine (KV cache, CUDA graphs) is kept for the next call that fits it; `release()` frees it.
     """
     global _engine

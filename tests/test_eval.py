@@ -284,7 +284,7 @@ def tiny(tmp_path_factory):
 
 def test_end_to_end_eval_and_resume(tiny, tmp_path, capsys, monkeypatch):
     args = ["--model", str(tiny), "--bench", "rm-bench", "--data", str(BENCH / "rm-bench" / "chat_filtered.json"),
-            "--limit", "18", "--max-new-tokens", "6", "--batch", "7", "--device", "cpu", "--out", str(tmp_path / "run")]
+            "--limit", "18", "--max-new-tokens", "6", "--slots", "7", "--device", "cpu", "--out", str(tmp_path / "run")]
     ev.main(args)
     log = tmp_path / "run" / "judgments.jsonl"
     lines = log.read_text().splitlines()
@@ -423,6 +423,38 @@ def test_one_pair_from_a_file_and_its_errors(tiny, tmp_path, capsys):
         ev.main(args + ["--answer-a", "4", "--answer-b", "5"])
 
 
+def test_each_judgment_is_written_as_soon_as_it_is_made(tmp_path, monkeypatch):
+    """A judgment is on disk once its sequence finishes, while longer ones still decode (a run stopped midway
+    keeps every judgment made): the model's position limit sits 16 tokens past the longest prompt, so that
+    prompt's judgment stops at 16 new tokens and the others run to 64. The log is read at every decode chunk."""
+    from rubrics import judge_messages
+    import sample
+
+    pairs = data.read_rmbench(BENCH / "rm-bench" / "chat_filtered.json")[:4]
+    items = data.place(pairs, "random", 0)  # as eval.main places them (--seed 0)
+    tok = data.Tokenizer.load(SHARED / "hf" / "qwen2.5-7b-instruct")
+    lens = [len(ids) for ids in tok.encode_chats([judge_messages(*p.conversations(at)) for p, at in items], True)]
+    assert max(lens) - 64 > sorted(lens)[-2]  # every other judgment may take 64 tokens
+    model = tiny_judge(tmp_path / "m", max_positions=max(lens) + 16)
+    out = tmp_path / "run"
+    seen, run = [], sample.Engine._run
+
+    def logged_then_run(self, *a):  # the keys on disk as each chunk of decode steps starts
+        log = out / "judgments.jsonl"
+        seen.append([r["key"] for r in ev.read_log(log)] if log.exists() else [])
+        return run(self, *a)
+
+    monkeypatch.setattr(sample.Engine, "_run", logged_then_run)
+    ev.main(["--model", str(model), "--bench", "rm-bench", "--data", str(BENCH / "rm-bench" / "chat_filtered.json"),
+             "--limit", "4", "--max-new-tokens", "64", "--device", "cpu", "--out", str(out)])
+    short = items[lens.index(max(lens))]
+    first = next((k for k, keys in enumerate(seen) if keys), None)
+    assert first is not None, "no judgment was on disk while the others decoded"
+    assert seen[first] == [ev.item_key(short[0].id, short[1])] and first < len(seen) - 1  # while the rest decode
+    assert sorted(r["key"] for r in ev.read_log(out / "judgments.jsonl")) == sorted(
+        ev.item_key(p.id, at) for p, at in items)
+
+
 def test_resume_with_other_settings_is_refused(tiny, tmp_path):
     args = ["--model", str(tiny), "--bench", "rm-bench", "--data", str(BENCH / "rm-bench" / "chat_filtered.json"),
             "--limit", "3", "--max-new-tokens", "4", "--device", "cpu", "--out", str(tmp_path / "run")]
@@ -435,7 +467,7 @@ def test_resume_with_other_settings_is_refused(tiny, tmp_path):
         with pytest.raises(SystemExit, match=match):
             ev.main(args + extra)  # argparse keeps the last value of a repeated flag
         assert log.read_text() == before
-    ev.main(args + ["--limit", "5", "--batch", "2"])  # more pairs, other batching: the same judgments, two more
+    ev.main(args + ["--limit", "5", "--slots", "2"])  # more pairs, other batching: the same judgments, two more
     assert log.read_text().startswith(before) and len(log.read_text().splitlines()) == 5
 
 
@@ -537,7 +569,7 @@ def test_a_rerun_that_would_leave_judgments_unscored_is_refused(tiny, tmp_path, 
 
 
 @pytest.mark.parametrize("extra,match", [(["--limit", "-1"], "--limit must be >= 0, got -1"),
-                                         (["--batch", "0"], "--batch must be >= 1"),
+                                         (["--slots", "-1"], "--slots must be >= 0, got -1"),
                                          (["--max-new-tokens", "0"], "--max-new-tokens must be >= 1"),
                                          (["--variant", "Instruct"], "--variant must be auto, instruct or reasoning")])
 def test_bad_settings_are_refused(tmp_path, extra, match):
@@ -645,7 +677,7 @@ def test_ranks_judge_their_share_and_the_last_one_scores(tiny, tmp_path, monkeyp
     one process. A rerun with another number of processes judges only what is missing."""
     data_file = BENCH / "rm-bench" / "chat_filtered.json"
     args = ["--model", str(tiny), "--bench", "rm-bench", "--data", str(data_file), "--limit", "9", "--both-orders",
-            "--max-new-tokens", "6", "--batch", "4", "--device", "cpu"]
+            "--max-new-tokens", "6", "--slots", "4", "--device", "cpu"]
     ev.main(args + ["--out", str(tmp_path / "one")])
     one = by_key(tmp_path / "one")
     items = [f"{p.id}|{at}" for p, at in data.place(data.read_rmbench(data_file)[:9], "both")]
@@ -727,7 +759,7 @@ def test_torchrun_two_processes_score_as_one(tiny, tmp_path):
 
     data_file = BENCH / "rm-bench" / "chat_filtered.json"
     args = ["--model", str(tiny), "--bench", "rm-bench", "--data", str(data_file), "--limit", "9", "--max-new-tokens",
-            "6", "--batch", "2", "--device", "cpu"]
+            "6", "--slots", "2", "--device", "cpu"]
     ev.main(args + ["--out", str(tmp_path / "one")])
     port = str(29900 + os.getpid() % 90)
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
@@ -790,7 +822,7 @@ def test_gpu_torchrun_judges_on_two_gpus(tiny, tmp_path):
 
     data_file = BENCH / "rm-bench" / "chat_filtered.json"
     args = ["--model", str(tiny), "--bench", "rm-bench", "--data", str(data_file), "--limit", "18", "--both-orders",
-            "--max-new-tokens", "40", "--batch", "8", "--out", str(tmp_path / "two")]
+            "--max-new-tokens", "40", "--slots", "8", "--out", str(tmp_path / "two")]
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
                         f"--master_port={29900 + os.getpid() % 90}", ev.__file__, *args],
                        env=os.environ, capture_output=True, text=True, timeout=300)

@@ -65,6 +65,27 @@ def test_sampled_tokens_do_not_depend_on_slots_or_sync(models):
     assert [x.tokens for x in a] != [x.tokens for x in c]
 
 
+def test_progress_hears_of_each_sample_once_as_its_row_finishes(models, monkeypatch):
+    """progress(sample) is called once per Sample returned (the last rows' too), in the order the rows finish:
+    a row of 3 tokens is reported while the 30-token rows still decode."""
+    import sample
+
+    _, ours = models
+    ps = prompts([4, 9, 6], seed=3)
+    heard, chunks, run = [], [], sample.Engine._run
+
+    def counted(self, *a):
+        chunks.append(len(heard))  # samples reported before each chunk of decode steps
+        return run(self, *a)
+
+    monkeypatch.setattr(sample.Engine, "_run", counted)
+    outs = generate(ours, ps, [30, 3, 30], n=2, temperature=0.8, slots=4, sync_every=4, progress=heard.append)
+    assert sorted(heard, key=lambda o: (o.prompt_index, o.sample_index)) == outs
+    assert [o.prompt_index for o in heard[:2]] == [1, 1]  # the short rows first
+    assert 0 < chunks[-1] < len(outs)  # ... while the long ones still decode
+    assert all(any(h is o for o in outs) for h in heard)  # the very objects returned
+
+
 def test_each_token_is_drawn_with_the_number_of_its_sequence_and_position(models):
     """The documented counter: new token t of sample j of prompt i is the draw of sample_next from the
     logits that predict it (a full forward) with uniform_at(sequence_key(seed, i * n + j), len(prompt) + t),
