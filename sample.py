@@ -288,7 +288,9 @@ class Engine:
 
         Returns each prompt's last-position logits [V] (in the model's dtype); never a [L, V] tensor.
         """
-        out, items = {}, list(fresh.items())
+        # shortest first, so that each batch holds prompts of similar lengths: 1,024 RM-Bench judge prompts
+        # (801-1,885 tokens) in their own order pad to 24% more tokens than they hold, sorted to 0.5%
+        out, items = {}, sorted(fresh.items(), key=lambda item: len(prompts[item[0]]))
         while items:
             batch, width = [], 0
             # add prompts while the padded batch (rows x longest prompt) fits in prefill_tokens

@@ -12,6 +12,12 @@ one warm-up (graph captures) of each:
   * one call: every judgment in one generate(), each written in progress() as its row finishes (eval now);
   * one call, written after: the same call with the writing after it returns (what the writing costs in the loop).
 Prints judgments/s and tokens/s (new tokens) of each, medians, and a markdown table.
+
+    python bench/bench_eval.py --config ... --prefill     # only the prefill: each prompt and one new token
+
+With --prefill, every prompt is prefilled (default slots: waves of what half the free memory holds) and one token
+taken, --rounds times after a warm-up: the time of the prefill forwards, whose batches are right-padded to their
+longest prompt. Run it from two checkouts to compare how they pack prompts into batches.
 """
 
 import argparse
@@ -40,10 +46,11 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--config", type=Path, default=Path(".gpu/hf/qwen2.5-1.5b-instruct"))
     ap.add_argument("--shared", type=Path, default=Path(".gpu/shared"))
-    ap.add_argument("--items", type=int, default=1024, help="judgments (RM-Bench pairs, chosen answer placed by seed 0)")
+    ap.add_argument("--items", type=int, default=1024, help="judgments (RM-Bench pairs, placed by seed 0)")
     ap.add_argument("--median", type=int, default=400, help="median judgment length in tokens")
     ap.add_argument("--max-new", type=int, default=4096, help="eval's --max-new-tokens: the longest judgment")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--prefill", action="store_true", help="time only the prefill of every prompt")
     args = ap.parse_args()
 
     tok = data.Tokenizer.load(args.shared / "hf" / "qwen2.5-7b-instruct")
@@ -58,6 +65,19 @@ def main():
           f"(mean {total / len(lengths):.0f}, {total} in all)", flush=True)
 
     m = our_model(args.config)
+    if args.prefill:
+        times = []
+        for r in range(args.rounds + 1):  # round 0: warm-up
+            torch.cuda.synchronize()
+            t = time.perf_counter()
+            generate(m, prompts, 1, temperature=0)  # default slots: as many as half the free memory holds
+            torch.cuda.synchronize()
+            times.append(time.perf_counter() - t)
+            print(f"round {r}{' (warm-up)' if r == 0 else ''}: prefill of {len(prompts)} prompts: {times[-1]:.3f} s")
+        t = statistics.median(times[1:])
+        print(f"prefill: median {t:.3f} s ({', '.join(f'{x:.3f}' for x in times[1:])}), "
+              f"{sum(map(len, prompts)) / t:,.0f} prompt tokens/s")
+        return
     slots = sample._slots_that_fit(m, max(map(len, prompts)) + args.max_new)  # eval's default
     print(f"{args.config.name}: {slots} slots", flush=True)
     log = open(Path(tempfile.mkdtemp()) / "judgments.jsonl", "w", encoding="utf-8")
@@ -97,7 +117,8 @@ def main():
           f"judgments/s | new tokens/s |\n|---|---|---|---|")
     for name, ts in times.items():
         t = statistics.median(ts)
-        print(f"| {name} | {t:.2f} s ({', '.join(f'{x:.2f}' for x in ts)}) | {len(prompts) / t:.1f} | {total / t:,.0f} |")
+        runs = ", ".join(f"{x:.2f}" for x in ts)
+        print(f"| {name} | {t:.2f} s ({runs}) | {len(prompts) / t:.1f} | {total / t:,.0f} |")
 
 
 if __name__ == "__main__":

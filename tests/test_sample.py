@@ -45,6 +45,21 @@ def test_greedy_equals_transformers_generate(models):
         assert o.finish == "length" and len(o.tokens) == 40
 
 
+def test_prompts_of_similar_lengths_are_prefilled_together(models, monkeypatch):
+    """Prefill batches are right-padded to their longest prompt, so prompts go in by length: 10 and 12 tokens
+    in one forward, 48 and 50 in the other: 124 padded tokens for 120 (in their own order, 10 with 50 and 12
+    with 48: 196). The tokens are those of prompts prefilled one by one."""
+    _, ours = models
+    ps = prompts([10, 50, 12, 48], seed=4)
+    shapes, hidden = [], M.Transformer.hidden
+    monkeypatch.setattr(M.Transformer, "hidden",
+                        lambda self, x, *a: shapes.append(tuple(x.shape)) or hidden(self, x, *a))
+    outs = generate(ours, ps, 6, temperature=0, prefill_tokens=100)
+    assert [s for s in shapes if s[1] > 1] == [(2, 12), (2, 50)]  # (decode steps are [4, 1])
+    monkeypatch.undo()
+    assert [o.tokens for o in outs] == [generate(ours, [p], 6, temperature=0)[0].tokens for p in ps]
+
+
 def test_batched_equals_one_at_a_time(models):
     _, ours = models
     ps = prompts([3, 14, 7, 1], seed=1)
