@@ -1,5 +1,6 @@
 #!/bin/bash
 # A/B of the prefill packing: .gpu/old (1dea0a5, prompts in their own order) against the working tree (sorted).
+# .gpu/old holds the code before: mkdir -p .gpu/old && git archive 1dea0a5 | tar -x -C .gpu/old && cp bench/bench_eval.py .gpu/old/bench/
 R=$(pwd)
 nvidia-smi --query-gpu=name --format=csv,noheader
 for spec in "1.5b 1024" "1.5b 1024" "7b 256"; do
