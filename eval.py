@@ -429,7 +429,7 @@ class EvalConfig:
     out: str = ""  # run folder: judgments.jsonl, scores.json, config.json
     variant: str = "auto"  # auto | instruct | reasoning
     max_new_tokens: int = 4096  # longest judgment (fewer where the prompt nears the model's limit)
-    slots: int = 0  # judgments decoding at once (0: as many as half the free GPU memory holds as KV cache)
+    slots: int = 0  # judgments decoding at once (0: as many as fit in 90% of the free GPU memory)
     seed: int = 0  # placement of the chosen answer (A/B), per pair
     both_orders: bool = False  # judge every pair twice, chosen at A and at B
     limit: int = 0  # judge only the first N pairs (0 = all)

@@ -548,8 +548,8 @@ def generate(model: Transformer, prompts, max_new_tokens, n: int = 1, temperatur
     max_new_tokens: an int, or one int per prompt. eos_ids: a row stops after emitting any of them.
     temperature 0 is greedy. Returns len(prompts) * n Samples, prompt-major, each with its new tokens,
     finish reason ("eos" / "length") and, if asked, each token's log-prob (see `sample_next`).
-    slots: how many sequences decode at once (default: all of them, up to what half the free GPU memory
-    holds as KV cache; 256 on a CPU).
+    slots: how many sequences decode at once (default: all of them, up to what 90% of the free GPU memory holds
+    once a prefill's activations are set aside: `_slots_that_fit`; 256 on a CPU).
     prefill_tokens: padded tokens per prefill forward (new prompts are prefilled together).
     on_tokens(q, ids): called at each sync with sequence q's (= prompt * n + sample) tokens since the last call.
     progress(sample): called once per Sample as soon as its sequence is collected, before the call returns
@@ -560,11 +560,11 @@ def generate(model: Transformer, prompts, max_new_tokens, n: int = 1, temperatur
     prompts, limits = check_prompts(model.cfg, prompts, max_new_tokens)
     eos_ids = check_settings(n, temperature, top_k, top_p, eos_ids, seed, slots, sync_every, prefill_tokens)
     longest = max(len(p) + m for p, m in zip(prompts, limits))
-    slots = min(slots or _slots_that_fit(model, longest), len(prompts) * n)
     # Sizes rounded up to whole buckets so that consecutive calls can reuse one engine and its graphs.
     up = lambda x: -(-x // 256) * 256  # noqa: E731
-    max_len = up(longest)
-    settings = dict(slots=slots, max_len=max_len, max_new=up(max(limits)), eos_ids=eos_ids,
+    max_len, max_new = up(longest), up(max(limits))
+    slots = min(slots or _slots_that_fit(model, max_len, max_new, prefill_tokens), len(prompts) * n)
+    settings = dict(slots=slots, max_len=max_len, max_new=max_new, eos_ids=eos_ids,
                     temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, sync_every=sync_every,
                     cuda_graph=cuda_graph, prefill_tokens=prefill_tokens)
     if _engine is None or not _engine.serves(model, **settings):
@@ -573,28 +573,36 @@ def generate(model: Transformer, prompts, max_new_tokens, n: int = 1, temperatur
     return _engine.generate(prompts, n, limits, return_logprobs, on_tokens, progress)
 
 
-def _slots_that_fit(model: Transformer, seq_len: int) -> int:
-    """Default slot count: on a GPU, as many rows of `seq_len` tokens as half the memory available to
-    PyTorch holds as KV cache (the last engine's cache counts as available: it is freed first), rounded
-    down by `round_size_down` (452 rows give 448 slots) so that the count, and with it the engine and
-    its graphs, stays stable across calls. All sequences at once avoid refill waves. 256 on a CPU."""
+def _slots_that_fit(model: Transformer, max_len: int, max_new: int, prefill_tokens: int) -> int:
+    """Default slot count: on a GPU, as many rows as 90% of the memory available to PyTorch holds once a
+    prefill forward's activations are set aside (the last engine's cache counts as available: it is freed
+    first). A row is its KV cache of `max_len` positions, its output buffers of `max_new` and its part of a
+    decode step's logits. Rounded down by `round_size_down` (452 rows give 448 slots) so that the count, and
+    with it the engine and its graphs, stays stable across calls. All sequences at once avoid refill waves;
+    more rows share each read of the weights. 256 on a CPU."""
     p = next(model.parameters())
     if p.device.type != "cuda":
         return 256
     # free device memory plus what PyTorch's allocator holds in reserve but has not handed out
     free = (torch.cuda.mem_get_info(p.device)[0]
             + torch.cuda.memory_reserved(p.device) - torch.cuda.memory_allocated(p.device))
+    cfg, size, kv = model.cfg, p.dtype.itemsize, KVCache.bytes_per_token(model.cfg, p.dtype)
     if _engine is not None and _engine.model is model:
-        free += _engine.slots * _engine.max_len * KVCache.bytes_per_token(model.cfg, p.dtype)
-    row = seq_len * KVCache.bytes_per_token(model.cfg, p.dtype)
-    return round_size_down(max(1, int(0.5 * free / row)))
+        free += _engine.slots * _engine.max_len * kv
+    # a prefill forward's activations: about five [prefill_tokens, intermediate] tensors (gate | up, the
+    # SiLU product, the gradients-free down's input); 2.9 GiB for a 7B model at 16,384 tokens (BENCHMARKS.md)
+    work = 5 * prefill_tokens * cfg.intermediate_size * size
+    # a row: its cache, its uniform numbers, tokens and log-probs (16 bytes a new token), its logits row in the
+    # model's dtype and two float32 copies (softmax, sampling)
+    row = max_len * kv + 16 * (max_new + 1) + cfg.vocab_size * (size + 8)
+    return round_size_down(max(1, int(0.9 * (free - work) / row)))
 
 
 _engine: Engine | None = None  # the last engine, kept while calls keep the same shapes and settings
 
 
 def release():
-    """Free the engine `generate` keeps between calls: its KV cache (by default half the GPU memory that was
+    """Free the engine `generate` keeps between calls: its KV cache (by default most of the GPU memory that was
     free when it was built), output buffers, CUDA graphs and its reference to the model (deleting the model
     alone frees nothing while the engine holds it). Call it before training in the same process or loading
     another model; the next generate() builds a new engine."""

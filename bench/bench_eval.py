@@ -4,20 +4,21 @@ judgments each, as eval.py made them before (its --batch), on real RM-Bench judg
     python bench/bench_eval.py --config .gpu/hf/qwen2.5-1.5b-instruct --shared .gpu/shared --items 1024
 
 Random bf16 weights of the config. The judgments' lengths are drawn long-tailed (lognormal, median --median tokens,
-clipped to [64, --max-new]) and forced (no EOS: each row runs to its own length). Both ways use the slot count eval
-gets by default (rows of the longest prompt + --max-new tokens in half the free memory) and do eval's work on every
-judgment: decode, parse the verdict, write a JSON line, flush. The ways, each timed --rounds times, interleaved, after
-one warm-up (graph captures) of each:
-  * chunks: generate() per 256 judgments, each written once its call returns (eval before);
-  * one call: every judgment in one generate(), each written in progress() as its row finishes (eval now);
-  * one call, written after: the same call with the writing after it returns (what the writing costs in the loop).
-Prints judgments/s and tokens/s (new tokens) of each, medians, and a markdown table.
+clipped to [64, --max-new]) and forced (no EOS: each row runs to its own length). Every way does eval's work on each
+judgment (decode, parse the verdict, write a JSON line, flush) and, unless named, uses the slot count eval gets by
+default (rows of the longest prompt + --max-new positions, sample._slots_that_fit). The --ways, each run once to
+warm up (graph captures) and then --rounds times:
+  * chunks: generate() per 256 judgments, each written once its call returns (eval before 5c0bf34);
+  * one: every judgment in one generate(), each written in progress() as its row finishes (eval now);
+  * after: the same call with the writing after it returns (what the writing costs inside the loop);
+  * half: as `one`, with the slot count of the rule before: rows in half the free memory.
+Prints each way's median time, judgments/s, new tokens/s and peak memory beyond the weights and the cache.
 
     python bench/bench_eval.py --config ... --prefill     # only the prefill: each prompt and one new token
 
-With --prefill, every prompt is prefilled (default slots: waves of what half the free memory holds) and one token
-taken, --rounds times after a warm-up: the time of the prefill forwards, whose batches are right-padded to their
-longest prompt. Run it from two checkouts to compare how they pack prompts into batches.
+With --prefill, every prompt is prefilled (in waves of the default slot count) and one token taken, --rounds times
+after a warm-up: the time of the prefill forwards, whose batches are right-padded to their longest prompt. Run it
+from two checkouts to compare how they pack prompts into batches.
 """
 
 import argparse
@@ -35,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import data  # noqa: E402
 import sample  # noqa: E402
+from model import KVCache  # noqa: E402
 from bench_sample import our_model  # noqa: E402
 from rubrics import judge_messages, parse_verdict  # noqa: E402
 from sample import generate  # noqa: E402
@@ -51,6 +53,7 @@ def main():
     ap.add_argument("--max-new", type=int, default=4096, help="eval's --max-new-tokens: the longest judgment")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--prefill", action="store_true", help="time only the prefill of every prompt")
+    ap.add_argument("--ways", default="chunks,one,after", help="comma list of: chunks, one, after, half")
     args = ap.parse_args()
 
     tok = data.Tokenizer.load(args.shared / "hf" / "qwen2.5-7b-instruct")
@@ -65,21 +68,34 @@ def main():
           f"(mean {total / len(lengths):.0f}, {total} in all)", flush=True)
 
     m = our_model(args.config)
+    weights = torch.cuda.memory_allocated()
+    kv = KVCache.bytes_per_token(m.cfg)
+    up = lambda x: -(-x // 256) * 256  # noqa: E731  (as generate sizes an engine)
+    max_len = up(max(map(len, prompts)) + args.max_new)  # what eval's budgets of --max-new tokens ask for
+    slots = sample._slots_that_fit(m, max_len, args.max_new, sample.PREFILL_TOKENS)  # eval's default
+    # the rule before 2026-11-23 (a2cf4f4 and earlier): rows of the longest prompt + --max-new in half the free memory
+    free = torch.cuda.mem_get_info()[0] + torch.cuda.memory_reserved() - torch.cuda.memory_allocated()
+    half = sample.round_size_down(int(0.5 * free / ((max(map(len, prompts)) + args.max_new) * kv)))
+    print(f"{args.config.name}: {slots} slots by default ({half} by the half-memory rule); free {free / 2**30:.1f} "
+          f"GiB, KV cache {slots * max_len * kv / 2**30:.1f} GiB at {max_len} positions a row", flush=True)
+
+    def peak(n_slots):  # memory beyond the weights and the KV cache at its peak
+        return (torch.cuda.max_memory_allocated() - weights - n_slots * max_len * kv) / 2**30
+
     if args.prefill:
         times = []
         for r in range(args.rounds + 1):  # round 0: warm-up
             torch.cuda.synchronize()
             t = time.perf_counter()
-            generate(m, prompts, 1, temperature=0)  # default slots: as many as half the free memory holds
+            generate(m, prompts, 1, temperature=0, slots=slots)
             torch.cuda.synchronize()
             times.append(time.perf_counter() - t)
             print(f"round {r}{' (warm-up)' if r == 0 else ''}: prefill of {len(prompts)} prompts: {times[-1]:.3f} s")
         t = statistics.median(times[1:])
         print(f"prefill: median {t:.3f} s ({', '.join(f'{x:.3f}' for x in times[1:])}), "
-              f"{sum(map(len, prompts)) / t:,.0f} prompt tokens/s")
+              f"{sum(map(len, prompts)) / t:,.0f} prompt tokens/s; peak beyond weights and cache "
+              f"{peak(min(slots, len(prompts))):.2f} GiB")
         return
-    slots = sample._slots_that_fit(m, max(map(len, prompts)) + args.max_new)  # eval's default
-    print(f"{args.config.name}: {slots} slots", flush=True)
     log = open(Path(tempfile.mkdtemp()) / "judgments.jsonl", "w", encoding="utf-8")
 
     def write(o):  # eval's work on one judgment
@@ -87,39 +103,43 @@ def main():
         log.write(json.dumps({"i": o.prompt_index, "output": text, "verdict": parse_verdict(text)}) + "\n")
         log.flush()
 
-    def chunks():
+    def chunks(n_slots):
         for start in range(0, len(prompts), CHUNK):
             for o in generate(m, prompts[start:start + CHUNK], lengths[start:start + CHUNK], temperature=0,
-                              slots=slots):
+                              slots=n_slots):
                 write(o)
 
-    def one_call():
-        generate(m, prompts, lengths, temperature=0, slots=slots, progress=write)
+    def one_call(n_slots):
+        generate(m, prompts, lengths, temperature=0, slots=n_slots, progress=write)
 
-    def one_call_written_after():
-        for o in generate(m, prompts, lengths, temperature=0, slots=slots):
+    def one_call_written_after(n_slots):
+        for o in generate(m, prompts, lengths, temperature=0, slots=n_slots):
             write(o)
 
-    ways = {f"chunks of {CHUNK} (eval before)": chunks, "one call, written as made (eval now)": one_call,
-            "one call, written after it returns": one_call_written_after}
-    times = {name: [] for name in ways}
-    for r in range(args.rounds + 1):  # round 0: warm-up
-        for name, fn in ways.items():
+    ways = {"chunks": (f"calls of {CHUNK} (eval before 5c0bf34), {slots} slots", chunks, slots),
+            "one": (f"one call, written as made (eval now), {slots} slots", one_call, slots),
+            "after": (f"one call, written after it returns, {slots} slots", one_call_written_after, slots),
+            "half": (f"one call, written as made, {half} slots (half-memory rule)", one_call, half)}
+    table = []
+    for key in args.ways.split(","):  # each way: a warm-up, then its rounds (one engine and its graphs per way)
+        name, fn, n_slots = ways[key]
+        sample.release()
+        torch.cuda.reset_peak_memory_stats()
+        times = []
+        for r in range(args.rounds + 1):
             torch.cuda.synchronize()
             t = time.perf_counter()
-            fn()
+            fn(n_slots)
             torch.cuda.synchronize()
-            t = time.perf_counter() - t
-            print(f"round {r}{' (warm-up)' if r == 0 else ''}: {name}: {t:.2f} s", flush=True)
-            if r:
-                times[name].append(t)
-    print(f"\n| {args.config.name}, {len(prompts)} judgments, {slots} slots | median of {args.rounds} | "
-          f"judgments/s | new tokens/s |\n|---|---|---|---|")
-    for name, ts in times.items():
-        t = statistics.median(ts)
-        runs = ", ".join(f"{x:.2f}" for x in ts)
-        print(f"| {name} | {t:.2f} s ({runs}) | {len(prompts) / t:.1f} | {total / t:,.0f} |")
-
+            times.append(time.perf_counter() - t)
+            print(f"{name}: round {r}{' (warm-up)' if r == 0 else ''}: {times[-1]:.2f} s", flush=True)
+        t = statistics.median(times[1:])
+        runs = ", ".join(f"{x:.2f}" for x in times[1:])
+        table.append(f"| {name} | {t:.2f} s ({runs}) | {len(prompts) / t:.1f} | {total / t:,.0f} | "
+                     f"{peak(n_slots):.2f} GiB |")
+    print(f"\n| {args.config.name}, {len(prompts)} judgments | median of {args.rounds} | judgments/s | new tokens/s | "
+          f"peak beyond weights and cache |\n|---|---|---|---|---|")
+    print("\n".join(table))
 
 if __name__ == "__main__":
     main()
