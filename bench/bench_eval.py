@@ -79,8 +79,9 @@ def main():
     print(f"{args.config.name}: {slots} slots by default ({half} by the half-memory rule); free {free / 2**30:.1f} "
           f"GiB, KV cache {slots * max_len * kv / 2**30:.1f} GiB at {max_len} positions a row", flush=True)
 
-    def peak(n_slots):  # memory beyond the weights and the KV cache at its peak
-        return (torch.cuda.max_memory_allocated() - weights - n_slots * max_len * kv) / 2**30
+    def peak():  # memory beyond the weights and the last engine's KV cache at its peak
+        cache = sample._engine.slots * sample._engine.max_len * kv  # its rows: as long as the call's forced lengths
+        return (torch.cuda.max_memory_allocated() - weights - cache) / 2**30
 
     if args.prefill:
         times = []
@@ -94,7 +95,7 @@ def main():
         t = statistics.median(times[1:])
         print(f"prefill: median {t:.3f} s ({', '.join(f'{x:.3f}' for x in times[1:])}), "
               f"{sum(map(len, prompts)) / t:,.0f} prompt tokens/s; peak beyond weights and cache "
-              f"{peak(min(slots, len(prompts))):.2f} GiB")
+              f"{peak():.2f} GiB")
         return
     log = open(Path(tempfile.mkdtemp()) / "judgments.jsonl", "w", encoding="utf-8")
 
@@ -136,7 +137,7 @@ def main():
         t = statistics.median(times[1:])
         runs = ", ".join(f"{x:.2f}" for x in times[1:])
         table.append(f"| {name} | {t:.2f} s ({runs}) | {len(prompts) / t:.1f} | {total / t:,.0f} | "
-                     f"{peak(n_slots):.2f} GiB |")
+                     f"{peak():.2f} GiB |")
     print(f"\n| {args.config.name}, {len(prompts)} judgments | median of {args.rounds} | judgments/s | new tokens/s | "
           f"peak beyond weights and cache |\n|---|---|---|---|---|")
     print("\n".join(table))
