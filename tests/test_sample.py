@@ -896,7 +896,8 @@ def test_flash_splits_and_call_sizes_on_an_h200_by_hand():
 
 
 @pytest.mark.parametrize("name,free_gib", [("qwen2.5-1.5b-instruct", 75.7), ("qwen2.5-7b-instruct", 64.3),
-                                           ("deepseek-r1-distill-qwen-32b", 17.6), ("deepseek-r1-distill-qwen-32b", 6.0)])
+                                           ("deepseek-r1-distill-qwen-32b", 17.6),
+                                           ("deepseek-r1-distill-qwen-32b", 6.0)])
 def test_default_slots_leave_a_prefill_room_and_fill_the_rest(shared, monkeypatch, name, free_gib):
     """On a GPU with `free_gib` free (an H100 after the weights of each model; the last, a smaller GPU), the
     default slot count's rows, at their full length (eval's: a 1,885-token prompt + 4,096 new), leave room for a
