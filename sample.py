@@ -589,8 +589,9 @@ def _slots_that_fit(model: Transformer, max_len: int, max_new: int, prefill_toke
     cfg, size, kv = model.cfg, p.dtype.itemsize, KVCache.bytes_per_token(model.cfg, p.dtype)
     if _engine is not None and _engine.model is model:
         free += _engine.slots * _engine.max_len * kv
-    # a prefill forward's activations: about five [prefill_tokens, intermediate] tensors (gate | up, the
-    # SiLU product, the gradients-free down's input); 2.9 GiB for a 7B model at 16,384 tokens (BENCHMARKS.md)
+    # a prefill forward's activations: about five [prefill_tokens, intermediate] tensors (gate | up counts two,
+    # SiLU(gate), its product with up, and slack); 2.9 GiB for a 7B model at 16,384 tokens, where 2.97 with the
+    # rows' buffers was measured (BENCHMARKS.md)
     work = 5 * prefill_tokens * cfg.intermediate_size * size
     # a row: its cache, its uniform numbers, tokens and log-probs (16 bytes a new token), its logits row in the
     # model's dtype and two float32 copies (softmax, sampling)
