@@ -366,8 +366,8 @@ def judge(get_model, tok, items: list[tuple[data.Pair, str]], log: Path, variant
     done = {k: known[k] for k in keys if k in known}  # these items' judgments already made
     todo = [item for item, k in zip(items, keys) if k not in done]
     # every prompt rendered and measured before the first judgment, so a long pair stops the run up front
-    all_prompts = encode(todo)
-    all_budgets = budgets(todo, all_prompts)
+    prompts = encode(todo)
+    limits = budgets(todo, prompts)
     others = [(p, at) for p, at in others if item_key(p.id, at) not in known]
     for start in range(0, len(others), 1024):  # the other processes' prompts: measured, then dropped
         budgets(others[start:start + 1024], encode(others[start:start + 1024]))
@@ -376,7 +376,6 @@ def judge(get_model, tok, items: list[tuple[data.Pair, str]], log: Path, variant
     model = get_model() if todo else None
     bar = tqdm(total=len(items), initial=len(items) - len(todo), disable=not progress, desc="judging")
     right = sum(r["correct"] for r in done.values())
-
     with open(log, "a", encoding="utf-8") as f:
 
         def write(o):  # progress(): a finished sequence's judgment, on disk before generate() returns
@@ -386,9 +385,9 @@ def judge(get_model, tok, items: list[tuple[data.Pair, str]], log: Path, variant
             verdict = parse_verdict(text)
             j = Judgment(item_key(p.id, at), p.id, p.subset, p.group, at, text, verdict, int(verdict == at),
                          o.finish, p.extra)
-            f.write(json.dumps(asdict(j), ensure_ascii=False) + "\n")
-            f.flush()
             done[j.key] = asdict(j)
+            f.write(json.dumps(done[j.key], ensure_ascii=False) + "\n")
+            f.flush()
             right += j.correct
             bar.update(1)
             bar.set_postfix(acc=f"{right / len(done):.3f}", refresh=False)
@@ -396,7 +395,7 @@ def judge(get_model, tok, items: list[tuple[data.Pair, str]], log: Path, variant
         if todo:
             # One call for every item: a slot freed by a finished judgment takes the next prompt, so the GPU stays
             # full until the last few (calls of a few hundred items each waited on their longest judgment in turn).
-            generate(model, all_prompts, all_budgets, temperature=0, eos_ids=tok.eos_ids, slots=slots or None,
+            generate(model, prompts, limits, temperature=0, eos_ids=tok.eos_ids, slots=slots or None,
                      progress=write)
     bar.close()
     return [done[k] for k in keys]
