@@ -393,8 +393,9 @@ def judge(get_model, tok, items: list[tuple[data.Pair, str]], log: Path, variant
             bar.set_postfix(acc=f"{right / len(done):.3f}", refresh=False)
 
         if todo:
-            # One call for every item: a slot freed by a finished judgment takes the next prompt, so the GPU stays
-            # full until the last few (calls of a few hundred items each waited on their longest judgment in turn).
+            # One call for every item: a slot freed by a finished judgment takes the next prompt (shortest first),
+            # so the GPU stays full until the last few (calls of a few hundred items each waited on their longest
+            # judgment in turn).
             generate(model, prompts, limits, temperature=0, eos_ids=tok.eos_ids, slots=slots or None,
                      progress=write)
     bar.close()

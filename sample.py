@@ -4,7 +4,8 @@
 
 How it works (read top to bottom):
   * A fixed number of *slots* share one static KVCache [slots, 2 * kv_heads, max_len, head_dim].
-    Every (prompt, sample) pair is a sequence waiting in a queue; a free slot takes the next one.
+    Every (prompt, sample) pair is a sequence waiting in a queue, shortest prompts first; a free slot
+    takes the next one.
   * Admission: the prompt is prefilled once, in place, into one slot; its other samples copy that
     slot's prompt rows (no second prefill). The first new token is sampled from the prefill logits.
   * Decode: one step advances every slot by one token. The step has static shapes and no host
@@ -288,9 +289,9 @@ class Engine:
 
         Returns each prompt's last-position logits [V] (in the model's dtype); never a [L, V] tensor.
         """
-        # shortest first, so that each batch holds prompts of similar lengths: 1,024 RM-Bench judge prompts
-        # (801-1,885 tokens) in their own order pad to 24% more tokens than they hold, sorted to 0.5%
-        out, items = {}, sorted(fresh.items(), key=lambda item: len(prompts[item[0]]))
+        # fresh comes in queue order, shortest first, so each batch holds prompts of similar lengths (the first
+        # wave of 1,024 RM-Bench judge prompts, 801-1,885 tokens, pads to 24% more tokens in their own order, 0.5%)
+        out, items = {}, list(fresh.items())
         while items:
             batch, width = [], 0
             # add prompts while the padded batch (rows x longest prompt) fits in prefill_tokens
@@ -338,7 +339,12 @@ class Engine:
         """prompts: lists of ids; limits[i]: max new tokens of prompt i. See the module docstring."""
         self.logprobs = return_logprobs  # computed only when asked for; the step's graphs are keyed by it
         limits = limits or [self.max_new] * len(prompts)
-        queue = [(i, j) for i in range(len(prompts)) for j in range(n)]
+        # Prompts wait shortest first (ties in their own order), so those admitted together have similar lengths:
+        # the first wave, and after it the few whose slots freed at each sync, are prefilled in batches padded to
+        # their longest prompt. Judging 1,024 RM-Bench pairs, the prefills ran 12-13% more tokens than the prompts
+        # hold in their own order and 0.4% sorted; the run took 4.5-5.1% less time (BENCHMARKS.md).
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        queue = [(i, j) for i in order for j in range(n)]
         queue.reverse()  # pop() from the end takes them in order
         owner = [None] * self.slots  # slot -> (prompt, sample)
         upper = [0] * self.slots  # host-side upper bound of each live slot's position (exact while it runs)

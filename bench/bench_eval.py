@@ -12,7 +12,11 @@ warm up (graph captures) and then --rounds times:
   * one: every judgment in one generate(), each written in progress() as its row finishes (eval now);
   * after: the same call with the writing after it returns (what the writing costs inside the loop);
   * half: as `one`, with the slot count of the rule before: rows in half the free memory.
-Prints each way's median time, judgments/s, new tokens/s and peak memory beyond the weights and the cache.
+Prints each way's median time, judgments/s, new tokens/s, peak memory beyond the weights and the cache, and the
+prefill forwards' tokens: those the prompts hold and those the right-padded batches ran.
+
+--order passes the prompts (with their lengths) in their own order, shortest first or longest first. Since
+<COMMIT> generate() queues prompts shortest first whatever the order; on older code the order is the queue's.
 
     python bench/bench_eval.py --config ... --prefill     # only the prefill: each prompt and one new token
 
@@ -50,17 +54,23 @@ def main():
     ap.add_argument("--shared", type=Path, default=Path(".gpu/shared"))
     ap.add_argument("--items", type=int, default=1024, help="judgments (RM-Bench pairs, placed by seed 0)")
     ap.add_argument("--median", type=int, default=400, help="median judgment length in tokens")
+    ap.add_argument("--length-seed", type=int, default=0, help="the seed of the judgments' lengths")
     ap.add_argument("--max-new", type=int, default=4096, help="eval's --max-new-tokens: the longest judgment")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--prefill", action="store_true", help="time only the prefill of every prompt")
     ap.add_argument("--ways", default="chunks,one,after", help="comma list of: chunks, one, after, half")
+    ap.add_argument("--order", choices=["given", "shortest", "longest"], default="given",
+                    help="the order the prompts are passed in")
     args = ap.parse_args()
 
     tok = data.Tokenizer.load(args.shared / "hf" / "qwen2.5-7b-instruct")
     items = data.place(data.read_rmbench(args.shared / "benchmarks" / "rm-bench"), "random", 0)[: args.items]
     prompts = tok.encode_chats([judge_messages(*p.conversations(at), "instruct") for p, at in items], True)
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(args.length_seed)
     lengths = np.clip(rng.lognormal(np.log(args.median), 0.8, len(prompts)), 64, args.max_new).astype(int).tolist()
+    if args.order != "given":
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]) * (1 if args.order == "shortest" else -1))
+        prompts, lengths = [prompts[i] for i in order], [lengths[i] for i in order]
     total = sum(lengths)
     print(torch.cuda.get_device_name(), "torch", torch.__version__, flush=True)
     print(f"{len(prompts)} judge prompts of {min(map(len, prompts))}-{max(map(len, prompts))} tokens "
@@ -68,6 +78,14 @@ def main():
           f"(mean {total / len(lengths):.0f}, {total} in all)", flush=True)
 
     m = our_model(args.config)
+    padded, hidden = [0], m.hidden  # tokens of the prefill forwards, padding included (decode steps have T == 1)
+
+    def counted(ids, *a, **k):
+        padded[0] += ids.numel() if ids.shape[1] > 1 else 0
+        return hidden(ids, *a, **k)
+
+    m.hidden = counted  # each prompt is prefilled once per call: it holds sum(len(p) for p in prompts) tokens
+    held = sum(map(len, prompts))
     weights = torch.cuda.memory_allocated()
     kv = KVCache.bytes_per_token(m.cfg)
     up = lambda x: -(-x // 256) * 256  # noqa: E731  (as generate sizes an engine)
@@ -87,11 +105,12 @@ def main():
         times = []
         for r in range(args.rounds + 1):  # round 0: warm-up
             torch.cuda.synchronize()
-            t = time.perf_counter()
+            t, padded[0] = time.perf_counter(), 0
             generate(m, prompts, 1, temperature=0, slots=slots)
             torch.cuda.synchronize()
             times.append(time.perf_counter() - t)
-            print(f"round {r}{' (warm-up)' if r == 0 else ''}: prefill of {len(prompts)} prompts: {times[-1]:.3f} s")
+            print(f"round {r}{' (warm-up)' if r == 0 else ''}: prefill of {len(prompts)} prompts: {times[-1]:.3f} s, "
+                  f"{padded[0]} tokens through the model for {held} ({padded[0] / held - 1:+.1%})")
         t = statistics.median(times[1:])
         print(f"prefill: median {t:.3f} s ({', '.join(f'{x:.3f}' for x in times[1:])}), "
               f"{sum(map(len, prompts)) / t:,.0f} prompt tokens/s; peak beyond weights and cache "
@@ -129,17 +148,19 @@ def main():
         times = []
         for r in range(args.rounds + 1):
             torch.cuda.synchronize()
-            t = time.perf_counter()
+            t, padded[0] = time.perf_counter(), 0
             fn(n_slots)
             torch.cuda.synchronize()
             times.append(time.perf_counter() - t)
-            print(f"{name}: round {r}{' (warm-up)' if r == 0 else ''}: {times[-1]:.2f} s", flush=True)
+            print(f"{name}: round {r}{' (warm-up)' if r == 0 else ''}: {times[-1]:.2f} s; prefill {padded[0]} tokens "
+                  f"through the model for {held} ({padded[0] / held - 1:+.1%})", flush=True)
         t = statistics.median(times[1:])
         runs = ", ".join(f"{x:.2f}" for x in times[1:])
         table.append(f"| {name} | {t:.2f} s ({runs}) | {len(prompts) / t:.1f} | {total / t:,.0f} | "
-                     f"{peak():.2f} GiB |")
-    print(f"\n| {args.config.name}, {len(prompts)} judgments | median of {args.rounds} | judgments/s | new tokens/s | "
-          f"peak beyond weights and cache |\n|---|---|---|---|---|")
+                     f"{peak():.2f} GiB | {padded[0] / held - 1:+.1%} |")
+    print(f"\n| {args.config.name}, {len(prompts)} judgments, order {args.order} | median of {args.rounds} "
+          f"| judgments/s | new tokens/s | peak beyond weights and cache | prefill padding (last round) |\n"
+          f"|---|---|---|---|---|---|")
     print("\n".join(table))
 
 if __name__ == "__main__":

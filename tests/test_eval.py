@@ -297,14 +297,16 @@ def test_end_to_end_eval_and_resume(tiny, tmp_path, capsys, monkeypatch):
     assert counted["no_verdict"] == sum(r["verdict"] is None for r in recs)
     assert counted["stopped_at_length"] == sum(r["finish"] == "length" for r in recs) > 0  # 6 new tokens at most
     assert set(json.loads(scores)["domains"]) == {"chat"}
-    # crash simulation: the last 5 judgments lost, the one before cut mid-line (a log is in the order judgments
-    # finish; here, with every row stopped at 6 tokens or EOS in one chunk per wave, the order of the items)
-    log.write_text("\n".join(lines[:12]) + "\n" + lines[12][:40])
+    # crash simulation: a log in the order judgments finish, the run stopped with one item's 9 judgments written,
+    # 3 of the other's and a 4th cut mid-line
+    whole, part_of = ([x for x, r in zip(lines, recs) if r["group"] == g] for g in sorted({r["group"] for r in recs}))
+    log.write_text("\n".join(whole + part_of[:3]) + "\n" + part_of[3][:40])
     # the unfinished run rescored: 12 of its 18 pairs, the second item's 3 cells listed, not scored
     capsys.readouterr()
     ev.main(["--bench", "rm-bench", "--out", str(tmp_path / "run"), "--score-only"])
     part = json.loads((tmp_path / "run" / "scores.json").read_text())
-    assert (part["pairs_judged"], part["pairs_total"]) == (12, 18) and part["incomplete_items"] == [recs[12]["group"]]
+    assert (part["pairs_judged"], part["pairs_total"]) == (12, 18)
+    assert part["incomplete_items"] == [json.loads(part_of[0])["group"]]
     assert part["domains"]["chat"]["items"] == 1
     err = capsys.readouterr().err
     assert "cover the 12 pairs judged, of the 18 in the run" in err and "1 item(s) with only some" in err
@@ -550,9 +552,9 @@ def test_a_rerun_that_would_leave_judgments_unscored_is_refused(tiny, tmp_path, 
     ev.main(args + ["--limit", "4"])
     log, config = (run / "judgments.jsonl").read_text(), (run / "config.json").read_text()
     pairs = data.read_rmbench(BENCH / "rm-bench" / "chat_filtered.json")[:4]
-    placed = [json.loads(x)["chosen_at"] for x in log.splitlines()]
-    assert placed == [at for _, at in data.place(pairs, "random", 0)]
-    other_seed = next(s for s in range(1, 50) if [at for _, at in data.place(pairs, "random", s)] != placed)
+    placed = {json.loads(x)["id"]: json.loads(x)["chosen_at"] for x in log.splitlines()}  # (in finish order)
+    assert placed == {p.id: at for p, at in data.place(pairs, "random", 0)}
+    other_seed = next(s for s in range(1, 50) if {p.id: at for p, at in data.place(pairs, "random", s)} != placed)
     for extra in (["--limit", "2"], ["--limit", "4", "--seed", str(other_seed)]):
         with pytest.raises(SystemExit, match=r"judgment\(s\) in its logs are not among this run's pairs and "
                                              r"placements \(the first: id '.+' chosen at [AB]\)"):
@@ -706,8 +708,10 @@ def test_ranks_judge_their_share_and_the_last_one_scores(tiny, tmp_path, monkeyp
     assert by_key(out) == one
     assert (out / "scores.json").read_text() == (tmp_path / "one" / "scores.json").read_text()
     # a judgment in two logs would count twice: an error naming both places
-    (out / "judgments.rank1.jsonl").write_text((out / "judgments.jsonl").read_text().splitlines()[1] + "\n")
-    with pytest.raises(ValueError, match=re.escape(f"judgments.rank1.jsonl:1: judgment {items[2]} is already at "
+    second = (out / "judgments.jsonl").read_text().splitlines()[1]
+    (out / "judgments.rank1.jsonl").write_text(second + "\n")
+    key = json.loads(second)["key"]
+    with pytest.raises(ValueError, match=re.escape(f"judgments.rank1.jsonl:1: judgment {key} is already at "
                                                    f"{out / 'judgments.jsonl'}:2")):
         ev.main(["--bench", "rm-bench", "--out", str(out), "--score-only"])
 

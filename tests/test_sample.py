@@ -60,6 +60,23 @@ def test_prompts_of_similar_lengths_are_prefilled_together(models, monkeypatch):
     assert [o.tokens for o in outs] == [generate(ours, [p], 6, temperature=0)[0].tokens for p in ps]
 
 
+def test_prompts_wait_shortest_first_so_later_admissions_pad_little(models, monkeypatch):
+    """With fewer slots than prompts, later prompts are admitted as slots free, each group prefilled in one batch
+    padded to its longest prompt. The queue holds prompts shortest first, so a group's lengths are close: 10 and 12
+    first, then 48 and 50 (124 padded tokens for 120; in their own order, 10 with 50 and 12 with 48: 196). The
+    results come back in prompt order and equal prompts generated one by one."""
+    _, ours = models
+    ps = prompts([10, 50, 12, 48], seed=5)
+    shapes, hidden = [], M.Transformer.hidden
+    monkeypatch.setattr(M.Transformer, "hidden",
+                        lambda self, x, *a: shapes.append(tuple(x.shape)) or hidden(self, x, *a))
+    outs = generate(ours, ps, 6, temperature=0, slots=2)
+    assert [s for s in shapes if s[1] > 1] == [(2, 12), (2, 50)]
+    monkeypatch.undo()
+    assert [o.prompt_index for o in outs] == [0, 1, 2, 3]
+    assert [o.tokens for o in outs] == [generate(ours, [p], 6, temperature=0)[0].tokens for p in ps]
+
+
 def test_batched_equals_one_at_a_time(models):
     _, ours = models
     ps = prompts([3, 14, 7, 1], seed=1)
@@ -86,7 +103,7 @@ def test_progress_hears_of_each_sample_once_as_its_row_finishes(models, monkeypa
     import sample
 
     _, ours = models
-    ps = prompts([4, 9, 6], seed=3)
+    ps = prompts([9, 4, 6], seed=3)  # the queue takes them shortest first: prompt 1's short rows in the first wave
     heard, chunks, run = [], [], sample.Engine._run
 
     def counted(self, *a):

@@ -1,0 +1,108 @@
+"""The order generate() admits prompts in, on the judging workload of bench_eval.py, by simulating its scheduler on
+the CPU (no model): which prompts each sync admits, how their prefill batches pad, how many decode steps run and at
+what batch sizes.
+
+    python bench/explore_queue_order.py [--shared ../shared] [--draws 30]
+
+The simulation follows Engine.generate: `slots` rows, a sync every 16 steps that collects finished rows and hands
+their slots to the next prompts of the queue, prefill batches of at most 16,384 padded tokens (each padded to its
+longest prompt, the admitted prompts taken in queue order), live rows packed to the front once the queue is empty,
+and each chunk decoding at the smallest batch size (round_size) covering the live rows. It checks itself against
+the GPU: the padding it gives for the bench's draws (length seeds 0 and 95) is what bench_eval.py counted in the
+model's prefill forwards on an H100 (BENCHMARKS.md, Judging throughput).
+
+Prints, for prompts in their own order, shortest first and longest first: the prefill padding and decode steps of
+the bench's draws, then the mean decode steps over --draws other draws of the judgment lengths, independent of the
+prompts' lengths (as in the bench) and growing with them (median 400 x (prompt / mean prompt)^2).
+"""
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import data  # noqa: E402
+from rubrics import judge_messages  # noqa: E402
+from sample import PREFILL_TOKENS, SYNC_EVERY, round_size  # noqa: E402
+
+
+def simulate(order, P, L, slots, sync=SYNC_EVERY, prefill_tokens=PREFILL_TOKENS):
+    """order: prompt indices as queued; P, L: prompt and judgment lengths. -> (padded prefill tokens, decode steps)."""
+    queue = list(order)[::-1]
+    owner, left = [None] * slots, [0] * slots  # slot -> prompt; decode steps it still needs
+    padded = steps = 0
+    while queue or any(o is not None for o in owner):
+        for k in range(slots):  # collect
+            if owner[k] is not None and left[k] <= 0:
+                owner[k] = None
+        new = []
+        for k in range(slots):  # refill, in queue order
+            if owner[k] is None and queue:
+                owner[k] = queue.pop()
+                left[k] = L[owner[k]] - 1  # the first token comes from the prefill
+                new.append(owner[k])
+        # Engine._prefill: greedy batches under prefill_tokens padded tokens, of the admitted prompts shortest first
+        # (before the queue was sorted, _prefill sorted each admission; sorted queues admit them so)
+        batch, width = 0, 0
+        for p in sorted(P[i] for i in new):
+            if batch and (batch + 1) * max(width, p) > prefill_tokens:
+                padded, batch, width = padded + batch * width, 0, 0
+            batch, width = batch + 1, max(width, p)
+        padded += batch * width
+        live = [k for k in range(slots) if owner[k] is not None]
+        if not live:
+            continue
+        cover = lambda k: min(slots, round_size(k + 1))  # noqa: E731  (as in Engine.generate)
+        if not queue and cover(len(live) - 1) < cover(live[-1]):  # pack the live rows to the front
+            holes, movers = [k for k in range(len(live)) if owner[k] is None], [k for k in live if k >= len(live)]
+            for src, dst in zip(movers, holes):
+                owner[dst], left[dst], owner[src] = owner[src], left[src], None
+            live = list(range(len(live)))
+        chunk = min(sync, max(left[k] for k in live))
+        if chunk <= 0:
+            continue
+        steps += chunk
+        for k in live:
+            left[k] -= chunk
+    return padded, steps
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--shared", type=Path, default=Path(__file__).resolve().parents[2] / "shared")
+    ap.add_argument("--items", type=int, default=1024)
+    ap.add_argument("--slots", type=int, default=384, help="what eval's default gave the 1.5B model on an H100")
+    ap.add_argument("--draws", type=int, default=30)
+    args = ap.parse_args()
+
+    tok = data.Tokenizer.load(args.shared / "hf" / "qwen2.5-7b-instruct")
+    items = data.place(data.read_rmbench(args.shared / "benchmarks" / "rm-bench"), "random", 0)[: args.items]
+    prompts = tok.encode_chats([judge_messages(*p.conversations(at), "instruct") for p, at in items], True)
+    P = np.array([len(p) for p in prompts])
+    orders = {"own order": list(range(len(P))), "shortest first": sorted(range(len(P)), key=lambda i: P[i]),
+              "longest first": sorted(range(len(P)), key=lambda i: -P[i])}
+
+    def lengths(seed, grow=False):  # as bench_eval.py draws them (--length-seed)
+        x = np.random.default_rng(seed).lognormal(np.log(400), 0.8, len(P)) * ((P / P.mean()) ** 2 if grow else 1)
+        return np.clip(x, 64, 4096).astype(int)
+
+    print(f"{len(P)} prompts of {P.min()}-{P.max()} tokens, {P.sum()} in all; {args.slots} slots\n")
+    print("| order | " + " | ".join(f"length seed {s}: prefill padding, decode steps" for s in (0, 95)) +
+          f" | mean decode steps over {args.draws} draws (sd) | the same, judgments growing with prompts |")
+    print("|---|---|---|---|---|")
+    for name, order in orders.items():
+        cells = []
+        for seed in (0, 95):
+            padded, steps = simulate(order, P, lengths(seed), args.slots)
+            cells.append(f"{padded / P.sum() - 1:+.1%}, {steps}")
+        for grow in (False, True):
+            s = [int(simulate(order, P, lengths(seed, grow), args.slots)[1]) for seed in range(1, args.draws + 1)]
+            cells.append(f"{statistics.mean(s):,.0f} ({statistics.pstdev(s):,.0f})")
+        print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
