@@ -15,8 +15,8 @@ warm up (graph captures) and then --rounds times:
 Prints each way's median time, judgments/s, new tokens/s, peak memory beyond the weights and the cache, and the
 prefill forwards' tokens: those the prompts hold and those the right-padded batches ran.
 
---order passes the prompts (with their lengths) in their own order, shortest first or longest first. Since
-Since 0746642 generate() queues prompts shortest first whatever the order; on older code the order is the queue's.
+--order passes the prompts (with their lengths) in their own order, shortest first or longest first. Since 0746642
+generate() queues prompts shortest first whatever the order; on older code the order is the queue's.
 
     python bench/bench_eval.py --config ... --prefill     # only the prefill: each prompt and one new token
 
