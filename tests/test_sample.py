@@ -45,33 +45,20 @@ def test_greedy_equals_transformers_generate(models):
         assert o.finish == "length" and len(o.tokens) == 40
 
 
-def test_prompts_of_similar_lengths_are_prefilled_together(models, monkeypatch):
-    """Prefill batches are right-padded to their longest prompt, so prompts go in by length: 10 and 12 tokens
-    in one forward, 48 and 50 in the other: 124 padded tokens for 120 (in their own order, 10 with 50 and 12
-    with 48: 196). The tokens are those of prompts prefilled one by one."""
+@pytest.mark.parametrize("split", [dict(prefill_tokens=100), dict(slots=2)], ids=["one-wave", "two-admissions"])
+def test_prompts_of_similar_lengths_are_prefilled_together(models, monkeypatch, split):
+    """Prefill batches are right-padded to their longest prompt, so prompts go in by length, shortest first: 10 and
+    12 tokens in one forward, 48 and 50 in the other, 124 padded tokens for 120 (in their own order, 10 with 50 and
+    12 with 48: 196). So it goes whether all four are admitted at once into batches of at most 100 tokens, or two
+    at a time into 2 slots, the later two as the first two finish. The results come back in prompt order and equal
+    prompts generated one by one."""
     _, ours = models
     ps = prompts([10, 50, 12, 48], seed=4)
     shapes, hidden = [], M.Transformer.hidden
     monkeypatch.setattr(M.Transformer, "hidden",
                         lambda self, x, *a: shapes.append(tuple(x.shape)) or hidden(self, x, *a))
-    outs = generate(ours, ps, 6, temperature=0, prefill_tokens=100)
-    assert [s for s in shapes if s[1] > 1] == [(2, 12), (2, 50)]  # (decode steps are [4, 1])
-    monkeypatch.undo()
-    assert [o.tokens for o in outs] == [generate(ours, [p], 6, temperature=0)[0].tokens for p in ps]
-
-
-def test_prompts_wait_shortest_first_so_later_admissions_pad_little(models, monkeypatch):
-    """With fewer slots than prompts, later prompts are admitted as slots free, each group prefilled in one batch
-    padded to its longest prompt. The queue holds prompts shortest first, so a group's lengths are close: 10 and 12
-    first, then 48 and 50 (124 padded tokens for 120; in their own order, 10 with 50 and 12 with 48: 196). The
-    results come back in prompt order and equal prompts generated one by one."""
-    _, ours = models
-    ps = prompts([10, 50, 12, 48], seed=5)
-    shapes, hidden = [], M.Transformer.hidden
-    monkeypatch.setattr(M.Transformer, "hidden",
-                        lambda self, x, *a: shapes.append(tuple(x.shape)) or hidden(self, x, *a))
-    outs = generate(ours, ps, 6, temperature=0, slots=2)
-    assert [s for s in shapes if s[1] > 1] == [(2, 12), (2, 50)]
+    outs = generate(ours, ps, 6, temperature=0, **split)
+    assert [s for s in shapes if s[1] > 1] == [(2, 12), (2, 50)]  # (decode steps are [B, 1])
     monkeypatch.undo()
     assert [o.prompt_index for o in outs] == [0, 1, 2, 3]
     assert [o.tokens for o in outs] == [generate(ours, [p], 6, temperature=0)[0].tokens for p in ps]
