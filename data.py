@@ -48,7 +48,8 @@ class ChatTemplate:
         def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
             return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
 
-        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
+        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                            extensions=["jinja2.ext.loopcontrols"])
         env.filters["tojson"] = tojson
         env.globals["raise_exception"] = raise_exception
         env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
@@ -308,7 +309,8 @@ def read_rows(path) -> list[tuple[str, dict]]:
         try:
             import pyarrow.parquet as pq
         except ImportError:
-            raise ImportError(f"{path}: reading Parquet needs pyarrow (pip install pyarrow), or convert to JSONL") from None
+            raise ImportError(f"{path}: reading Parquet needs pyarrow (pip install pyarrow), "
+                              "or convert to JSONL") from None
         rows = pq.read_table(path).to_pylist()
         return [(f"{path}:{k + 1}", r) for k, r in enumerate(rows)]
     if suffix == ".jsonl":
@@ -553,7 +555,8 @@ def training_rows(pairs: list[Pair], variant: str = "instruct") -> list[dict]:
     rows = []
     for p, at in place(pairs, "alternate"):
         a, b = p.conversations(at)
-        rows.append({"context_messages": judge_messages(a, b, variant), "winner": "model_a" if at == "A" else "model_b"})
+        rows.append({"context_messages": judge_messages(a, b, variant),
+                     "winner": "model_a" if at == "A" else "model_b"})
     return rows
 
 

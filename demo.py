@@ -54,19 +54,21 @@ def main():
     rows = data.training_rows(pairs)
     for r in rows:
         letter = "A" if r["winner"] == "model_a" else "B"
-        r["response"] = (f"<type>Chat</type>\n<rubric>\n1. Accuracy (100%)\n<justify>Facts first.</justify>\n</rubric>\n"
-                         f"<eval>Chatbot {letter} is accurate.</eval>\n<answer>[[{letter}]]</answer>")
+        r["response"] = ("<type>Chat</type>\n<rubric>\n1. Accuracy (100%)\n<justify>Facts first.</justify>\n"
+                         f"</rubric>\n<eval>Chatbot {letter} is accurate.</eval>\n<answer>[[{letter}]]</answer>")
     (out / "sft_rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     sft.main(["--model", str(ckpt), "--data", str(out / "sft_rows.jsonl"), "--out", str(out / "sft"),
               "--global-batch", "4", "--lr", "1e-3", "--compute-dtype", "float32", "--micro-tokens", "4096"])
     ckpt = out / "sft" / "hf"
-    print(f"SFT losses: {[round(json.loads(x)['loss'], 3) for x in (out / 'sft' / 'metrics.jsonl').read_text().splitlines()]}")
+    metrics = (out / "sft" / "metrics.jsonl").read_text().splitlines()
+    print(f"SFT losses: {[round(json.loads(x)['loss'], 3) for x in metrics]}")
     # 2. One pair, streamed.
     evaluate.main(["--model", str(ckpt), "--question", "What is 17 * 3?", "--answer-a", "51", "--answer-b", "41",
                    "--max-new-tokens", "24", "--device", "cpu"])
     # 3. Two benchmarks on a few real rows each, with both orders on one of them.
     common = ["--model", str(ckpt), "--max-new-tokens", "16", "--device", "cpu"]
-    evaluate.main(common + ["--bench", "rm-bench", "--data", str(SHARED / "benchmarks" / "rm-bench" / "chat_filtered.json"),
+    evaluate.main(common + ["--bench", "rm-bench",
+                            "--data", str(SHARED / "benchmarks" / "rm-bench" / "chat_filtered.json"),
                             "--limit", "18", "--out", str(out / "rm-bench")])
     evaluate.main(common + ["--bench", "rmb", "--data",
                             str(SHARED / "benchmarks" / "rmb" / "BoN_set" / "Helpfulness" / "Reasoning"),

@@ -433,7 +433,7 @@ class EvalConfig:
     seed: int = 0  # placement of the chosen answer (A/B), per pair
     both_orders: bool = False  # judge every pair twice, chosen at A and at B
     limit: int = 0  # judge only the first N pairs (0 = all)
-    score_only: bool = False  # score OUT/judgments.jsonl without a model (with --data: lines need only id, chosen_at, output)
+    score_only: bool = False  # score OUT's judgments, no model (with --data, lines need only id, chosen_at, output)
     device: str = ""  # cuda, cuda:N or cpu (empty: cuda if there is one; under torchrun each rank its own)
     question: str = ""  # one-pair mode: the question
     answer_a: str = ""  # one-pair mode: answer A

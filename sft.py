@@ -247,7 +247,8 @@ def collate(rows, idx, device):
 # The loss: pure functions
 
 
-def token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
+def token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                   chunk: int = 1024) -> torch.Tensor:
     """log p(targets) [B,T] from final hidden states [B,T,H] and the output projection [V,H].
 
     Computed `chunk` tokens at a time, each chunk's [chunk, V] float32 logits recomputed in backward
@@ -398,7 +399,8 @@ def load_state(model, optim, out: Path) -> int:
     path = out / "state"
     if not (path / "progress.json").is_file():
         aside = sorted(out.glob(".state.old-*"))
-        hint = f"; {aside[0]} is the previous state, set aside by a save that was cut off: rename it to {path}" if aside else ""
+        hint = (f"; {aside[0]} is the previous state, set aside by a save that was cut off: rename it to {path}"
+                if aside else "")
         raise FileNotFoundError(f"{path}: no training state to resume from{hint}")
     msd, osd = get_state_dict(model, optim)
     state = {"model": msd, "optim": osd}
