@@ -9,6 +9,13 @@ most rows are far shorter than the longest: judge prompts of 800-1,900 tokens pl
 KVCache.attend for one layer (200 calls in a CUDA graph, median of 5 replays, explore_attention.per_call_us)
 folded and in calls, for snapshots of such a batch: row i at prompt P_i + u_i x L_i, P uniform in 801-1,885,
 L lognormal with median 400 clipped to 64-4,096, u uniform in [0, 1), one row then set to the longest position.
+
+Found on an H100 (2026-11-23, bench/results/2026-11-23-h100-explore-mixed-bound.log; rows' mean 1,600-1,680): once
+the longest row passes 3,072 the rule picks calls, and they are slower than the folded call, the more so the longer
+that row: 1.5B at 384 rows 341.0 / 386.2 / 455.7 us against 301.2 / 314.7 / 316.1 folded (longest 3,500 / 5,000 /
+6,000: +13%, +23%, +44%); 7B at 160 rows 287.2 / 353.7 / 373.5 against 268.6 / 290.2 / 275.5 (+7%, +22%, +36%).
+The folded call follows the rows' own lengths; the calls' key splits follow the bound. At a longest row of 2,500
+(the rule folds) the calls were 5% slower for the 1.5B and 7% faster for the 7B. Each line is one random snapshot.
 """
 
 import argparse

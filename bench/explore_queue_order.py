@@ -12,8 +12,11 @@ the GPU: the padding it gives for the bench's draws (length seeds 0 and 95) is w
 model's prefill forwards on an H100 (BENCHMARKS.md, Judging throughput).
 
 Prints, for prompts in their own order, shortest first and longest first: the prefill padding and decode steps of
-the bench's draws, then the mean decode steps over --draws other draws of the judgment lengths, independent of the
-prompts' lengths (as in the bench) and growing with them (median 400 x (prompt / mean prompt)^2).
+the bench's draws, and how many of those steps put the attention in split calls by an H100's rule (see simulate);
+then the mean decode steps over --draws other draws of the judgment lengths, independent of the prompts' lengths
+(as in the bench) and growing with them (median 400 x (prompt / mean prompt)^2). The padded tokens and the steps in
+split calls were also counted with the engine's own scheduling (Engine._run and _step replaced by bookkeeping, as
+count_graphs.py does), for the three orders and both draws: the same numbers.
 """
 
 import argparse
@@ -29,11 +32,16 @@ from rubrics import judge_messages  # noqa: E402
 from sample import PREFILL_TOKENS, SYNC_EVERY, round_size  # noqa: E402
 
 
-def simulate(order, P, L, slots, sync=SYNC_EVERY, prefill_tokens=PREFILL_TOKENS):
-    """order: prompt indices as queued; P, L: prompt and judgment lengths. -> (padded prefill tokens, decode steps)."""
+def simulate(order, P, L, slots, sync=SYNC_EVERY, prefill_tokens=PREFILL_TOKENS, fold_from=106, split_from=3072):
+    """order: prompt indices as queued; P, L: prompt and judgment lengths. -> (padded prefill tokens, decode steps,
+    steps in split calls, their rows, of those steps the ones whose live rows' mean length is under split_from).
+
+    Steps in split calls: decode batches of at least fold_from rows (212 (row, kv head) sequences on 132 SMs, the
+    1.5B model's 2 kv heads) whose attention bound is split_from keys or more (an H100's 3,072), where
+    KVCache.prepare puts the sequences in calls of about SMs each instead of one folded call."""
     queue = list(order)[::-1]
-    owner, left = [None] * slots, [0] * slots  # slot -> prompt; decode steps it still needs
-    padded = steps = 0
+    owner, left, at = [None] * slots, [0] * slots, [0] * slots  # slot -> prompt; steps it still needs; position
+    padded = steps = split = split_rows = split_short = 0
     while queue or any(o is not None for o in owner):
         for k in range(slots):  # collect
             if owner[k] is not None and left[k] <= 0:
@@ -42,7 +50,7 @@ def simulate(order, P, L, slots, sync=SYNC_EVERY, prefill_tokens=PREFILL_TOKENS)
         for k in range(slots):  # refill, in queue order
             if owner[k] is None and queue:
                 owner[k] = queue.pop()
-                left[k] = L[owner[k]] - 1  # the first token comes from the prefill
+                left[k], at[k] = int(L[owner[k]]) - 1, int(P[owner[k]])  # the first token comes from the prefill
                 new.append(owner[k])
         # Engine._prefill: greedy batches under prefill_tokens padded tokens, of the admitted prompts shortest first
         # (before the queue was sorted, _prefill sorted each admission; sorted queues admit them so)
@@ -59,15 +67,20 @@ def simulate(order, P, L, slots, sync=SYNC_EVERY, prefill_tokens=PREFILL_TOKENS)
         if not queue and cover(len(live) - 1) < cover(live[-1]):  # pack the live rows to the front
             holes, movers = [k for k in range(len(live)) if owner[k] is None], [k for k in live if k >= len(live)]
             for src, dst in zip(movers, holes):
-                owner[dst], left[dst], owner[src] = owner[src], left[src], None
+                owner[dst], left[dst], at[dst], owner[src] = owner[src], left[src], at[src], None
             live = list(range(len(live)))
         chunk = min(sync, max(left[k] for k in live))
         if chunk <= 0:
             continue
         steps += chunk
+        B, bound = cover(live[-1]), max(256, round_size(max(at[k] for k in live) + chunk + 1))
+        if B >= fold_from and bound >= split_from:
+            split, split_rows = split + chunk, split_rows + chunk * B
+            split_short += chunk * (sum(at[k] for k in live) / len(live) + chunk / 2 < split_from)
         for k in live:
             left[k] -= chunk
-    return padded, steps
+            at[k] += chunk
+    return padded, steps, split, split_rows, split_short
 
 
 def main():
@@ -90,16 +103,17 @@ def main():
         return np.clip(x, 64, 4096).astype(int)
 
     print(f"{len(P)} prompts of {P.min()}-{P.max()} tokens, {P.sum()} in all; {args.slots} slots\n")
-    print("| order | " + " | ".join(f"length seed {s}: prefill padding, decode steps" for s in (0, 95)) +
+    print("| order | " + " | ".join(f"length seed {s}: prefill padding, decode steps, of them in split calls "
+                                   "(row-steps; steps whose rows' mean is under 3,072)" for s in (0, 95)) +
           f" | mean decode steps over {args.draws} draws (sd) | the same, judgments growing with prompts |")
     print("|---|---|---|---|---|")
     for name, order in orders.items():
         cells = []
         for seed in (0, 95):
-            padded, steps = simulate(order, P, lengths(seed), args.slots)
-            cells.append(f"{padded / P.sum() - 1:+.1%}, {steps}")
+            padded, steps, split, split_rows, short = simulate(order, P, lengths(seed), args.slots)
+            cells.append(f"{padded / P.sum() - 1:+.1%}, {steps}, {split} ({split_rows:,}; {short})")
         for grow in (False, True):
-            s = [int(simulate(order, P, lengths(seed, grow), args.slots)[1]) for seed in range(1, args.draws + 1)]
+            s = [simulate(order, P, lengths(seed, grow), args.slots)[1] for seed in range(1, args.draws + 1)]
             cells.append(f"{statistics.mean(s):,.0f} ({statistics.pstdev(s):,.0f})")
         print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
 
