@@ -289,8 +289,8 @@ class Engine:
 
         Returns each prompt's last-position logits [V] (in the model's dtype); never a [L, V] tensor.
         """
-        # fresh comes in queue order, shortest first, so each batch holds prompts of similar lengths (the first
-        # wave of 1,024 RM-Bench judge prompts, 801-1,885 tokens, pads to 24% more tokens in their own order, 0.5%)
+        # fresh comes in queue order, shortest first, so each batch holds prompts of similar lengths (1,024 RM-Bench
+        # judge prompts, 801-1,885 tokens, prefilled at once pad to 24% more tokens in their own order, 0.5% sorted)
         out, items = {}, list(fresh.items())
         while items:
             batch, width = [], 0
