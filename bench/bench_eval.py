@@ -113,7 +113,7 @@ def main():
                   f"{padded[0]} tokens through the model for {held} ({padded[0] / held - 1:+.1%})")
         t = statistics.median(times[1:])
         print(f"prefill: median {t:.3f} s ({', '.join(f'{x:.3f}' for x in times[1:])}), "
-              f"{sum(map(len, prompts)) / t:,.0f} prompt tokens/s; peak beyond weights and cache "
+              f"{held / t:,.0f} prompt tokens/s; peak beyond weights and cache "
               f"{peak():.2f} GiB")
         return
     log = open(Path(tempfile.mkdtemp()) / "judgments.jsonl", "w", encoding="utf-8")

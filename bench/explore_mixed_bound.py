@@ -58,15 +58,13 @@ def main():
                             dtype=torch.bfloat16)[:, :, : cfg.n_heads]  # a view of a fused qkv, as in the model
             p = torch.tensor(pos, device="cuda")[:, None]
             rule = "calls" if attend >= cache.split_from else "folded"
-            split_from = cache.split_from
-            cache.split_from = 10**9
+            cache.split_from = 10**9  # folded (this snapshot's cache is dropped after it)
             cache.prepare(p)
             folded = per_call_us(lambda: cache.attend(0, q))
             cache.split_from = 0
             cache.prepare(p)
             plan = "+".join(str(b - a) for a, b in cache.calls)
             calls = per_call_us(lambda: cache.attend(0, q))
-            cache.split_from = split_from
             print(f"| {name.split('-')[1]} | {B} | {longest} | {pos.mean():.0f} | {attend} | {rule} | {folded:.1f} | "
                   f"{calls:.1f} ({plan}) |", flush=True)
 
