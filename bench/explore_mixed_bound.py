@@ -16,6 +16,9 @@ that row: 1.5B at 384 rows 341.0 / 386.2 / 455.7 us against 301.2 / 314.7 / 316.
 6,000: +13%, +23%, +44%); 7B at 160 rows 287.2 / 353.7 / 373.5 against 268.6 / 290.2 / 275.5 (+7%, +22%, +36%).
 The folded call follows the rows' own lengths; the calls' key splits follow the bound. At a longest row of 2,500
 (the rule folds) the calls were 5% slower for the 1.5B and 7% faster for the 7B. Each line is one random snapshot.
+These per-call gaps did not carry over to a whole judging run: a rule choosing by the rows' mean length instead
+(branch mean-row-length) folded every such step and changed 1,024 judgments by 0.05-0.08 s of 33-35 s
+(BENCHMARKS.md, "The queue, shortest prompts first").
 """
 
 import argparse
