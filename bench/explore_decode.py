@@ -71,7 +71,8 @@ def block_forward(self, x, rope, cache=None):
 
 def run_high_priority(self, steps, B, attend_len):
     """Engine._run with the graph captured on a high-priority stream (its kernels go first)."""
-    if not PF.get("hi") or not self.use_graph or (B, attend_len) in self.graphs:
+    key = (B, attend_len, self.logprobs)  # Engine._run's graph key
+    if not PF.get("hi") or not self.use_graph or key in self.graphs:
         return orig_run(self, steps, B, attend_len)
     self.cache.attend_len = attend_len
     hp = torch.cuda.Stream(priority=-1)
@@ -83,7 +84,7 @@ def run_high_priority(self, steps, B, attend_len):
     with torch.cuda.graph(g, pool=self.pool, stream=hp):
         self._step(B)
     self.pool = g.pool()
-    self.graphs[(B, attend_len)] = g
+    self.graphs[key] = g
     for _ in range(steps - 1):
         g.replay()
 
