@@ -16,7 +16,9 @@ the bench's draws, and how many of those steps put the attention in split calls 
 then the mean decode steps over --draws other draws of the judgment lengths, independent of the prompts' lengths
 (as in the bench) and growing with them (median 400 x (prompt / mean prompt)^2). The padded tokens and the steps in
 split calls were also counted with the engine's own scheduling (Engine._run and _step replaced by bookkeeping, as
-count_graphs.py does), for the three orders and both draws: the same numbers.
+count_graphs.py does), for the three orders and both draws: the same numbers. Last, the decode work of the bench's
+draws: the three orders generate the same row-steps and read the same keys; only the steps, batch sizes and bounds
+those run at differ.
 """
 
 import argparse
@@ -34,7 +36,9 @@ from sample import PREFILL_TOKENS, SYNC_EVERY, round_size  # noqa: E402
 
 def simulate(order, P, L, slots, sync=SYNC_EVERY, prefill_tokens=PREFILL_TOKENS, fold_from=106, split_from=3072):
     """order: prompt indices as queued; P, L: prompt and judgment lengths. -> (padded prefill tokens, decode steps,
-    steps in split calls, their rows, of those steps the ones whose live rows' mean length is under split_from).
+    steps in split calls, their rows, of those steps the ones whose live rows' mean length is under split_from),
+    and the decode work as a dict: row-steps of rows still generating ("live"), row-steps at the batch size run
+    ("run": chunk x batch), and keys read by the generating rows (a token at position p reads p + 1).
 
     Steps in split calls: decode batches of at least fold_from rows (212 (row, kv head) sequences on 132 SMs, the
     1.5B model's 2 kv heads) whose attention bound is split_from keys or more (an H100's 3,072), where
@@ -42,6 +46,7 @@ def simulate(order, P, L, slots, sync=SYNC_EVERY, prefill_tokens=PREFILL_TOKENS,
     queue = list(order)[::-1]
     owner, left, at = [None] * slots, [0] * slots, [0] * slots  # slot -> prompt; steps it still needs; position
     padded = steps = split = split_rows = split_short = 0
+    work = {"live": 0, "run": 0, "keys": 0}
     while queue or any(o is not None for o in owner):
         for k in range(slots):  # collect
             if owner[k] is not None and left[k] <= 0:
@@ -77,10 +82,14 @@ def simulate(order, P, L, slots, sync=SYNC_EVERY, prefill_tokens=PREFILL_TOKENS,
         if B >= fold_from and bound >= split_from:
             split, split_rows = split + chunk, split_rows + chunk * B
             split_short += chunk * (sum(at[k] for k in live) / len(live) + chunk / 2 < split_from)
+        work["run"] += chunk * B
         for k in live:
+            n = min(chunk, max(left[k], 0))  # tokens this row makes in the chunk
+            work["live"] += n
+            work["keys"] += n * at[k] + n * (n + 1) // 2
             left[k] -= chunk
             at[k] += chunk
-    return padded, steps, split, split_rows, split_short
+    return padded, steps, split, split_rows, split_short, work
 
 
 def main():
@@ -107,15 +116,22 @@ def main():
                                    "(row-steps; steps whose rows' mean is under 3,072)" for s in (0, 95)) +
           f" | mean decode steps over {args.draws} draws (sd) | the same, judgments growing with prompts |")
     print("|---|---|---|---|---|")
+    work_rows = []
     for name, order in orders.items():
-        cells = []
+        cells, work_cells = [], []
         for seed in (0, 95):
-            padded, steps, split, split_rows, short = simulate(order, P, lengths(seed), args.slots)
+            padded, steps, split, split_rows, short, work = simulate(order, P, lengths(seed), args.slots)
             cells.append(f"{padded / P.sum() - 1:+.1%}, {steps}, {split} ({split_rows:,}; {short})")
+            work_cells.append(f"{work['live']:,}, {work['run']:,}, {work['keys']:,}")
+        work_rows.append(f"| {name} | " + " | ".join(work_cells) + " |")
         for grow in (False, True):
             s = [simulate(order, P, lengths(seed, grow), args.slots)[1] for seed in range(1, args.draws + 1)]
             cells.append(f"{statistics.mean(s):,.0f} ({statistics.pstdev(s):,.0f})")
         print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
+    print("\n| order | " + " | ".join(f"length seed {s}: decode row-steps generating, row-steps at the batch size run, "
+                                     "keys read" for s in (0, 95)) + " |")
+    print("|---|---|---|")
+    print("\n".join(work_rows))
 
 
 if __name__ == "__main__":
