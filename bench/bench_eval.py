@@ -48,6 +48,17 @@ from sample import generate  # noqa: E402
 CHUNK = 256  # eval.py's --batch default before
 
 
+def workload(shared: Path, items: int, median: int, length_seed: int, max_new: int):
+    """-> (tokenizer, judge prompts of the first `items` RM-Bench pairs placed by seed 0, judgment lengths drawn
+    lognormal around `median`, clipped to [64, max_new])."""
+    tok = data.Tokenizer.load(shared / "hf" / "qwen2.5-7b-instruct")
+    pairs = data.place(data.read_rmbench(shared / "benchmarks" / "rm-bench"), "random", 0)[:items]
+    prompts = tok.encode_chats([judge_messages(*p.conversations(at), "instruct") for p, at in pairs], True)
+    rng = np.random.default_rng(length_seed)
+    lengths = np.clip(rng.lognormal(np.log(median), 0.8, len(prompts)), 64, max_new).astype(int).tolist()
+    return tok, prompts, lengths
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--config", type=Path, default=Path(".gpu/hf/qwen2.5-1.5b-instruct"))
@@ -63,11 +74,7 @@ def main():
                     help="the order the prompts are passed in")
     args = ap.parse_args()
 
-    tok = data.Tokenizer.load(args.shared / "hf" / "qwen2.5-7b-instruct")
-    items = data.place(data.read_rmbench(args.shared / "benchmarks" / "rm-bench"), "random", 0)[: args.items]
-    prompts = tok.encode_chats([judge_messages(*p.conversations(at), "instruct") for p, at in items], True)
-    rng = np.random.default_rng(args.length_seed)
-    lengths = np.clip(rng.lognormal(np.log(args.median), 0.8, len(prompts)), 64, args.max_new).astype(int).tolist()
+    tok, prompts, lengths = workload(args.shared, args.items, args.median, args.length_seed, args.max_new)
     if args.order != "given":
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]) * (1 if args.order == "shortest" else -1))
         prompts, lengths = [prompts[i] for i in order], [lengths[i] for i in order]

@@ -17,8 +17,8 @@ then the mean decode steps over --draws other draws of the judgment lengths, ind
 (as in the bench) and growing with them (median 400 x (prompt / mean prompt)^2). The padded tokens and the steps in
 split calls were also counted with the engine's own scheduling (Engine._run and _step replaced by bookkeeping, as
 count_graphs.py does), for the three orders and both draws: the same numbers. Last, the decode work of the bench's
-draws: the three orders generate the same row-steps and read the same keys; only the steps, batch sizes and bounds
-those run at differ.
+draws: the three orders generate the same row-steps and read the same keys, but not at the same batch sizes (the
+keys read at 256 rows or more).
 """
 
 import argparse
@@ -38,7 +38,9 @@ def simulate(order, P, L, slots, sync=SYNC_EVERY, prefill_tokens=PREFILL_TOKENS,
     """order: prompt indices as queued; P, L: prompt and judgment lengths. -> (padded prefill tokens, decode steps,
     steps in split calls, their rows, of those steps the ones whose live rows' mean length is under split_from),
     and the decode work as a dict: row-steps of rows still generating ("live"), row-steps at the batch size run
-    ("run": chunk x batch), and keys read by the generating rows (a token at position p reads p + 1).
+    ("run": chunk x batch), keys read by the generating rows (a token at position p reads p + 1), and of those the
+    keys read in steps of 256 rows or more ("keys_full": where attention's reads cost time; below, a step's time
+    is mostly the weights and kernel launches, explore_chunk_times.py).
 
     Steps in split calls: decode batches of at least fold_from rows (212 (row, kv head) sequences on 132 SMs, the
     1.5B model's 2 kv heads) whose attention bound is split_from keys or more (an H100's 3,072), where
@@ -46,7 +48,7 @@ def simulate(order, P, L, slots, sync=SYNC_EVERY, prefill_tokens=PREFILL_TOKENS,
     queue = list(order)[::-1]
     owner, left, at = [None] * slots, [0] * slots, [0] * slots  # slot -> prompt; steps it still needs; position
     padded = steps = split = split_rows = split_short = 0
-    work = {"live": 0, "run": 0, "keys": 0}
+    work = {"live": 0, "run": 0, "keys": 0, "keys_full": 0}
     while queue or any(o is not None for o in owner):
         for k in range(slots):  # collect
             if owner[k] is not None and left[k] <= 0:
@@ -86,7 +88,9 @@ def simulate(order, P, L, slots, sync=SYNC_EVERY, prefill_tokens=PREFILL_TOKENS,
         for k in live:
             n = min(chunk, max(left[k], 0))  # tokens this row makes in the chunk
             work["live"] += n
-            work["keys"] += n * at[k] + n * (n + 1) // 2
+            keys = n * at[k] + n * (n + 1) // 2
+            work["keys"] += keys
+            work["keys_full"] += keys * (B >= 256)
             left[k] -= chunk
             at[k] += chunk
     return padded, steps, split, split_rows, split_short, work
@@ -122,14 +126,14 @@ def main():
         for seed in (0, 95):
             padded, steps, split, split_rows, short, work = simulate(order, P, lengths(seed), args.slots)
             cells.append(f"{padded / P.sum() - 1:+.1%}, {steps}, {split} ({split_rows:,}; {short})")
-            work_cells.append(f"{work['live']:,}, {work['run']:,}, {work['keys']:,}")
+            work_cells.append(f"{work['live']:,}, {work['run']:,}, {work['keys']:,} ({work['keys_full']:,})")
         work_rows.append(f"| {name} | " + " | ".join(work_cells) + " |")
         for grow in (False, True):
             s = [simulate(order, P, lengths(seed, grow), args.slots)[1] for seed in range(1, args.draws + 1)]
             cells.append(f"{statistics.mean(s):,.0f} ({statistics.pstdev(s):,.0f})")
         print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
     print("\n| order | " + " | ".join(f"length seed {s}: decode row-steps generating, row-steps at the batch size run, "
-                                     "keys read" for s in (0, 95)) + " |")
+                                     "keys read (of them in steps of 256 rows or more)" for s in (0, 95)) + " |")
     print("|---|---|---|")
     print("\n".join(work_rows))
 
