@@ -342,7 +342,9 @@ class Engine:
         # Prompts wait shortest first (ties in their own order), so those admitted together have similar lengths:
         # the first wave, and after it the few whose slots freed at each sync, are prefilled in batches padded to
         # their longest prompt. Judging 1,024 RM-Bench pairs, the prefills ran 12-13% more tokens than the prompts
-        # hold in their own order and 0.4% sorted; the run took 4.5-5.1% less time (BENCHMARKS.md).
+        # hold in their own order and 0.4% sorted; the run took 4.5-5.1% less time (BENCHMARKS.md). The longest
+        # prompts also decode last, in the tail of few rows, where reading their keys costs little: longest first,
+        # the full-batch steps read 6% more keys and ran 7.5% slower each (bench/explore_chunk_times.py).
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
         queue = [(i, j) for i in order for j in range(n)]
         queue.reverse()  # pop() from the end takes them in order
