@@ -48,15 +48,19 @@ from sample import generate  # noqa: E402
 CHUNK = 256  # eval.py's --batch default before
 
 
+def judgment_lengths(n: int, median: int, seed: int, max_new: int, scale=1.0) -> np.ndarray:
+    """n judgment lengths drawn lognormal around `median` (times `scale`, one number or one per judgment),
+    clipped to [64, max_new]."""
+    x = np.random.default_rng(seed).lognormal(np.log(median), 0.8, n) * scale
+    return np.clip(x, 64, max_new).astype(int)
+
+
 def workload(shared: Path, items: int, median: int, length_seed: int, max_new: int):
-    """-> (tokenizer, judge prompts of the first `items` RM-Bench pairs placed by seed 0, judgment lengths drawn
-    lognormal around `median`, clipped to [64, max_new])."""
+    """-> (tokenizer, judge prompts of the first `items` RM-Bench pairs placed by seed 0, their judgment lengths)."""
     tok = data.Tokenizer.load(shared / "hf" / "qwen2.5-7b-instruct")
     pairs = data.place(data.read_rmbench(shared / "benchmarks" / "rm-bench"), "random", 0)[:items]
     prompts = tok.encode_chats([judge_messages(*p.conversations(at), "instruct") for p, at in pairs], True)
-    rng = np.random.default_rng(length_seed)
-    lengths = np.clip(rng.lognormal(np.log(median), 0.8, len(prompts)), 64, max_new).astype(int).tolist()
-    return tok, prompts, lengths
+    return tok, prompts, judgment_lengths(len(prompts), median, length_seed, max_new).tolist()
 
 
 def main():

@@ -3,20 +3,21 @@ generate does) and longest first, to find the time the two orders differ by beyo
 
     python bench/explore_chunk_times.py [--config .gpu/hf/qwen2.5-1.5b-instruct] [--shared .gpu/shared]
 
-bench_eval.py's workload (1,024 RM-Bench judge prompts, forced judgment lengths of --length-seed, eval's default
-slots, greedy, nothing written). Each order runs once to warm up (graph captures), then once timed: CUDA events
-around every prefill call (Engine._prefill) and every chunk of decode steps (Engine._run), read after the run, so
-nothing synchronises in between. Longest first is generate's own sort reversed (sample.sorted shadowed for the
-timed calls; ties keep their order). Prints per order the wall time, the prefill time, and the decode time and steps
-by the batch sizes they ran at and by how KVCache.prepare grouped the attention (one folded call, calls of about
-SMs sequences, or one unfolded call below the folding point), then the decode time per step by bound on the
-longest row. generate picks the slots (448 for the 1.5B on an H100: rows as long as the longest prompt plus its own
-judgment; bench_eval.py sizes them for the longest prompt plus 4,096, as eval does, 384).
+bench_eval.py's workload (1,024 RM-Bench judge prompts, forced judgment lengths of --length-seed, greedy, nothing
+written). Each order runs once to warm up (graph captures), then once timed: CUDA events around every prefill call
+(Engine._prefill) and every chunk of decode steps (Engine._run), read after the run, so nothing synchronises in
+between. Longest first is generate's own sort reversed (sample.sorted shadowed for its calls; ties keep their
+order). Prints per order the wall time, the prefill time, and the decode time and steps by the batch sizes they ran
+at and by how KVCache.prepare grouped the attention (one folded call, calls of about SMs sequences, or one unfolded
+call below the folding point) and by the bound on the longest row. generate picks the slots (448 for the 1.5B on an
+H100: rows as long as the longest prompt plus its own judgment; bench_eval.py sizes them for the longest prompt plus
+4,096, as eval does, 384).
 
 Found on an H100 (2026-11-23, bench/results/2026-11-23-h100-explore-chunk-times.log): 33.72 s shortest first,
 35.23 s longest first. Of the 1.51 s, 0.74 s is 240 more steps of 1-15 rows (the draw's step count) and 1.22 s the
 steps of 256 rows or more, 7.5% slower each (13.79 against 12.83 ms): longest first reads the long prompts' keys
 while the batch is full (711 against 668 million keys in those steps, explore_queue_order.py --slots 448).
+(That log's table lists the same rows in another order: it was printed before the rows were put in a fixed one.)
 """
 
 import argparse
@@ -42,6 +43,7 @@ def timed(kind, method):
         if kind == "decode":
             steps, B, attend_len = args
             c = self.cache
+            # KVCache.prepare's rule, restated: a replayed graph keeps the plan made at its capture
             many = c.flash and B * c.n_kv_heads >= c.fold_from
             grouping = ("calls" if attend_len >= c.split_from else "folded") if many else "one call"
         else:
@@ -63,8 +65,11 @@ def longest_first(iterable, key=None):  # generate's sort, reversed (stable: tie
     return builtins.sorted(iterable, key=key, reverse=True)
 
 
+BUCKETS = ["1-15", "16-63", "64-105", "106-255", "256+"]  # decode batch sizes (106 rows: the 1.5B's folding point)
+
+
 def bucket(B):
-    return "1-15" if B < 16 else "16-63" if B < 64 else "64-105" if B < 106 else "106-255" if B < 256 else "256+"
+    return BUCKETS[(B >= 16) + (B >= 64) + (B >= 106) + (B >= 256)]
 
 
 def main():
@@ -89,41 +94,28 @@ def main():
             torch.cuda.synchronize()
             wall = time.perf_counter() - t
             print(f"{order}, {rnd}: {wall:.2f} s, {len(RECORD)} timed calls", flush=True)
-        stats = defaultdict(lambda: [0, 0.0])  # key -> [steps, ms]
+        stats = defaultdict(lambda: [0, 0.0])  # row of the table -> [steps, ms]
         for kind, steps, B, attend, grouping, a, b in RECORD:
-            ms = a.elapsed_time(b)
-            keys = [("prefill calls",)] if kind == "prefill" else [
-                ("decode",), ("batch", bucket(B)), ("grouping", grouping), ("bound", attend)]
+            keys = ["prefill calls"] if kind == "prefill" else [
+                "decode", f"batch {bucket(B)}", f"grouping {grouping}", f"bound {attend}"]
             for key in keys:
                 stats[key][0] += steps
-                stats[key][1] += ms
+                stats[key][1] += a.elapsed_time(b)
         rows[order] = (wall, stats)
         print(f"slots: {sample._engine.slots}", flush=True)
-    keys = sorted({k for _, s in rows.values() for k in s}, key=lambda k: (k[0] != "prefill calls", k[0] != "decode",
-                                                                          k[0], str(k[1:])))
-    orders = list(rows)
-    print("\n| part | " + " | ".join(f"{o}: steps, s (ms a step)" for o in orders) + " | difference, s |")
+    (w0, s0), (w1, s1) = rows.values()
+    bounds = sorted({int(k.split()[1]) for s in (s0, s1) for k in s if k.startswith("bound")})
+    keys = (["prefill calls", "decode"] + [f"batch {b}" for b in BUCKETS]
+            + [f"grouping {g}" for g in ("one call", "folded", "calls")] + [f"bound {b}" for b in bounds])
+    print("\n| part | " + " | ".join(f"{o}: steps, s (ms a step)" for o in rows) + " | difference, s |")
     print("|---|---|---|---|")
-    print("| wall | " + " | ".join(f"{rows[o][0]:.2f} s" for o in orders) +
-          f" | {rows[orders[1]][0] - rows[orders[0]][0]:+.2f} |")
+    print(f"| wall | {w0:.2f} s | {w1:.2f} s | {w1 - w0:+.2f} |")
     for k in keys:
-        if k[0] == "bound":
+        if k not in s0 and k not in s1:
             continue
-        cells, secs = [], []
-        for o in orders:
-            steps, ms = rows[o][1].get(k, (0, 0.0))
-            secs.append(ms / 1e3)
-            cells.append(f"{steps:,}, {ms / 1e3:.2f}" + (f" ({ms / steps:.2f})" if steps else ""))
-        print(f"| {' '.join(map(str, k))} | " + " | ".join(cells) + f" | {secs[1] - secs[0]:+.2f} |")
-    print("\n| bound | " + " | ".join(f"{o}: steps, s (ms a step)" for o in orders) + " |")
-    print("|---|---|---|")
-    for bound in sorted({k[1] for _, s in rows.values() for k in s if k[0] == "bound"}):
-        cells = []
-        for o in orders:
-            steps, ms = rows[o][1].get(("bound", bound), (0, 0.0))
-            cells.append(f"{steps:,}, {ms / 1e3:.2f}" + (f" ({ms / steps:.2f})" if steps else ""))
-        print(f"| {bound} | " + " | ".join(cells) + " |")
-
+        cells = [f"{steps:,}, {ms / 1e3:.2f}" + (f" ({ms / steps:.2f})" if steps else "")
+                 for steps, ms in (s.get(k, (0, 0.0)) for s in (s0, s1))]
+        print(f"| {k} | {cells[0]} | {cells[1]} | {(s1.get(k, (0, 0.0))[1] - s0.get(k, (0, 0.0))[1]) / 1e3:+.2f} |")
 
 if __name__ == "__main__":
     main()

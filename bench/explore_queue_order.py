@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import data  # noqa: E402
-from rubrics import judge_messages  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_eval import judgment_lengths, workload  # noqa: E402
 from sample import PREFILL_TOKENS, SYNC_EVERY, round_size  # noqa: E402
 
 
@@ -104,16 +104,13 @@ def main():
     ap.add_argument("--draws", type=int, default=30)
     args = ap.parse_args()
 
-    tok = data.Tokenizer.load(args.shared / "hf" / "qwen2.5-7b-instruct")
-    items = data.place(data.read_rmbench(args.shared / "benchmarks" / "rm-bench"), "random", 0)[: args.items]
-    prompts = tok.encode_chats([judge_messages(*p.conversations(at), "instruct") for p, at in items], True)
+    _, prompts, _ = workload(args.shared, args.items, 400, 0, 4096)
     P = np.array([len(p) for p in prompts])
     orders = {"own order": list(range(len(P))), "shortest first": sorted(range(len(P)), key=lambda i: P[i]),
               "longest first": sorted(range(len(P)), key=lambda i: -P[i])}
 
     def lengths(seed, grow=False):  # as bench_eval.py draws them (--length-seed)
-        x = np.random.default_rng(seed).lognormal(np.log(400), 0.8, len(P)) * ((P / P.mean()) ** 2 if grow else 1)
-        return np.clip(x, 64, 4096).astype(int)
+        return judgment_lengths(len(P), 400, seed, 4096, (P / P.mean()) ** 2 if grow else 1.0)
 
     print(f"{len(P)} prompts of {P.min()}-{P.max()} tokens, {P.sum()} in all; {args.slots} slots\n")
     print("| order | " + " | ".join(f"length seed {s}: prefill padding, decode steps, of them in split calls "
