@@ -671,8 +671,10 @@ def main(argv=None):
 
     cfg = ChatConfig(**vars(config_parser(ChatConfig, "Chat with a checkpoint (its chat template applied), "
                                                        "streaming text.").parse_args(argv)))
-    if not cfg.model or not cfg.prompt:
-        raise SystemExit("sample.py: --model and --prompt are required")
+    missing = [f"--{name}" for name in ("model", "prompt") if not getattr(cfg, name)]
+    if missing:  # not given, or given as an empty string
+        verb = "is" if len(missing) == 1 else "are"
+        raise SystemExit(f"sample.py: {' and '.join(missing)} {verb} required, not empty")
     device = cfg.device or default_device()
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     tok = Tokenizer.load(cfg.model)

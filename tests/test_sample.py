@@ -484,7 +484,7 @@ def test_gpu_cli_without_device_runs_on_the_gpu_in_bf16(chat_model, monkeypatch,
 
 def test_cli_flags_come_from_its_dataclass_with_defaults_in_the_help(capsys):
     """As in sft.py and eval.py, the chat CLI's settings are one dataclass: every field a flag, its default and
-    comment in --help; --model and --prompt missing is a one-line error."""
+    comment in --help; --model or --prompt missing or empty is a one-line error naming it."""
     from dataclasses import fields
 
     with pytest.raises(SystemExit) as e:
@@ -494,8 +494,9 @@ def test_cli_flags_come_from_its_dataclass_with_defaults_in_the_help(capsys):
     for f in fields(sample.ChatConfig):
         assert f"--{f.name.replace('_', '-')}" in text
     assert "longest reply (default: 512)" in text and "0 = greedy (default: 0.0)" in text
-    for argv in ([], ["--model", "m"], ["--prompt", "hi"]):
-        with pytest.raises(SystemExit, match="^sample.py: --model and --prompt are required$"):
+    for argv, named in [([], "--model and --prompt are"), (["--model", "m"], "--prompt is"),
+                        (["--model", "m", "--prompt", ""], "--prompt is"), (["--prompt", "hi"], "--model is")]:
+        with pytest.raises(SystemExit, match=f"^sample.py: {named} required, not empty$"):
             sample.main(argv)
 
 
