@@ -465,6 +465,12 @@ def round_size(n: int) -> int:
     return -(-n // step) * step
 
 
+def round_len(n: int) -> int:
+    """n rounded up to a multiple of 256: the cache and output lengths `generate` sizes an engine with, so that
+    consecutive calls of similar lengths reuse one engine and its graphs."""
+    return -(-n // 256) * 256
+
+
 def round_size_down(n: int) -> int:
     """The largest `round_size` value <= n."""
     if n <= 16:
@@ -568,9 +574,7 @@ def generate(model: Transformer, prompts, max_new_tokens, n: int = 1, temperatur
     prompts, limits = check_prompts(model.cfg, prompts, max_new_tokens)
     eos_ids = check_settings(n, temperature, top_k, top_p, eos_ids, seed, slots, sync_every, prefill_tokens)
     longest = max(len(p) + m for p, m in zip(prompts, limits))
-    # Sizes rounded up to whole buckets so that consecutive calls can reuse one engine and its graphs.
-    up = lambda x: -(-x // 256) * 256  # noqa: E731
-    max_len, max_new = up(longest), up(max(limits))
+    max_len, max_new = round_len(longest), round_len(max(limits))
     slots = min(slots or _slots_that_fit(model, max_len, max_new, prefill_tokens), len(prompts) * n)
     settings = dict(slots=slots, max_len=max_len, max_new=max_new, eos_ids=eos_ids,
                     temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, sync_every=sync_every,

@@ -80,7 +80,7 @@ def main():
 
     tok, prompts, lengths = workload(args.shared, args.items, args.median, args.length_seed, args.max_new)
     if args.order != "given":
-        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]) * (1 if args.order == "shortest" else -1))
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]), reverse=args.order == "longest")  # stable
         prompts, lengths = [prompts[i] for i in order], [lengths[i] for i in order]
     total = sum(lengths)
     print(torch.cuda.get_device_name(), "torch", torch.__version__, flush=True)
@@ -99,8 +99,7 @@ def main():
     held = sum(map(len, prompts))
     weights = torch.cuda.memory_allocated()
     kv = KVCache.bytes_per_token(m.cfg)
-    up = lambda x: -(-x // 256) * 256  # noqa: E731  (as generate sizes an engine)
-    max_len = up(max(map(len, prompts)) + args.max_new)  # what eval's budgets of --max-new tokens ask for
+    max_len = sample.round_len(max(map(len, prompts)) + args.max_new)  # what eval's budgets of --max-new tokens ask for
     slots = sample._slots_that_fit(m, max_len, args.max_new, sample.PREFILL_TOKENS)  # eval's default
     # the rule before 2026-11-23 (a2cf4f4 and earlier): rows of the longest prompt + --max-new in half the free memory
     free = torch.cuda.mem_get_info()[0] + torch.cuda.memory_reserved() - torch.cuda.memory_allocated()
