@@ -26,6 +26,37 @@ from datetime import datetime
 from pathlib import Path
 
 # ----------------------------------------------------------------------------------------------
+# Text and JSON files, read so that an error names the file (json's and the codec's own name none)
+
+
+def read_text(path) -> str:
+    """The UTF-8 text of file `path`; bytes that are not UTF-8 are an error naming the file."""
+    try:
+        return Path(path).read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text (byte offset {e.start}: {e.reason})") from None
+
+
+def read_json(path, kind: type = dict):
+    """The JSON value of file `path`, which must be a `kind` (dict: an object, list: an array); a file that is
+    not UTF-8, not JSON or not a `kind` is an error naming it.
+
+    Example: a config.json cut short -> ValueError("MODEL/config.json: not valid JSON (Expecting value: line 2 ...)")
+    """
+    try:
+        value = json.loads(read_text(path))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(value, kind):
+        raise ValueError(f"{path}: expected a JSON {_JSON_TYPES[kind]}, got a JSON {_JSON_TYPES[type(value)]}")
+    return value
+
+
+_JSON_TYPES = {dict: "object", list: "array", str: "string", int: "number", float: "number", bool: "boolean",
+               type(None): "null"}
+
+
+# ----------------------------------------------------------------------------------------------
 # Chat templates
 
 
@@ -66,21 +97,21 @@ class ChatTemplate:
                                     add_generation_prompt=add_generation_prompt, **{**self.special_tokens, **kwargs})
 
     @classmethod
-    def from_folder(cls, path) -> "ChatTemplate":
-        """From chat_template.jinja (preferred, as transformers does) or tokenizer_config.json."""
+    def from_folder(cls, path) -> "ChatTemplate | None":
+        """From chat_template.jinja (preferred, as transformers does) or tokenizer_config.json; None if neither
+        holds one (a base model's folder)."""
         path = Path(path)
         cfg_file = path / "tokenizer_config.json"
-        cfg = json.loads(cfg_file.read_text()) if cfg_file.is_file() else {}
+        cfg = read_json(cfg_file) if cfg_file.is_file() else {}
         jinja_file = path / "chat_template.jinja"
         if jinja_file.is_file():
-            source = jinja_file.read_text()
+            source = read_text(jinja_file)
         else:
             source = cfg.get("chat_template")
             if isinstance(source, list):  # [{"name": "default", "template": ...}, ...]
                 source = {t["name"]: t["template"] for t in source}.get("default")
             if not source:
-                raise ValueError(f"{path}: no chat template (neither chat_template.jinja nor "
-                                 f"'chat_template' in tokenizer_config.json)")
+                return None
         return cls(source, special_tokens_from_config(cfg))
 
 
@@ -104,18 +135,17 @@ _ESC = "\U000F0000"
 
 
 class Tokenizer:
-    def __init__(self, tokenizer_json: str, config: dict, template: ChatTemplate | None, eos_ids: list[int],
+    def __init__(self, spec: dict, config: dict, template: ChatTemplate | None, eos_ids: list[int],
                  where: str = "tokenizer"):
+        """spec: tokenizer.json's contents; config: tokenizer_config.json's (see `load`)."""
         from tokenizers import Tokenizer as HFTokenizer
 
         self.where = where
-        self.full = HFTokenizer.from_str(tokenizer_json)  # the official tokenizer, added tokens and all
-        spec = json.loads(tokenizer_json)
+        self.full = HFTokenizer.from_str(json.dumps(spec))  # the official tokenizer, added tokens and all
         self.added = {t["content"]: t["id"] for t in spec.get("added_tokens", [])}
         self.special_ids = {t["id"] for t in spec.get("added_tokens", []) if t.get("special")}
         # The same BPE with no added tokens: every string becomes ordinary text pieces.
-        spec["added_tokens"] = []
-        self.plain = HFTokenizer.from_str(json.dumps(spec))
+        self.plain = HFTokenizer.from_str(json.dumps({**spec, "added_tokens": []}))
         # Longest first, so "<|im_end|>" is never matched as a prefix of a longer token (leftmost-longest).
         names = sorted(self.added, key=len, reverse=True)
         self._added_re = re.compile("|".join(re.escape(n) for n in names)) if names else None
@@ -142,17 +172,14 @@ class Tokenizer:
         if not tj.is_file():
             raise FileNotFoundError(f"{path}: no tokenizer.json (this loader reads the fast-tokenizer file only)")
         cfg_file = path / "tokenizer_config.json"
-        cfg = json.loads(cfg_file.read_text()) if cfg_file.is_file() else {}
-        try:
-            template = ChatTemplate.from_folder(path)
-        except ValueError:
-            template = None  # a base model without a template can still encode and decode
-        text = tj.read_text()
-        added = {t["content"]: t["id"] for t in json.loads(text).get("added_tokens", [])}
+        cfg = read_json(cfg_file) if cfg_file.is_file() else {}
+        template = ChatTemplate.from_folder(path)  # None: a base model, which can still encode and decode
+        spec = read_json(tj)
+        added = {t["content"]: t["id"] for t in spec.get("added_tokens", [])}
         eos_ids = []
         gen = path / "generation_config.json"
         if gen.is_file():
-            e = json.loads(gen.read_text()).get("eos_token_id")
+            e = read_json(gen).get("eos_token_id")
             eos_ids = [e] if isinstance(e, int) else list(e or [])
         eos = special_tokens_from_config(cfg).get("eos_token")
         if eos is not None:
@@ -162,7 +189,7 @@ class Tokenizer:
                 eos_ids.append(added[eos])
         if not eos_ids:
             raise ValueError(f"{path}: no EOS token in generation_config.json or tokenizer_config.json")
-        return cls(text, cfg, template, eos_ids, where=str(path))
+        return cls(spec, cfg, template, eos_ids, where=str(path))
 
     # -- plain text ---------------------------------------------------------------------------
 
@@ -184,7 +211,8 @@ class Tokenizer:
         """The text transformers' `apply_chat_template(..., tokenize=False)` gives, byte for byte.
         kwargs are extra template variables (enable_thinking=False for Qwen3)."""
         if self.template is None:
-            raise ValueError(f"{self.where}: this tokenizer has no chat template")
+            raise ValueError(f"{self.where}: no chat template (neither chat_template.jinja nor 'chat_template' in "
+                             "tokenizer_config.json)")
         return self.template.render(messages, add_generation_prompt, **kwargs)
 
     def encode_chat(self, messages: list[dict], add_generation_prompt: bool = False, **kwargs) -> list[int]:
@@ -315,22 +343,21 @@ def read_rows(path) -> list[tuple[str, dict]]:
         return [(f"{path}:{k + 1}", r) for k, r in enumerate(rows)]
     if suffix == ".jsonl":
         out = []
-        for k, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
+        # Lines end at "\n" (or "\r\n") only: str.splitlines would also cut at U+2028, U+0085 and other
+        # separators that JSON strings may hold unescaped (a file written with ensure_ascii=False).
+        for k, line in enumerate(path.read_bytes().split(b"\n")):
             if not line.strip():
                 continue
             try:
-                out.append((f"{path}:{k + 1}", json.loads(line)))
+                out.append((f"{path}:{k + 1}", json.loads(line.decode("utf-8"))))
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{path}:{k + 1}: not UTF-8 text (byte offset {e.start} in the line: "
+                                 f"{e.reason})") from None
             except json.JSONDecodeError as e:
                 raise ValueError(f"{path}:{k + 1}: not valid JSON ({e})") from None
         return out
     if suffix == ".json":
-        try:
-            rows = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON ({e})") from None
-        if not isinstance(rows, list):
-            raise ValueError(f"{path}: expected a JSON list of rows, got {type(rows).__name__}")
-        return [(f"{path}:{k + 1}", r) for k, r in enumerate(rows)]
+        return [(f"{path}:{k + 1}", r) for k, r in enumerate(read_json(path, list))]
     raise ValueError(f"{path}: unknown format {suffix!r} (expected .json, .jsonl or .parquet)")
 
 

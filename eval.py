@@ -484,10 +484,7 @@ def one_pair(cfg: EvalConfig):
     if cfg.pair_file:
         if any(flags.values()):
             raise SystemExit(f"give the pair either in --pair-file or as {', '.join(flags)}, not both")
-        try:
-            d = json.loads(Path(cfg.pair_file).read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{cfg.pair_file}: not valid JSON ({e})") from None
+        d = data.read_json(cfg.pair_file)
         q, a, b = (data.require(cfg.pair_file, d, k) for k in ("question", "answer_a", "answer_b"))
     else:
         if missing := [f for f, v in flags.items() if not v]:
@@ -524,10 +521,10 @@ def saved_config(out: Path) -> dict | None:
     if not path.is_file():
         return None
     try:
-        saved = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise SystemExit(f"{path}: not JSON ({e})") from None
-    if not isinstance(saved, dict) or not {"bench", "variant"} <= set(saved):
+        saved = data.read_json(path)
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
+    if not {"bench", "variant"} <= set(saved):
         raise SystemExit(f"{path} is not an eval run's config (a model folder?); use another --out")
     return saved
 

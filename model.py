@@ -35,6 +35,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
+from data import read_json
+
 # ----------------------------------------------------------------------------------------------
 # Config
 
@@ -606,7 +608,7 @@ def load_config(path) -> Config:
     f = path / "config.json"
     if not f.is_file():
         raise FileNotFoundError(f"{path}: no config.json (expected a Hugging Face model folder)")
-    return Config.from_hf(json.loads(f.read_text()), where=str(f))
+    return Config.from_hf(read_json(f), where=str(f))
 
 
 def checkpoint_files(path) -> dict[str, Path]:
@@ -614,7 +616,7 @@ def checkpoint_files(path) -> dict[str, Path]:
     path = Path(path)
     index = path / "model.safetensors.index.json"
     if index.is_file():
-        weight_map = json.loads(index.read_text()).get("weight_map")
+        weight_map = read_json(index).get("weight_map")
         if not isinstance(weight_map, dict):
             raise ValueError(f"{index}: no 'weight_map'")
         files = {name: path / shard for name, shard in weight_map.items()}
@@ -751,7 +753,7 @@ def load(path, device="cpu", dtype: torch.dtype | None = torch.bfloat16) -> Tran
     if dtype is not None:
         cfg.dtype = {v: k for k, v in _DTYPES.items()}.get(dtype, cfg.dtype)
     gen = Path(path) / "generation_config.json"
-    model.generation_config = json.loads(gen.read_text()) if gen.is_file() else None
+    model.generation_config = read_json(gen) if gen.is_file() else None
     return model
 
 

@@ -115,8 +115,32 @@ def test_malformed_rows_name_file_and_row(tmp_path, content, match):
         data.read_rewardbench(f)
 
 
+def test_jsonl_rows_may_hold_any_line_separator_inside_strings(tmp_path):
+    """JSON strings may hold U+2028, U+2029, U+0085 and other characters that str.splitlines cuts at, unescaped
+    (json.dumps with ensure_ascii=False writes them so); lines end at \\n or \\r\\n only."""
+    rows = [{"prompt": f"a{sep}b", "chosen": "c\u2029", "rejected": "\x85r", "subset": "s", "id": k}
+            for k, sep in enumerate(["\u2028", "\u2029", "\x85"])]
+    f = tmp_path / "rb.jsonl"
+    f.write_bytes("\r\n".join(json.dumps(r, ensure_ascii=False) for r in rows).encode() + b"\r\n\n")
+    assert [r for _, r in data.read_rows(f)] == rows
+    assert [where for where, _ in data.read_rows(f)] == [f"{f}:{k}" for k in range(1, 4)]
+    pairs = data.read_rewardbench(f)
+    assert [(p.context[-1]["content"], p.rejected) for p in pairs] == [(r["prompt"], r["rejected"]) for r in rows]
+
+
+def test_rows_that_are_not_utf8_name_file_and_line(tmp_path):
+    f = tmp_path / "rb.jsonl"
+    f.write_bytes(b'{"prompt": "q"}\n{"prompt": "caf\xe9"}\n')
+    with pytest.raises(ValueError, match=r"rb.jsonl:2: not UTF-8 text \(byte offset 15 in the line: invalid"):
+        data.read_rows(f)
+    f = tmp_path / "rb.json"
+    f.write_bytes(b'[{"prompt": "caf\xe9"}]')
+    with pytest.raises(ValueError, match=r"rb.json: not UTF-8 text \(byte offset 16: invalid continuation"):
+        data.read_rows(f)
+
+
 @pytest.mark.parametrize("name,text,read,match", [
-    ("x.json", '{"prompt": "q"}', data.read_rows, r"x.json: expected a JSON list of rows, got dict"),
+    ("x.json", '{"prompt": "q"}', data.read_rows, r"x.json: expected a JSON array, got a JSON object"),
     ("x.json", "[{", data.read_rows, r"x.json: not valid JSON"),
     ("x.csv", "a,b", data.read_rows, r"x.csv: unknown format '.csv'"),
     ("x.jsonl", '{"question": "q", "answer": "a"}', data.read_pairs, r"x.jsonl:1: unknown pair format .*'answer'"),
@@ -509,7 +533,7 @@ def test_a_run_folder_whose_config_is_missing_or_broken_is_refused(tiny, tmp_pat
     with pytest.raises(SystemExit, match=r"run: judgments.jsonl without the config.json it was made with"):
         ev.main(args)
     (run / "config.json").write_text("{not json")
-    with pytest.raises(SystemExit, match=r"config.json: not JSON"):
+    with pytest.raises(SystemExit, match=r"config.json: not valid JSON \(Expecting"):
         ev.main(args)
     assert (run / "judgments.jsonl").read_text() == log and (run / "config.json").read_text() == "{not json"
 

@@ -292,6 +292,22 @@ def test_broken_index_or_folder(tmp_path):
         M.load(tmp_path)
 
 
+@pytest.mark.parametrize("name,content,match", [
+    ("config.json", '{"architectures": ["Qwen2ForCausalLM"], ', r"config.json: not valid JSON \(Expecting"),
+    ("config.json", '["Qwen2ForCausalLM"]', r"config.json: expected a JSON object, got a JSON array"),
+    ("generation_config.json", '{"eos_token_id": [1, 2', r"generation_config.json: not valid JSON"),
+    ("model.safetensors.index.json", "", r"model.safetensors.index.json: not valid JSON"),
+])
+def test_a_json_file_of_the_folder_that_is_not_json_is_named(tmp_path, name, content, match):
+    ref = hf_model("qwen2", seed=2)
+    ref.save_pretrained(tmp_path, max_shard_size="20KB")  # sharded: it has an index
+    (tmp_path / "generation_config.json").write_text("{}")
+    M.load(tmp_path)  # loads as written
+    (tmp_path / name).write_text(content)
+    with pytest.raises(ValueError, match=match):
+        M.load(tmp_path)
+
+
 def test_truncated_file(tmp_path):
     _saved(tmp_path)
     f = tmp_path / "model.safetensors"

@@ -1,6 +1,7 @@
 """sample.py against transformers' generate, a full forward, and the exact filtered distributions."""
 
 import math
+import re
 import sys
 
 import numpy as np
@@ -467,6 +468,19 @@ def test_cli_bad_settings_stop_before_the_weights_load(chat_model, monkeypatch, 
     monkeypatch.setattr(M, "load", lambda *a, **k: pytest.fail("the weights were loaded"))
     with pytest.raises(error, match=match):
         sample.main(["--model", str(d), "--prompt", "hi", "--device", "cpu", "--max-new-tokens", "8", *flags])
+
+
+def test_cli_names_a_broken_config_json(chat_model, tmp_path):
+    """A config.json that is not JSON is a one-line error naming the file (json's own message names none)."""
+    import shutil
+
+    _, d = chat_model
+    for f in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json"):
+        shutil.copy(d / f, tmp_path)
+    (tmp_path / "config.json").write_text('{"architectures": ["Qwen2ForCausalLM"], ')
+    with pytest.raises(SystemExit, match=rf"^sample.py: {re.escape(str(tmp_path / 'config.json'))}: not valid JSON "
+                                         r"\(Expecting property name"):
+        sample.main(["--model", str(tmp_path), "--prompt", "hi", "--device", "cpu"])
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")

@@ -220,6 +220,41 @@ def test_missing_tokenizer_json(tmp_path):
             Tokenizer.load(wrong)
 
 
+@pytest.mark.parametrize("name,content,match", [
+    ("tokenizer.json", b'{"version": "1.0", ', r"tokenizer.json: not valid JSON \(Expecting"),
+    ("tokenizer_config.json", b"[]", r"tokenizer_config.json: expected a JSON object, got a JSON array"),
+    ("generation_config.json", b'{"eos_token_id": ', r"generation_config.json: not valid JSON"),
+    ("chat_template.jinja", b"{{ caf\xe9 }}", r"chat_template.jinja: not UTF-8 text \(byte offset 6: invalid"),
+])
+def test_a_broken_file_of_the_folder_is_an_error_naming_it(tmp_path, name, content, match):
+    """json's and the codec's own errors name no file; the loader's do. A template that cannot be read is
+    an error, not a folder without a template."""
+    import shutil
+
+    shutil.copytree(QWEN25, tmp_path / "m")
+    (tmp_path / "m" / name).write_bytes(content)
+    with pytest.raises(ValueError, match=match):
+        Tokenizer.load(tmp_path / "m")
+
+
+def test_a_folder_without_a_template_encodes_and_names_what_is_missing(tmp_path):
+    """A base model's folder: no chat_template.jinja and no 'chat_template' in tokenizer_config.json. Text
+    encodes as with the template's folder; rendering a chat is an error saying where a template is looked for."""
+    import shutil
+
+    shutil.copytree(QWEN25, tmp_path / "m")
+    (tmp_path / "m" / "chat_template.jinja").unlink()
+    cfg = json.loads((tmp_path / "m" / "tokenizer_config.json").read_text())
+    cfg.pop("chat_template", None)
+    (tmp_path / "m" / "tokenizer_config.json").write_text(json.dumps(cfg))
+    base, tok = Tokenizer.load(tmp_path / "m"), Tokenizer.load(QWEN25)
+    assert base.template is None and tok.template is not None
+    text = "Base models still tokenize: 数字 <|im_end|>"
+    assert base.encode(text) == tok.encode(text) and base.encode(text, special=True) == tok.encode(text, special=True)
+    with pytest.raises(ValueError, match=r"m: no chat template \(neither chat_template.jinja nor 'chat_template'"):
+        base.encode_chat([{"role": "user", "content": "hi"}])
+
+
 def test_template_variables_pass_through():
     from transformers import AutoTokenizer
 
