@@ -181,6 +181,8 @@ class Tokenizer:
         if gen.is_file():
             e = read_json(gen).get("eos_token_id")
             eos_ids = [e] if isinstance(e, int) else list(e or [])
+            if not isinstance(e, (int, list, type(None))) or not all(type(i) is int for i in eos_ids):
+                raise ValueError(f"{gen}: eos_token_id should be a token id or a list of them, got {e!r}")
         eos = special_tokens_from_config(cfg).get("eos_token")
         if eos is not None:
             if eos not in added:

@@ -224,6 +224,9 @@ def test_missing_tokenizer_json(tmp_path):
     ("tokenizer.json", b'{"version": "1.0", ', r"tokenizer.json: not valid JSON \(Expecting"),
     ("tokenizer_config.json", b"[]", r"tokenizer_config.json: expected a JSON object, got a JSON array"),
     ("generation_config.json", b'{"eos_token_id": ', r"generation_config.json: not valid JSON"),
+    ("generation_config.json", b'{"eos_token_id": "<|im_end|>"}', r"generation_config.json: eos_token_id should be a "
+                                                                   r"token id or a list of them, got '<\|im_end\|>'"),
+    ("generation_config.json", b'{"eos_token_id": [151645, 1.5]}', r"generation_config.json: eos_token_id should"),
     ("chat_template.jinja", b"{{ caf\xe9 }}", r"chat_template.jinja: not UTF-8 text \(byte offset 6: invalid"),
 ])
 def test_a_broken_file_of_the_folder_is_an_error_naming_it(tmp_path, name, content, match):
