@@ -104,6 +104,15 @@ class Config:
         if extra:
             refuse("rope_parameters", rope, f"keys {sorted(extra)} imply a RoPE variant not implemented")
         theta = rope.get("rope_theta", d.get("rope_theta", 10000.0))
+        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                     "num_key_value_heads", "head_dim", "max_position_embeddings"):
+            if d.get(name) is not None and (type(d[name]) is not int or d[name] < 1):
+                refuse(name, d[name], "should be an integer >= 1")
+        for name, v in (("rope_theta", theta), ("rms_norm_eps", d.get("rms_norm_eps", 1.0))):
+            if type(v) not in (int, float) or not 0 < v < math.inf:
+                refuse(name, v, "should be a positive number")
+        if type(d.get("tie_word_embeddings", False)) is not bool:
+            refuse("tie_word_embeddings", d["tie_word_embeddings"], "should be true or false")
         if arch == "qwen3" and d.get("attention_bias", False):
             refuse("attention_bias", d["attention_bias"], "no official Qwen3 checkpoint uses it")
         if d.get("attention_dropout", 0.0) != 0.0:

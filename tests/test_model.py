@@ -209,6 +209,14 @@ def base_config(**over):
     ({"quantization_config": {"quant_method": "awq"}}, "quantization_config"),
     ({"architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "head_dim": 8, "attention_bias": True},
      "attention_bias"),
+    ({"hidden_size": "32"}, "hidden_size"),
+    ({"num_hidden_layers": 0}, "num_hidden_layers"),
+    ({"num_key_value_heads": 2.0}, "num_key_value_heads"),
+    ({"vocab_size": True}, "vocab_size"),
+    ({"rms_norm_eps": "1e-6"}, "rms_norm_eps"),
+    ({"rope_theta": 0}, "rope_theta"),
+    ({"rope_parameters": {"rope_type": "default", "rope_theta": None}}, "rope_theta"),
+    ({"tie_word_embeddings": "false"}, "tie_word_embeddings"),
 ])
 def test_config_refusals_name_the_field(tmp_path, over, field):
     (tmp_path / "config.json").write_text(json.dumps(base_config(**over)))
