@@ -141,7 +141,10 @@ class Tokenizer:
         from tokenizers import Tokenizer as HFTokenizer
 
         self.where = where
-        self.full = HFTokenizer.from_str(json.dumps(spec))  # the official tokenizer, added tokens and all
+        try:
+            self.full = HFTokenizer.from_str(json.dumps(spec))  # the official tokenizer, added tokens and all
+        except Exception as e:  # the library raises a bare Exception naming no file
+            raise ValueError(f"{where}: tokenizer.json is not a tokenizer the tokenizers library reads ({e})") from None
         self.added = {t["content"]: t["id"] for t in spec.get("added_tokens", [])}
         self.special_ids = {t["id"] for t in spec.get("added_tokens", []) if t.get("special")}
         # The same BPE with no added tokens: every string becomes ordinary text pieces.
