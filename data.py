@@ -100,19 +100,24 @@ class ChatTemplate:
     def from_folder(cls, path) -> "ChatTemplate | None":
         """From chat_template.jinja (preferred, as transformers does) or tokenizer_config.json; None if neither
         holds one (a base model's folder)."""
+        import jinja2
+
         path = Path(path)
         cfg_file = path / "tokenizer_config.json"
         cfg = read_json(cfg_file) if cfg_file.is_file() else {}
         jinja_file = path / "chat_template.jinja"
         if jinja_file.is_file():
-            source = read_text(jinja_file)
+            source, where = read_text(jinja_file), jinja_file
         else:
-            source = cfg.get("chat_template")
+            source, where = cfg.get("chat_template"), f"{cfg_file}: chat_template"
             if isinstance(source, list):  # [{"name": "default", "template": ...}, ...]
                 source = {t["name"]: t["template"] for t in source}.get("default")
             if not source:
                 return None
-        return cls(source, special_tokens_from_config(cfg))
+        try:
+            return cls(source, special_tokens_from_config(cfg))
+        except jinja2.TemplateSyntaxError as e:  # its message names no file
+            raise ValueError(f"{where}: not a Jinja template (line {e.lineno}: {e.message})") from None
 
 
 def special_tokens_from_config(cfg: dict) -> dict[str, str]:

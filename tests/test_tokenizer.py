@@ -229,6 +229,8 @@ def test_missing_tokenizer_json(tmp_path):
     ("generation_config.json", b'{"eos_token_id": "<|im_end|>"}', r"generation_config.json: eos_token_id should be a "
                                                                    r"token id or a list of them, got '<\|im_end\|>'"),
     ("generation_config.json", b'{"eos_token_id": [151645, 1.5]}', r"generation_config.json: eos_token_id should"),
+    ("chat_template.jinja", b"{% for m in messages %}\n{{ m.content }", r"chat_template.jinja: not a Jinja template "
+                                                                      r"\(line 2: unexpected '}'\)"),
     ("chat_template.jinja", b"{{ caf\xe9 }}", r"chat_template.jinja: not UTF-8 text \(byte offset 6: invalid"),
 ])
 def test_a_broken_file_of_the_folder_is_an_error_naming_it(tmp_path, name, content, match):
@@ -239,6 +241,17 @@ def test_a_broken_file_of_the_folder_is_an_error_naming_it(tmp_path, name, conte
     shutil.copytree(QWEN25, tmp_path / "m")
     (tmp_path / "m" / name).write_bytes(content)
     with pytest.raises(ValueError, match=match):
+        Tokenizer.load(tmp_path / "m")
+
+
+def test_a_broken_template_in_tokenizer_config_is_named(tmp_path):
+    import shutil
+
+    shutil.copytree(QWEN25, tmp_path / "m")
+    (tmp_path / "m" / "chat_template.jinja").unlink()
+    cfg = json.loads((tmp_path / "m" / "tokenizer_config.json").read_text())
+    (tmp_path / "m" / "tokenizer_config.json").write_text(json.dumps({**cfg, "chat_template": "{% if %}"}))
+    with pytest.raises(ValueError, match=r"tokenizer_config.json: chat_template: not a Jinja template \(line 1: "):
         Tokenizer.load(tmp_path / "m")
 
 
