@@ -25,36 +25,7 @@ from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime
 from pathlib import Path
 
-# ----------------------------------------------------------------------------------------------
-# Text and JSON files, read so that an error names the file (json's and the codec's own name none)
-
-
-def read_text(path) -> str:
-    """The UTF-8 text of file `path`; bytes that are not UTF-8 are an error naming the file."""
-    try:
-        return Path(path).read_bytes().decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{path}: not UTF-8 text (byte offset {e.start}: {e.reason})") from None
-
-
-def read_json(path, kind: type = dict):
-    """The JSON value of file `path`, which must be a `kind` (dict: an object, list: an array); a file that is
-    not UTF-8, not JSON or not a `kind` is an error naming it.
-
-    Example: a config.json cut short -> ValueError("MODEL/config.json: not valid JSON (Expecting value: line 2 ...)")
-    """
-    try:
-        value = json.loads(read_text(path))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(value, kind):
-        raise ValueError(f"{path}: expected a JSON {_JSON_TYPES[kind]}, got a JSON {_JSON_TYPES[type(value)]}")
-    return value
-
-
-_JSON_TYPES = {dict: "object", list: "array", str: "string", int: "number", float: "number", bool: "boolean",
-               type(None): "null"}
-
+from model import read_json, read_text
 
 # ----------------------------------------------------------------------------------------------
 # Chat templates

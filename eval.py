@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import data
+from model import read_json
 from rubrics import judge_messages, parse_verdict
 
 # ----------------------------------------------------------------------------------------------
@@ -484,7 +485,7 @@ def one_pair(cfg: EvalConfig):
     if cfg.pair_file:
         if any(flags.values()):
             raise SystemExit(f"give the pair either in --pair-file or as {', '.join(flags)}, not both")
-        d = data.read_json(cfg.pair_file)
+        d = read_json(cfg.pair_file)
         q, a, b = (data.require(cfg.pair_file, d, k) for k in ("question", "answer_a", "answer_b"))
     else:
         if missing := [f for f, v in flags.items() if not v]:
@@ -521,7 +522,7 @@ def saved_config(out: Path) -> dict | None:
     if not path.is_file():
         return None
     try:
-        saved = data.read_json(path)
+        saved = read_json(path)
     except ValueError as e:
         raise SystemExit(str(e)) from None
     if not {"bench", "variant"} <= set(saved):

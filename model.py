@@ -35,8 +35,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
-from data import read_json
-
 # ----------------------------------------------------------------------------------------------
 # Config
 
@@ -610,6 +608,34 @@ def key_map(cfg: Config) -> dict[str, tuple[str, int, int]]:
         m[hf + "mlp.up_proj.weight"] = (me + "mlp.gate_up.weight", inter, 2 * inter)
         m[hf + "mlp.down_proj.weight"] = (me + "mlp.down.weight", 0, cfg.hidden_size)
     return m
+
+
+def read_text(path) -> str:
+    """The UTF-8 text of file `path` (a checkpoint's, a run's or a data file: data.py reads through it too); bytes
+    that are not UTF-8 are an error naming the file, which the codec's own error does not."""
+    try:
+        return Path(path).read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text (byte offset {e.start}: {e.reason})") from None
+
+
+def read_json(path, kind: type = dict):
+    """The JSON value of file `path`, which must be a `kind` (dict: an object, list: an array); a file that is
+    not UTF-8, not JSON or not a `kind` is an error naming it (json's own errors name no file).
+
+    Example: a config.json cut short -> ValueError("MODEL/config.json: not valid JSON (Expecting value: line 2 ...)")
+    """
+    try:
+        value = json.loads(read_text(path))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(value, kind):
+        raise ValueError(f"{path}: expected a JSON {_JSON_TYPES[kind]}, got a JSON {_JSON_TYPES[type(value)]}")
+    return value
+
+
+_JSON_TYPES = {dict: "object", list: "array", str: "string", int: "number", float: "number", bool: "boolean",
+               type(None): "null"}
 
 
 def load_config(path) -> Config:

@@ -98,7 +98,7 @@ SAME_ON_RESUME = ("model", "data", "max_len", "global_batch", "epochs", "lr", "m
 def check_out(cfg: SFTConfig, data_sha256: str):
     """A new run needs a folder without one; --resume needs the settings (and data) the run was started with."""
     out = Path(cfg.out)
-    saved = data.read_json(out / "config.json") if (out / "config.json").is_file() else None
+    saved = M.read_json(out / "config.json") if (out / "config.json").is_file() else None
     if saved is not None and "global_batch" not in saved:
         raise SystemExit(f"{out / 'config.json'} is not an SFT run's config (a model folder?); use another --out")
     there = [p.name for p in (out / "state", out / "metrics.jsonl") if p.exists()]
@@ -358,7 +358,7 @@ def build_model(cfg: SFTConfig, device) -> LogProbs:
         filled[ours] += len(t)
     assert all(filled[n] == params[n].to_local().shape[0] for n in params), filled
     gen = Path(cfg.model) / "generation_config.json"
-    model.generation_config = data.read_json(gen) if gen.is_file() else None
+    model.generation_config = M.read_json(gen) if gen.is_file() else None
     return root
 
 
@@ -406,7 +406,7 @@ def load_state(model, optim, out: Path) -> int:
     state = {"model": msd, "optim": osd}
     dcp.load(state, checkpoint_id=str(path))
     set_state_dict(model, optim, model_state_dict=state["model"], optim_state_dict=state["optim"])
-    return data.read_json(path / "progress.json")["step"]
+    return M.read_json(path / "progress.json")["step"]
 
 
 # ----------------------------------------------------------------------------------------------
