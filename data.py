@@ -556,18 +556,6 @@ def place(pairs: list[Pair], mode: str = "random", seed: int = 0) -> list[tuple[
     raise ValueError(f"placement mode must be alternate, random or both, got {mode!r}")
 
 
-def training_rows(pairs: list[Pair], variant: str = "instruct") -> list[dict]:
-    """Pairs -> RM-R1 training rows {"context_messages", "winner"} with alternating positions."""
-    from rubrics import judge_messages
-
-    rows = []
-    for p, at in place(pairs, "alternate"):
-        a, b = p.conversations(at)
-        rows.append({"context_messages": judge_messages(a, b, variant),
-                     "winner": "model_a" if at == "A" else "model_b"})
-    return rows
-
-
 # ----------------------------------------------------------------------------------------------
 # Run folders and flags (sft.py and eval.py)
 

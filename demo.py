@@ -51,7 +51,7 @@ def main():
     print(f"wrote {ckpt}: {sorted(p.name for p in ckpt.iterdir())}")
     # 1. Stage 1: SFT rows = judge prompts (alternating A/B) + a trace ending in the right verdict.
     pairs = data.read_rmbench(SHARED / "benchmarks" / "rm-bench" / "chat_filtered.json")[:8]
-    rows = data.training_rows(pairs)
+    rows = sft.training_rows(pairs)
     for r in rows:
         letter = "A" if r["winner"] == "model_a" else "B"
         r["response"] = ("<type>Chat</type>\n<rubric>\n1. Accuracy (100%)\n<justify>Facts first.</justify>\n"

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 import data
 import model as M
-from rubrics import reward
+from rubrics import judge_messages, reward
 
 # ----------------------------------------------------------------------------------------------
 # Defaults (each field is a command-line flag)
@@ -128,6 +128,25 @@ def file_sha256(path) -> str:
 
 # ----------------------------------------------------------------------------------------------
 # Data: tokenize, mask, batch
+
+
+def training_rows(pairs: list[data.Pair], variant: str = "instruct") -> list[dict]:
+    """Pairs -> RM-R1 training rows {"context_messages", "winner"} with alternating positions (pair k has the
+    chosen answer at A iff k is even), the rows `load_rows` reads once a trace is added as "response".
+
+    >>> q = [{"role": "user", "content": "2+2?"}]
+    >>> rows = training_rows([data.Pair("1", q, "4", "5"), data.Pair("2", q, "4", "5")])
+    >>> [r["winner"] for r in rows], [m["role"] for m in rows[0]["context_messages"]]
+    (['model_a', 'model_b'], ['system', 'user'])
+    >>> [user["content"].index("4") < user["content"].index("5") for _, user in (r["context_messages"] for r in rows)]
+    [True, False]
+    """
+    rows = []
+    for p, at in data.place(pairs, "alternate"):
+        a, b = p.conversations(at)
+        rows.append({"context_messages": judge_messages(a, b, variant),
+                     "winner": "model_a" if at == "A" else "model_b"})
+    return rows
 
 
 def tokenize_row(tok: data.Tokenizer, messages: list[dict], target: str) -> tuple[list[int], list[int]]:

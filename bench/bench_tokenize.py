@@ -101,7 +101,7 @@ def main():
           f"{sum(map(len, ids)):,} tokens")
 
     rnd, words = random.Random(0), (ROOT / "README.md").read_text().split()
-    rows = data.training_rows((pairs * (args.rows // len(pairs) + 1))[: args.rows])
+    rows = sft.training_rows((pairs * (args.rows // len(pairs) + 1))[: args.rows])
     for r in rows:
         letter = "A" if r["winner"] == "model_a" else "B"
         r["response"] = (f"<type>Chat</type>\n<rubric>{' '.join(rnd.choice(words) for _ in range(1500))}</rubric>\n"

@@ -10,6 +10,7 @@ from conftest import SHARED, tiny_judge
 
 import data
 import eval as ev
+import sft
 
 BENCH = SHARED / "benchmarks"
 
@@ -97,7 +98,7 @@ def test_hand_made_formats(tmp_path):
         {"context_messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}], "winner": "model_b"}]))
     assert tr == [{"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}],
                    "label": "model_b", "target": None, "where": f"{tmp_path / 'tr.jsonl'}:1"}]
-    rows = data.training_rows(rb + code + math)
+    rows = sft.training_rows(rb + code + math)
     assert [r["winner"] for r in rows] == ["model_a", "model_b", "model_a"]
     assert "[The Start of Chatbot A's Response]\nx\n" in rows[1]["context_messages"][1]["content"]
 
