@@ -28,6 +28,34 @@ from model import read_json
 from rubrics import judge_messages, parse_verdict
 
 # ----------------------------------------------------------------------------------------------
+# Defaults (each field is a command-line flag)
+
+
+@dataclass
+class EvalConfig:
+    model: str = ""  # Hugging Face model folder (not needed with --score-only)
+    bench: str = "pairs"  # rewardbench | rm-bench | rmb | pairs
+    data: str = ""  # file or folder of the benchmark
+    out: str = ""  # run folder: judgments.jsonl, scores.json, config.json
+    variant: str = "auto"  # auto | instruct | reasoning
+    max_new_tokens: int = 4096  # longest judgment (fewer where the prompt nears the model's limit)
+    slots: int = 0  # judgments decoding at once (0: as many as fit in 90% of the free GPU memory)
+    seed: int = 0  # placement of the chosen answer (A/B), per pair
+    both_orders: bool = False  # judge every pair twice, chosen at A and at B
+    limit: int = 0  # judge only the first N pairs (0 = all)
+    score_only: bool = False  # score OUT's judgments, no model (with --data, lines need only id, chosen_at, output)
+    device: str = ""  # cuda, cuda:N or cpu (empty: cuda if there is one; under torchrun each rank its own)
+    question: str = ""  # one-pair mode: the question
+    answer_a: str = ""  # one-pair mode: answer A
+    answer_b: str = ""  # one-pair mode: answer B
+    pair_file: str = ""  # one-pair mode from a JSON file {"question", "answer_a", "answer_b"}
+
+
+def parse_args(argv=None) -> EvalConfig:
+    return EvalConfig(**vars(data.config_parser(EvalConfig, __doc__).parse_args(argv)))
+
+
+# ----------------------------------------------------------------------------------------------
 # Official aggregations (pure functions of the per-judgment records)
 
 REWARDBENCH_SECTIONS = {
@@ -420,30 +448,6 @@ def guess_variant(tok) -> str:
 
 # ----------------------------------------------------------------------------------------------
 # CLI
-
-
-@dataclass
-class EvalConfig:
-    model: str = ""  # Hugging Face model folder (not needed with --score-only)
-    bench: str = "pairs"  # rewardbench | rm-bench | rmb | pairs
-    data: str = ""  # file or folder of the benchmark
-    out: str = ""  # run folder: judgments.jsonl, scores.json, config.json
-    variant: str = "auto"  # auto | instruct | reasoning
-    max_new_tokens: int = 4096  # longest judgment (fewer where the prompt nears the model's limit)
-    slots: int = 0  # judgments decoding at once (0: as many as fit in 90% of the free GPU memory)
-    seed: int = 0  # placement of the chosen answer (A/B), per pair
-    both_orders: bool = False  # judge every pair twice, chosen at A and at B
-    limit: int = 0  # judge only the first N pairs (0 = all)
-    score_only: bool = False  # score OUT's judgments, no model (with --data, lines need only id, chosen_at, output)
-    device: str = ""  # cuda, cuda:N or cpu (empty: cuda if there is one; under torchrun each rank its own)
-    question: str = ""  # one-pair mode: the question
-    answer_a: str = ""  # one-pair mode: answer A
-    answer_b: str = ""  # one-pair mode: answer B
-    pair_file: str = ""  # one-pair mode from a JSON file {"question", "answer_a", "answer_b"}
-
-
-def parse_args(argv=None) -> EvalConfig:
-    return EvalConfig(**vars(data.config_parser(EvalConfig, __doc__).parse_args(argv)))
 
 
 def judge_device(cfg: EvalConfig, local_rank: int | None = None):
