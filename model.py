@@ -106,7 +106,7 @@ class Config:
                      "num_key_value_heads", "head_dim", "max_position_embeddings"):
             if d.get(name) is not None and (type(d[name]) is not int or d[name] < 1):
                 refuse(name, d[name], "should be an integer >= 1")
-        for name, v in (("rope_theta", theta), ("rms_norm_eps", d.get("rms_norm_eps", 1.0))):
+        for name, v in (("rope_theta", theta), ("rms_norm_eps", d.get("rms_norm_eps", 1.0))):  # (missing: below)
             if type(v) not in (int, float) or not 0 < v < math.inf:
                 refuse(name, v, "should be a positive number")
         if type(d.get("tie_word_embeddings", False)) is not bool:
@@ -638,6 +638,12 @@ _JSON_TYPES = {dict: "object", list: "array", str: "string", int: "number", floa
                type(None): "null"}
 
 
+def read_generation_config(path) -> dict | None:
+    """A model folder's generation_config.json (stop ids, sampling defaults), None if it has none."""
+    gen = Path(path) / "generation_config.json"
+    return read_json(gen) if gen.is_file() else None
+
+
 def load_config(path) -> Config:
     path = Path(path)
     f = path / "config.json"
@@ -787,8 +793,7 @@ def load(path, device="cpu", dtype: torch.dtype | None = torch.bfloat16) -> Tran
     model.load_state_dict(state, assign=True, strict=True)
     if dtype is not None:
         cfg.dtype = {v: k for k, v in _DTYPES.items()}.get(dtype, cfg.dtype)
-    gen = Path(path) / "generation_config.json"
-    model.generation_config = read_json(gen) if gen.is_file() else None
+    model.generation_config = read_generation_config(path)
     return model
 
 

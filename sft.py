@@ -376,8 +376,7 @@ def build_model(cfg: SFTConfig, device) -> LogProbs:
             local[row - start : row - start + len(t)].copy_(t.to(local.dtype))
         filled[ours] += len(t)
     assert all(filled[n] == params[n].to_local().shape[0] for n in params), filled
-    gen = Path(cfg.model) / "generation_config.json"
-    model.generation_config = M.read_json(gen) if gen.is_file() else None
+    model.generation_config = M.read_generation_config(cfg.model)
     return root
 
 

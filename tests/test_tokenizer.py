@@ -244,31 +244,40 @@ def test_a_broken_file_of_the_folder_is_an_error_naming_it(tmp_path, name, conte
         Tokenizer.load(tmp_path / "m")
 
 
-def test_a_broken_template_in_tokenizer_config_is_named(tmp_path):
-    import shutil
-
-    shutil.copytree(QWEN25, tmp_path / "m")
-    (tmp_path / "m" / "chat_template.jinja").unlink()
-    cfg = json.loads((tmp_path / "m" / "tokenizer_config.json").read_text())
-    (tmp_path / "m" / "tokenizer_config.json").write_text(json.dumps({**cfg, "chat_template": "{% if %}"}))
-    with pytest.raises(ValueError, match=r"tokenizer_config.json: chat_template: not a Jinja template \(line 1: "):
-        Tokenizer.load(tmp_path / "m")
-
-
-def test_a_folder_without_a_template_encodes_and_names_what_is_missing(tmp_path):
-    """A base model's folder: no chat_template.jinja and no 'chat_template' in tokenizer_config.json. Text
-    encodes as with the template's folder; rendering a chat is an error saying where a template is looked for."""
+def qwen25_without_jinja_file(tmp_path, chat_template):
+    """A copy of the Qwen2.5 tokenizer folder whose template is `chat_template` in tokenizer_config.json
+    (None: the folder has no template), not chat_template.jinja."""
     import shutil
 
     shutil.copytree(QWEN25, tmp_path / "m")
     (tmp_path / "m" / "chat_template.jinja").unlink()
     cfg = json.loads((tmp_path / "m" / "tokenizer_config.json").read_text())
     cfg.pop("chat_template", None)
+    if chat_template is not None:
+        cfg["chat_template"] = chat_template
     (tmp_path / "m" / "tokenizer_config.json").write_text(json.dumps(cfg))
-    base, tok = Tokenizer.load(tmp_path / "m"), Tokenizer.load(QWEN25)
+    return tmp_path / "m"
+
+
+def test_a_broken_template_in_tokenizer_config_is_named(tmp_path):
+    folder = qwen25_without_jinja_file(tmp_path, "{% if %}")
+    with pytest.raises(ValueError, match=r"tokenizer_config.json: chat_template: not a Jinja template \(line 1: "):
+        Tokenizer.load(folder)
+
+
+def test_a_folder_without_a_template_encodes_and_names_what_is_missing(tmp_path):
+    """A base model's folder: no chat_template.jinja and no 'chat_template' in tokenizer_config.json. Text
+    encodes as with the template's folder and as transformers encodes it there; rendering a chat is an error
+    saying where a template is looked for."""
+    from transformers import AutoTokenizer
+
+    folder = qwen25_without_jinja_file(tmp_path, None)
+    base, tok = Tokenizer.load(folder), Tokenizer.load(QWEN25)
     assert base.template is None and tok.template is not None
     text = "Base models still tokenize: 数字 <|im_end|>"
     assert base.encode(text) == tok.encode(text) and base.encode(text, special=True) == tok.encode(text, special=True)
+    ref = AutoTokenizer.from_pretrained(folder)
+    assert base.encode(text, special=True) == ref.encode(text, add_special_tokens=False)
     with pytest.raises(ValueError, match=r"m: no chat template \(neither chat_template.jinja nor 'chat_template'"):
         base.encode_chat([{"role": "user", "content": "hi"}])
 
