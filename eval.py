@@ -522,16 +522,7 @@ SAME_ON_RESUME = ("model", "bench", "data", "variant", "max_new_tokens")
 def saved_config(out: Path) -> dict | None:
     """The config.json an eval run saved in `out` (its settings, and "pairs": how many it judges), None without
     one; a file that is not an eval run's config (a model folder's?) is an error."""
-    path = out / "config.json"
-    if not path.is_file():
-        return None
-    try:
-        saved = read_json(path)
-    except ValueError as e:
-        raise SystemExit(str(e)) from None
-    if not {"bench", "variant"} <= set(saved):
-        raise SystemExit(f"{path} is not an eval run's config (a model folder?); use another --out")
-    return saved
+    return data.run_config(out, {"bench", "variant"}, "an eval run")
 
 
 def model_stamp(folder) -> str:

@@ -259,6 +259,12 @@ def test_a_run_folder_is_never_mixed_with_another_run(run_dir, straight):
     with pytest.raises(AssertionError, match="config.json is not an SFT run's config"):
         run(run_dir, run_dir / "model")  # --out given the model folder: its config.json stays
     assert (run_dir / "model" / "config.json").read_bytes() == model_config
+    (run_dir / "broken").mkdir()
+    (run_dir / "broken" / "config.json").write_text("{cut short")
+    with pytest.raises(AssertionError, match=r"broken/config.json: not valid JSON \(Expecting") as e:
+        run(run_dir, run_dir / "broken", "--resume")  # named in one line, and left as it was
+    assert "Traceback" not in str(e.value)
+    assert (run_dir / "broken" / "config.json").read_text() == "{cut short"
 
 
 @pytest.mark.parametrize("flag,value,match", [("--global-batch", "0", r"--global-batch must be in \[1, inf\], got 0"),
