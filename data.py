@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime
 from pathlib import Path
 
-from model import read_generation_config, read_json, read_text
+from model import InputError, MissingInput, read_generation_config, read_json, read_text
 
 # ----------------------------------------------------------------------------------------------
 # Chat templates
@@ -88,7 +88,7 @@ class ChatTemplate:
         try:
             return cls(source, special_tokens_from_config(cfg))
         except jinja2.TemplateSyntaxError as e:  # its message names no file
-            raise ValueError(f"{where}: not a Jinja template (line {e.lineno}: {e.message})") from None
+            raise InputError(f"{where}: not a Jinja template (line {e.lineno}: {e.message})") from None
 
 
 def special_tokens_from_config(cfg: dict) -> dict[str, str]:
@@ -121,7 +121,7 @@ class Tokenizer:
         try:
             self.full = HFTokenizer.from_str(json.dumps(spec, ensure_ascii=False))  # the official tokenizer, as is
         except Exception as e:  # the library raises a bare Exception naming no file
-            raise ValueError(f"{where}: tokenizer.json is not a tokenizer the tokenizers library reads ({e})") from None
+            raise InputError(f"{where}: tokenizer.json is not a tokenizer the tokenizers library reads ({e})") from None
         self.added = {t["content"]: t["id"] for t in spec.get("added_tokens", [])}
         self.special_ids = {t["id"] for t in spec.get("added_tokens", []) if t.get("special")}
         # The same BPE with no added tokens: every string becomes ordinary text pieces.
@@ -147,10 +147,10 @@ class Tokenizer:
         stop ids (Qwen2.5-Instruct stops at both <|im_end|> 151645 and <|endoftext|> 151643)."""
         path = Path(path)
         if not path.is_dir():
-            raise FileNotFoundError(f"{path}: not a folder (expected a Hugging Face model folder)")
+            raise MissingInput(f"{path}: not a folder (expected a Hugging Face model folder)")
         tj = path / "tokenizer.json"
         if not tj.is_file():
-            raise FileNotFoundError(f"{path}: no tokenizer.json (this loader reads the fast-tokenizer file only)")
+            raise MissingInput(f"{path}: no tokenizer.json (this loader reads the fast-tokenizer file only)")
         cfg_file = path / "tokenizer_config.json"
         cfg = read_json(cfg_file) if cfg_file.is_file() else {}
         template = ChatTemplate.from_folder(path, cfg)  # None: a base model, which can still encode and decode
@@ -159,16 +159,16 @@ class Tokenizer:
         e = (read_generation_config(path) or {}).get("eos_token_id")
         eos_ids = [e] if isinstance(e, int) else list(e or [])
         if not isinstance(e, (int, list, type(None))) or not all(type(i) is int for i in eos_ids):
-            raise ValueError(f"{path / 'generation_config.json'}: eos_token_id should be a token id or a list of "
+            raise InputError(f"{path / 'generation_config.json'}: eos_token_id should be a token id or a list of "
                              f"them, got {e!r}")
         eos = special_tokens_from_config(cfg).get("eos_token")
         if eos is not None:
             if eos not in added:
-                raise ValueError(f"{cfg_file}: eos_token {eos!r} is not a token of {tj}")
+                raise InputError(f"{cfg_file}: eos_token {eos!r} is not a token of {tj}")
             if added[eos] not in eos_ids:
                 eos_ids.append(added[eos])
         if not eos_ids:
-            raise ValueError(f"{path}: no EOS token in generation_config.json or tokenizer_config.json")
+            raise InputError(f"{path}: no EOS token in generation_config.json or tokenizer_config.json")
         return cls(spec, cfg, template, eos_ids, where=str(path))
 
     # -- plain text ---------------------------------------------------------------------------
@@ -191,7 +191,7 @@ class Tokenizer:
         """The text transformers' `apply_chat_template(..., tokenize=False)` gives, byte for byte.
         kwargs are extra template variables (enable_thinking=False for Qwen3)."""
         if self.template is None:
-            raise ValueError(f"{self.where}: no chat template (neither chat_template.jinja nor 'chat_template' in "
+            raise InputError(f"{self.where}: no chat template (neither chat_template.jinja nor 'chat_template' in "
                              "tokenizer_config.json)")
         return self.template.render(messages, add_generation_prompt, **kwargs)
 
@@ -243,7 +243,7 @@ class Tokenizer:
         escaped = [{k: self._escape(v) if isinstance(v, str) else v for k, v in m.items()} for m in messages]
         rendered = self.apply_chat_template(escaped, add_generation_prompt, **kwargs)
         if self._unescape(rendered) != text:
-            raise ValueError(
+            raise InputError(
                 f"{self.where}: {name + ': ' if name else ''}a message contains an added-token string that this "
                 f"chat template rewrites (for example '</think>' inside assistant content under Qwen3's template); "
                 f"pass reasoning in its own field or remove the token text")
@@ -309,9 +309,9 @@ def read_rows(path) -> list[tuple[str, dict]]:
     """
     path = Path(path)
     if path.is_dir():
-        raise IsADirectoryError(f"{path}: a folder; expected a .json, .jsonl or .parquet file")
+        raise InputError(f"{path}: a folder; expected a .json, .jsonl or .parquet file")
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
+        raise MissingInput(f"{path}: no such file")
     suffix = path.suffix.lower()
     if suffix == ".parquet":
         try:
@@ -331,24 +331,24 @@ def read_rows(path) -> list[tuple[str, dict]]:
             try:
                 out.append((f"{path}:{k + 1}", json.loads(line.decode("utf-8"))))
             except UnicodeDecodeError as e:
-                raise ValueError(f"{path}:{k + 1}: not UTF-8 text (byte offset {e.start} in the line: "
+                raise InputError(f"{path}:{k + 1}: not UTF-8 text (byte offset {e.start} in the line: "
                                  f"{e.reason})") from None
             except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{k + 1}: not valid JSON ({e})") from None
+                raise InputError(f"{path}:{k + 1}: not valid JSON ({e})") from None
         return out
     if suffix == ".json":
         return [(f"{path}:{k + 1}", r) for k, r in enumerate(read_json(path, list))]
-    raise ValueError(f"{path}: unknown format {suffix!r} (expected .json, .jsonl or .parquet)")
+    raise InputError(f"{path}: unknown format {suffix!r} (expected .json, .jsonl or .parquet)")
 
 
 def require(where: str, row, name: str, kind=str):
     if not isinstance(row, dict):
-        raise ValueError(f"{where}: row is a {type(row).__name__}, expected an object")
+        raise InputError(f"{where}: row is a {type(row).__name__}, expected an object")
     if name not in row:
-        raise ValueError(f"{where}: missing field {name!r}")
+        raise InputError(f"{where}: missing field {name!r}")
     value = row[name]
     if kind is not None and not isinstance(value, kind):
-        raise ValueError(f"{where}: field {name!r} should be {kind.__name__}, got {type(value).__name__}")
+        raise InputError(f"{where}: field {name!r} should be {kind.__name__}, got {type(value).__name__}")
     return value
 
 
@@ -356,14 +356,14 @@ def _messages(where: str, value, name: str, judged: bool = False) -> list[dict]:
     """A field's list of chat messages, checked. judged: a conversation the judge is shown, which has user
     and assistant turns only (the judge prompts flatten them as "User:" and "Chatbot A:" lines)."""
     if not isinstance(value, list) or not value:
-        raise ValueError(f"{where}: field {name!r} should be a non-empty list of messages")
+        raise InputError(f"{where}: field {name!r} should be a non-empty list of messages")
     out = []
     for k, m in enumerate(value):
         if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant") \
                 or not isinstance(m.get("content"), str):
-            raise ValueError(f"{where}: {name}[{k}] is not a {{role, content}} message")
+            raise InputError(f"{where}: {name}[{k}] is not a {{role, content}} message")
         if judged and m["role"] == "system":
-            raise ValueError(f"{where}: {name}[{k}] is a system message; the judge prompts show a conversation's "
+            raise InputError(f"{where}: {name}[{k}] is a system message; the judge prompts show a conversation's "
                              "user and assistant turns only")
         out.append({"role": m["role"], "content": m["content"]})
     return out
@@ -373,7 +373,7 @@ def _unique(pairs: list[Pair], what: str) -> list[Pair]:
     seen = set()
     for p in pairs:
         if p.id in seen:
-            raise ValueError(f"{what}: duplicate id {p.id!r}")
+            raise InputError(f"{what}: duplicate id {p.id!r}")
         seen.add(p.id)
     return pairs
 
@@ -411,11 +411,11 @@ def read_rmbench(path) -> list[Pair]:
             domain = r.get("domain", stem) if isinstance(r, dict) else stem
             domain = "safety" if str(domain).startswith("safety") else domain
             if domain not in RMBENCH_DOMAINS:
-                raise ValueError(f"{where}: RM-Bench domain {domain!r} is not one of {RMBENCH_DOMAINS}")
+                raise InputError(f"{where}: RM-Bench domain {domain!r} is not one of {RMBENCH_DOMAINS}")
             rid = require(where, r, "id", None)
             chosen, rejected = require(where, r, "chosen", list), require(where, r, "rejected", list)
             if len(chosen) != 3 or len(rejected) != 3 or not all(isinstance(x, str) for x in chosen + rejected):
-                raise ValueError(f"{where}: RM-Bench rows need 3 chosen and 3 rejected strings")
+                raise InputError(f"{where}: RM-Bench rows need 3 chosen and 3 rejected strings")
             context = [{"role": "user", "content": require(where, r, "prompt")}]
             for i in range(3):
                 for j in range(3):
@@ -445,7 +445,7 @@ def read_rmb(path) -> list[Pair]:
     """
     paths = sorted(Path(path).rglob("*.json")) if Path(path).is_dir() else [Path(path)]
     if not paths:
-        raise FileNotFoundError(f"{path}: no RMB .json files")
+        raise MissingInput(f"{path}: no RMB .json files")
     pairs = []
     for f in paths:
         for where, r in read_rows(f):
@@ -455,13 +455,13 @@ def read_rmb(path) -> list[Pair]:
             kind = "BoN_set" if "bon_best" in r else "Pairwise_set"  # the row's fields say which set it is in
             part = rmb_part(category)  # the part of RMB it is scored in
             if part is None or part[0] != kind:
-                raise ValueError(f"{where}: category_path {category!r} should start with {kind}/Helpfulness or "
+                raise InputError(f"{where}: category_path {category!r} should start with {kind}/Helpfulness or "
                                  f"{kind}/Harmlessness")
             if kind == "BoN_set":
                 best = require(where, require(where, r, "bon_best", dict), "answer")
                 losers = require(where, r, "loser_list", list)
                 if not losers:
-                    raise ValueError(f"{where}: loser_list is empty (a Best-of-N item needs at least one loser)")
+                    raise InputError(f"{where}: loser_list is empty (a Best-of-N item needs at least one loser)")
                 uid = str(require(where, r, "bon_uid", None))
                 for k, loser in enumerate(losers):
                     pairs.append(Pair(f"bon/{uid}/{k}", context, best, require(f"{where} loser {k}", loser, "answer"),
@@ -483,15 +483,15 @@ def read_pairs(path) -> list[Pair]:
     pairs = []
     for k, (where, r) in enumerate(read_rows(path)):
         if not isinstance(r, dict):
-            raise ValueError(f"{where}: row is a {type(r).__name__}, expected an object")
+            raise InputError(f"{where}: row is a {type(r).__name__}, expected an object")
         rid = str(r.get("id", k))
         if isinstance(r.get("chosen"), list):  # Skywork
             c = _messages(where, r["chosen"], "chosen", judged=True)
             rj = _messages(where, require(where, r, "rejected", list), "rejected", judged=True)
             if c[-1]["role"] != "assistant" or rj[-1]["role"] != "assistant":
-                raise ValueError(f"{where}: chosen and rejected must end with an assistant message")
+                raise InputError(f"{where}: chosen and rejected must end with an assistant message")
             if c[:-1] != rj[:-1]:
-                raise ValueError(f"{where}: chosen and rejected conversations differ before their last message")
+                raise InputError(f"{where}: chosen and rejected conversations differ before their last message")
             pairs.append(Pair(rid, c[:-1], c[-1]["content"], rj[-1]["content"], r.get("source", "skywork")))
         elif "accepted" in r:  # Code-Preference-Pairs
             pairs.append(Pair(rid, [{"role": "user", "content": require(where, r, "input")}],
@@ -504,7 +504,7 @@ def read_pairs(path) -> list[Pair]:
             pairs.append(Pair(rid, [{"role": "user", "content": require(where, r, "prompt")}],
                               require(where, r, "chosen"), require(where, r, "rejected"), str(r.get("subset", ""))))
         else:
-            raise ValueError(f"{where}: unknown pair format (fields {sorted(r)})")
+            raise InputError(f"{where}: unknown pair format (fields {sorted(r)})")
     return _unique(pairs, str(path))
 
 
@@ -520,10 +520,10 @@ def read_rmr1_training(path) -> list[dict]:
         msgs = _messages(where, require(where, r, "context_messages", list), "context_messages")
         label = require(where, r, "winner")
         if label not in ("model_a", "model_b"):
-            raise ValueError(f"{where}: winner {label!r} is neither 'model_a' nor 'model_b'")
+            raise InputError(f"{where}: winner {label!r} is neither 'model_a' nor 'model_b'")
         target = r.get("response", r.get("completion"))
         if target is not None and not isinstance(target, str):
-            raise ValueError(f"{where}: target trace should be a string")
+            raise InputError(f"{where}: target trace should be a string")
         out.append({"messages": msgs, "label": label, "target": target, "where": where})
     return out
 
@@ -618,7 +618,7 @@ def read_jsonl_log(path: Path, repair: bool, what: str = "log") -> list[tuple[in
             try:
                 out.append((k, _json_object(line)))
             except ValueError:
-                raise ValueError(f"{path}:{k}: malformed {what} line") from None
+                raise InputError(f"{path}:{k}: malformed {what} line") from None
     return out
 
 
@@ -646,6 +646,16 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefa
 
     def _get_help_string(self, action):
         return action.help if action.default == "" else super()._get_help_string(action)
+
+
+def run_cli(main):
+    """Run a command line's main(): bad input (an InputError: a file, row or field) ends it with one line naming it,
+    `eval.py: rows.jsonl:4: missing field 'winner'`, and exit status 1, as a bad flag ends it; any other exception
+    keeps its traceback."""
+    try:
+        main()
+    except InputError as e:
+        raise SystemExit(f"{Path(sys.argv[0]).name}: {e}") from None
 
 
 def config_parser(cls, description: str) -> argparse.ArgumentParser:

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import data
-from model import read_json
+from model import InputError, read_json
 from rubrics import judge_messages, parse_verdict
 
 # ----------------------------------------------------------------------------------------------
@@ -164,7 +164,7 @@ def score_rmb(records: list[dict]) -> dict:
     for r in records:
         part = data.rmb_part(r["subset"])
         if part is None:
-            raise ValueError(f"RMB record {r.get('id')}: category {r['subset']!r} should start with Pairwise_set/ or "
+            raise InputError(f"RMB record {r.get('id')}: category {r['subset']!r} should start with Pairwise_set/ or "
                              "BoN_set/, then Helpfulness or Harmlessness")
         kind, aspect = part
         if kind == "Pairwise_set":
@@ -172,7 +172,7 @@ def score_rmb(records: list[dict]) -> dict:
         else:
             extra = r.get("extra") or {}
             if "loser" not in extra or "losers" not in extra:
-                raise ValueError(f"RMB Best-of-N judgment {r.get('id')}: its extra field lacks the loser's index and "
+                raise InputError(f"RMB Best-of-N judgment {r.get('id')}: its extra field lacks the loser's index and "
                                  "the item's loser count (a log from before they were recorded: rescore it with "
                                  "--score-only --data)")
             bon[aspect][r["group"]][extra["loser"]] = r["correct"]
@@ -301,11 +301,11 @@ def _read_judgments(path: Path, required, repair: bool, seen: dict) -> list[dict
     for k, rec in data.read_jsonl_log(path, repair, "judgment"):
         missing = [name for name in required if name not in rec]
         if missing:
-            raise ValueError(f"{path}:{k}: judgment lacks {missing}")
+            raise InputError(f"{path}:{k}: judgment lacks {missing}")
         key = _key(rec)
         if key in seen:
             file, line = seen[key]
-            raise ValueError(f"{path}:{k}: judgment {key} is already "
+            raise InputError(f"{path}:{k}: judgment {key} is already "
                              + (f"on line {line}" if file == path else f"at {file}:{line}"))
         seen[key] = (path, k)
         records.append(rec)
@@ -356,9 +356,9 @@ def rescore(lines: list[dict], pairs: list[data.Pair], where: str) -> list[dict]
     for r in lines:  # each named by its id, which a reader can search for (blank lines shift an index)
         p = by_id.get(str(r["id"]))
         if p is None:
-            raise ValueError(f"{where}: the judgment of id {r['id']!r}: no pair of the benchmark data has that id")
+            raise InputError(f"{where}: the judgment of id {r['id']!r}: no pair of the benchmark data has that id")
         if r["chosen_at"] not in ("A", "B") or not isinstance(r["output"], str):
-            raise ValueError(f"{where}: the judgment of id {r['id']!r} needs chosen_at 'A' or 'B' and a string "
+            raise InputError(f"{where}: the judgment of id {r['id']!r} needs chosen_at 'A' or 'B' and a string "
                              f"output, got {r['chosen_at']!r} and a {type(r['output']).__name__}")
         verdict = parse_verdict(r["output"])
         out.append(asdict(Judgment(item_key(p.id, r["chosen_at"]), p.id, p.subset, p.group, r["chosen_at"], r["output"],
@@ -436,7 +436,7 @@ def reply_budget(limit: int, ids: list[int], max_new_tokens: int, what: str) -> 
     model's `limit` of positions (the reply then stops there, as a length stop). A prompt that fills the limit is
     an error naming `what`."""
     if len(ids) >= limit:
-        raise ValueError(f"{what}: judge prompt has {len(ids)} tokens, at or over the model's limit of {limit}")
+        raise InputError(f"{what}: judge prompt has {len(ids)} tokens, at or over the model's limit of {limit}")
     return min(max_new_tokens, limit - len(ids))
 
 
@@ -663,4 +663,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    data.run_cli(main)

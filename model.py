@@ -76,7 +76,7 @@ class Config:
         """
 
         def refuse(name, value, why):
-            raise ValueError(f"{where}: unsupported {name}={value!r} ({why})")
+            raise InputError(f"{where}: unsupported {name}={value!r} ({why})")
 
         archs = d.get("architectures") or []
         known = {"Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3"}
@@ -136,7 +136,7 @@ class Config:
                 hf=dict(d),
             )
         except KeyError as e:
-            raise ValueError(f"{where}: missing field {e.args[0]!r}") from None
+            raise InputError(f"{where}: missing field {e.args[0]!r}") from None
         if cfg.n_heads % cfg.n_kv_heads:
             refuse("num_key_value_heads", cfg.n_kv_heads, f"must divide num_attention_heads={cfg.n_heads}")
         if arch == "qwen2" and cfg.head_dim * n_heads != cfg.hidden_size:
@@ -610,13 +610,23 @@ def key_map(cfg: Config) -> dict[str, tuple[str, int, int]]:
     return m
 
 
+class InputError(ValueError):
+    """Something the user gave is wrong (a file, a row, a field of either); the message names it and says why.
+    The command lines end on it with that one line (`data.run_cli`), as argparse ends on a bad flag; any other
+    exception is a bug and keeps its traceback. Raised by every module from here on; a ValueError to callers."""
+
+
+class MissingInput(InputError, FileNotFoundError):
+    """An input file or folder that is not there (a FileNotFoundError too)."""
+
+
 def read_text(path) -> str:
     """The UTF-8 text of file `path` (a checkpoint's, a run's or a data file: data.py reads through it too); bytes
     that are not UTF-8 are an error naming the file, which the codec's own error does not."""
     try:
         return Path(path).read_bytes().decode("utf-8")
     except UnicodeDecodeError as e:
-        raise ValueError(f"{path}: not UTF-8 text (byte offset {e.start}: {e.reason})") from None
+        raise InputError(f"{path}: not UTF-8 text (byte offset {e.start}: {e.reason})") from None
 
 
 def read_json(path, kind: type = dict):
@@ -628,9 +638,9 @@ def read_json(path, kind: type = dict):
     try:
         value = json.loads(read_text(path))
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
+        raise InputError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(value, kind):
-        raise ValueError(f"{path}: expected a JSON {_JSON_TYPES[kind]}, got a JSON {_JSON_TYPES[type(value)]}")
+        raise InputError(f"{path}: expected a JSON {_JSON_TYPES[kind]}, got a JSON {_JSON_TYPES[type(value)]}")
     return value
 
 
@@ -648,7 +658,7 @@ def load_config(path) -> Config:
     path = Path(path)
     f = path / "config.json"
     if not f.is_file():
-        raise FileNotFoundError(f"{path}: no config.json (expected a Hugging Face model folder)")
+        raise MissingInput(f"{path}: no config.json (expected a Hugging Face model folder)")
     return Config.from_hf(read_json(f), where=str(f))
 
 
@@ -659,15 +669,15 @@ def checkpoint_files(path) -> dict[str, Path]:
     if index.is_file():
         weight_map = read_json(index).get("weight_map")
         if not isinstance(weight_map, dict):
-            raise ValueError(f"{index}: no 'weight_map'")
+            raise InputError(f"{index}: no 'weight_map'")
         files = {name: path / shard for name, shard in weight_map.items()}
         for shard in sorted(set(files.values())):
             if not shard.is_file():
-                raise FileNotFoundError(f"{index} names shard {shard.name}, which is missing from {path}")
+                raise MissingInput(f"{index} names shard {shard.name}, which is missing from {path}")
         return files
     single = path / "model.safetensors"
     if not single.is_file():
-        raise FileNotFoundError(f"{path}: neither model.safetensors nor model.safetensors.index.json")
+        raise MissingInput(f"{path}: neither model.safetensors nor model.safetensors.index.json")
     with _open_safetensors(single) as f:
         return {name: single for name in f.keys()}
 
@@ -678,7 +688,7 @@ def _open_safetensors(file: Path):
     try:
         return safe_open(str(file), framework="pt")  # memory-mapped: tensors are read one at a time
     except Exception as e:  # safetensors raises its own error types for a bad header or short file
-        raise ValueError(f"{file}: not a readable safetensors file ({e})") from None
+        raise InputError(f"{file}: not a readable safetensors file ({e})") from None
 
 
 def read_tensors(path, cfg: Config, rows=None):
@@ -698,11 +708,11 @@ def read_tensors(path, cfg: Config, rows=None):
     tied_extra = cfg.tie_word_embeddings and "lm_head.weight" in files
     unknown = [n for n in files if n not in kmap and not (tied_extra and n == "lm_head.weight")]
     if unknown:
-        raise ValueError(f"{path}: checkpoint tensor {unknown[0]!r} has no place in a {cfg.arch} model"
+        raise InputError(f"{path}: checkpoint tensor {unknown[0]!r} has no place in a {cfg.arch} model"
                          f" ({len(unknown)} unused tensors: {unknown[:5]})")
     missing = [n for n in kmap if n not in files]
     if missing:
-        raise ValueError(f"{path}: checkpoint lacks tensor {missing[0]!r} ({len(missing)} missing: {missing[:5]})")
+        raise InputError(f"{path}: checkpoint lacks tensor {missing[0]!r} ({len(missing)} missing: {missing[:5]})")
     by_file: dict[Path, list[str]] = {}
     for name, file in files.items():
         by_file.setdefault(file, []).append(name)
@@ -711,16 +721,16 @@ def read_tensors(path, cfg: Config, rows=None):
             present = set(f.keys())
             for hf_name in names:
                 if hf_name not in present:
-                    raise ValueError(f"{file}: the index places {hf_name!r} here but the file lacks it")
+                    raise InputError(f"{file}: the index places {hf_name!r} here but the file lacks it")
                 # (a tied checkpoint's extra lm_head.weight is checked as the embedding it must equal)
                 ours, start, stop = kmap.get(hf_name, ("embed.weight", 0, cfg.vocab_size))
                 expected = (stop - start, *params[ours][1:])
                 sl = f.get_slice(hf_name)
                 dtype, shape = sl.get_dtype(), tuple(sl.get_shape())
                 if dtype not in ("F32", "BF16", "F16"):
-                    raise ValueError(f"{file}: tensor {hf_name!r} has dtype {dtype}; only F32, BF16, F16 load")
+                    raise InputError(f"{file}: tensor {hf_name!r} has dtype {dtype}; only F32, BF16, F16 load")
                 if shape != expected:
-                    raise ValueError(f"{file}: tensor {hf_name!r} has shape {shape}, expected {expected}")
+                    raise InputError(f"{file}: tensor {hf_name!r} has shape {shape}, expected {expected}")
                 lo, hi = start, stop  # the rows of our parameter to read, within this tensor's
                 if rows is not None and hf_name in kmap:
                     a, b = rows(ours)
@@ -729,7 +739,7 @@ def read_tensors(path, cfg: Config, rows=None):
                 try:
                     t = f.get_tensor(hf_name) if (lo, hi) == (start, stop) else sl[lo - start : hi - start]
                 except Exception as e:
-                    raise ValueError(f"{file}: cannot read tensor {hf_name!r} ({e})") from None
+                    raise InputError(f"{file}: cannot read tensor {hf_name!r} ({e})") from None
                 yield (ours if hf_name in kmap else None), hf_name, t, lo
 
 
@@ -788,7 +798,7 @@ def load(path, device="cpu", dtype: torch.dtype | None = torch.bfloat16) -> Tran
                 state[ours] = torch.empty(params[ours].shape, device=device, dtype=t.dtype)
             state[ours][row : row + len(t)] = t
     if tied is not None and not torch.equal(tied, state["embed.weight"]):
-        raise ValueError(f"{path}: tie_word_embeddings is true but lm_head.weight differs from the embedding")
+        raise InputError(f"{path}: tie_word_embeddings is true but lm_head.weight differs from the embedding")
     assert state.keys() == params.keys(), set(state) ^ set(params)
     model.load_state_dict(state, assign=True, strict=True)
     if dtype is not None:

@@ -705,4 +705,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    from data import run_cli
+
+    run_cli(main)

@@ -171,17 +171,17 @@ def tokenize_rows(tok: data.Tokenizer, rows: list[tuple[list[dict], str]],
         try:
             out.append(mask_row(tok, encoded[2 * k], encoded[2 * k + 1]))
         except ValueError as e:
-            raise ValueError(f"{names[k]}: {e}" if names else str(e)) from None
+            raise M.InputError(f"{names[k]}: {e}" if names else str(e)) from None
     return out
 
 
 def mask_row(tok: data.Tokenizer, prompt: list[int], ids: list[int]) -> tuple[list[int], list[int]]:
     """tokenize_row's ids and mask from the encoded prompt and the encoded prompt + answer."""
     if ids[: len(prompt)] != prompt:
-        raise ValueError("the chat template renders the prompt differently once the answer is appended")
+        raise M.InputError("the chat template renders the prompt differently once the answer is appended")
     ends = [k for k in range(len(prompt), len(ids)) if ids[k] in tok.eos_ids]
     if not ends:
-        raise ValueError("the rendered answer has no EOS token")
+        raise M.InputError("the rendered answer has no EOS token")
     mask = [0] * len(ids)
     for k in range(len(prompt), ends[-1] + 1):
         mask[k] = 1
@@ -195,10 +195,10 @@ def load_rows(cfg: SFTConfig, tok: data.Tokenizer) -> tuple[list[tuple[torch.Ten
     rows, too_long_prompt, too_long, off_winner = [], [], [], []
     read = data.read_rmr1_training(cfg.data)
     if not read:
-        raise ValueError(f"{cfg.data}: no rows")
+        raise M.InputError(f"{cfg.data}: no rows")
     for r in read:
         if r["target"] is None:
-            raise ValueError(f"{r['where']}: SFT rows need the target trace ('response' or 'completion')")
+            raise M.InputError(f"{r['where']}: SFT rows need the target trace ('response' or 'completion')")
     for start in range(0, len(read), 512):  # encoded in batches; each row's prompt ids are dropped once it is masked
         chunk = read[start:start + 512]
         for r, (ids, mask) in zip(chunk, tokenize_rows(tok, [(r["messages"], r["target"]) for r in chunk],
@@ -213,7 +213,7 @@ def load_rows(cfg: SFTConfig, tok: data.Tokenizer) -> tuple[list[tuple[torch.Ten
             else:  # int32 and bool: 5 bytes a token on every rank (as Python lists, about 44)
                 rows.append((torch.tensor(ids, dtype=torch.int32), torch.tensor(mask, dtype=torch.bool)))
     if not rows:
-        raise ValueError(f"{cfg.data}: no rows left within max_len={cfg.max_len}")
+        raise M.InputError(f"{cfg.data}: no rows left within max_len={cfg.max_len}")
     return rows, {"rows": len(rows), "dropped_prompt_too_long": len(too_long_prompt), "dropped_too_long": len(too_long),
                   "rows_dropped_prompt_too_long": too_long_prompt, "rows_dropped_too_long": too_long,
                   "rows_whose_trace_does_not_end_in_the_winner": off_winner}
@@ -417,7 +417,7 @@ def load_state(model, optim, out: Path) -> int:
         aside = sorted(out.glob(".state.old-*"))
         hint = (f"; {aside[0]} is the previous state, set aside by a save that was cut off: rename it to {path}"
                 if aside else "")
-        raise FileNotFoundError(f"{path}: no training state to resume from{hint}")
+        raise M.MissingInput(f"{path}: no training state to resume from{hint}")
     msd, osd = get_state_dict(model, optim)
     state = {"model": msd, "optim": osd}
     dcp.load(state, checkpoint_id=str(path))
@@ -436,7 +436,7 @@ def metrics_up_to(path: Path, step: int) -> list[dict]:
     kept = []
     for k, m in data.read_jsonl_log(path, True, "metrics"):
         if not isinstance(m.get("step"), int):
-            raise ValueError(f"{path}:{k}: not a metrics line (a JSON object with a step)")
+            raise M.InputError(f"{path}:{k}: not a metrics line (a JSON object with a step)")
         if m["step"] <= step:
             kept.append(m)
     return kept
@@ -562,4 +562,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    data.run_cli(main)

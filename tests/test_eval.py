@@ -11,6 +11,7 @@ from conftest import SHARED, tiny_judge
 import data
 import eval as ev
 import sft
+from model import InputError, MissingInput
 
 BENCH = SHARED / "benchmarks"
 
@@ -167,15 +168,15 @@ def test_rows_that_are_not_utf8_name_file_and_line(tmp_path):
 ])
 def test_malformed_files_name_file_and_row(tmp_path, name, text, read, match):
     (tmp_path / name).write_text(text)
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(InputError, match=match):  # a ValueError; the command lines print it in one line
         read(tmp_path / name)
 
 
 def test_a_folder_or_missing_file_where_a_file_is_read(tmp_path):
     folder = re.escape(f"{tmp_path}: a folder; expected a .json, .jsonl or .parquet file")
-    with pytest.raises(IsADirectoryError, match=folder):
+    with pytest.raises(InputError, match=folder):
         data.read_rewardbench(tmp_path)  # RM-Bench and RMB take folders; RewardBench and pairs files do not
-    with pytest.raises(FileNotFoundError, match="rb.json: no such file"):
+    with pytest.raises(MissingInput, match="rb.json: no such file"):  # an InputError and a FileNotFoundError
         data.read_pairs(tmp_path / "rb.json")
     with pytest.raises(FileNotFoundError, match=re.escape(f"{tmp_path}: no RMB .json files")):
         data.read_rmb(tmp_path)  # a folder (RMB's layout) without any rows

@@ -1,0 +1,60 @@
+"""Bad input (a file, row or field) ends each command line in one line naming it, with exit status 1 and no
+traceback, as a bad flag does; any other exception keeps its traceback (data.run_cli)."""
+
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT
+
+import data
+from model import InputError, MissingInput
+
+
+def command(tmp_path, script, *args):
+    """Run `python script args` in tmp_path: (exit status, stderr)."""
+    done = subprocess.run([sys.executable, str(ROOT / script), *args], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120)
+    return done.returncode, done.stderr
+
+
+def test_eval_names_a_bad_row_in_one_line(tmp_path):
+    good = '{"id": "1", "prompt": "q", "chosen": ["a", "b", "c"], "rejected": ["x", "y", "z"], "domain": "chat"}'
+    (tmp_path / "rm.jsonl").write_text(good + "\n" + good.replace('"x", ', "").replace('"1"', '"2"') + "\n")
+    rc, err = command(tmp_path, "eval.py", "--bench", "rm-bench", "--data", "rm.jsonl", "--out", "run", "--score-only")
+    assert (rc, err) == (1, "eval.py: rm.jsonl:2: RM-Bench rows need 3 chosen and 3 rejected strings\n")
+    assert not (tmp_path / "run").exists()
+
+
+def test_sft_names_a_broken_model_config_in_one_line(tmp_path):
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text('{"vocab_size": 10,')
+    rc, err = command(tmp_path, "sft.py", "--model", "model", "--data", "rows.jsonl", "--out", "run")
+    assert rc == 1
+    assert err == "sft.py: model/config.json: not valid JSON (Expecting property name enclosed in double quotes: " \
+                  "line 1 column 19 (char 18))\n"
+    assert not (tmp_path / "run").exists()
+
+
+def test_sample_names_a_folder_without_a_tokenizer_in_one_line(tmp_path):
+    (tmp_path / "model").mkdir()
+    rc, err = command(tmp_path, "sample.py", "--model", "model", "--prompt", "hi")
+    assert (rc, err) == (1, "sample.py: model: no tokenizer.json (this loader reads the fast-tokenizer file only)\n")
+
+
+def test_only_input_errors_lose_their_traceback(monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["/somewhere/eval.py", "--data", "x"])
+
+    def bad_input():
+        raise MissingInput("x.jsonl: no such file")
+
+    with pytest.raises(SystemExit) as e:
+        data.run_cli(bad_input)
+    assert e.value.code == "eval.py: x.jsonl: no such file"  # exit status 1, the message on stderr
+    assert isinstance(MissingInput("x"), (InputError, FileNotFoundError, ValueError))
+
+    def bug():
+        raise ValueError("an internal error")
+
+    with pytest.raises(ValueError, match="an internal error"):  # not an InputError: the traceback stays
+        data.run_cli(bug)
