@@ -302,16 +302,22 @@ def pairs_sha256(pairs: list[Pair]) -> str:
     return h.hexdigest()
 
 
-def read_rows(path) -> list[tuple[str, dict]]:
-    """Rows of a .json (a list), .jsonl or .parquet file, each with a location "file:row" for errors.
-
-    Rows are numbered from 1 (JSONL: the line number).
-    """
+def data_file(path) -> Path:
+    """path, checked to be a file: a folder, or nothing there, is an error naming it."""
     path = Path(path)
     if path.is_dir():
         raise InputError(f"{path}: a folder; expected a .json, .jsonl or .parquet file")
     if not path.is_file():
         raise MissingInput(f"{path}: no such file")
+    return path
+
+
+def read_rows(path) -> list[tuple[str, dict]]:
+    """Rows of a .json (a list), .jsonl or .parquet file, each with a location "file:row" for errors.
+
+    Rows are numbered from 1 (JSONL: the line number).
+    """
+    path = data_file(path)
     suffix = path.suffix.lower()
     if suffix == ".parquet":
         try:

@@ -118,7 +118,7 @@ def check_out(cfg: SFTConfig, data_sha256: str):
 def file_sha256(path) -> str:
     """The data file's fingerprint, saved with the run: a resumed run must read the same rows."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open(data.data_file(path), "rb") as f:
         while chunk := f.read(1 << 24):
             h.update(chunk)
     return h.hexdigest()
