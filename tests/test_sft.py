@@ -288,7 +288,7 @@ def test_max_len_over_the_model_positions_is_refused_before_any_work(tmp_path):
     with pytest.raises(SystemExit, match="--max-len 4097 is over"):
         sft.main(args + ["--max-len", "4097"])
     assert not (tmp_path / "o").exists()
-    with pytest.raises(M.MissingInput, match="missing.jsonl: no such file"):  # at the limit: past the check, to the data
+    with pytest.raises(M.MissingInput, match="missing.jsonl: no such file"):  # at the limit: on to the data
         sft.main(args + ["--max-len", "4096"])
 
 
