@@ -656,7 +656,7 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefa
 
 def run_cli(main):
     """Run a command line's main(): bad input (an InputError: a file, row or field) ends it with one line naming it,
-    `eval.py: rows.jsonl:4: missing field 'winner'`, and exit status 1, as a bad flag ends it; any other exception
+    `sft.py: rows.jsonl:4: missing field 'winner'`, and exit status 1, as a bad flag ends it; any other exception
     keeps its traceback."""
     try:
         main()

@@ -613,7 +613,7 @@ def key_map(cfg: Config) -> dict[str, tuple[str, int, int]]:
 class InputError(ValueError):
     """Something the user gave is wrong (a file, a row, a field of either); the message names it and says why.
     The command lines end on it with that one line (`data.run_cli`), as argparse ends on a bad flag; any other
-    exception is a bug and keeps its traceback. Raised by every module from here on; a ValueError to callers."""
+    exception is a bug and keeps its traceback. Raised here and in data, sft and eval; a ValueError to callers."""
 
 
 class MissingInput(InputError, FileNotFoundError):
