@@ -633,7 +633,7 @@ def read_json(path, kind: type = dict):
     """The JSON value of file `path`, which must be a `kind` (dict: an object, list: an array); a file that is
     not UTF-8, not JSON or not a `kind` is an error naming it (json's own errors name no file).
 
-    Example: a config.json cut short -> ValueError("MODEL/config.json: not valid JSON (Expecting value: line 2 ...)")
+    Example: a config.json cut short -> InputError("MODEL/config.json: not valid JSON (Expecting value: line 2 ...)")
     """
     try:
         value = json.loads(read_text(path))

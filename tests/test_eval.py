@@ -133,11 +133,11 @@ def test_jsonl_rows_may_hold_any_line_separator_inside_strings(tmp_path):
 def test_rows_that_are_not_utf8_name_file_and_line(tmp_path):
     f = tmp_path / "rb.jsonl"
     f.write_bytes(b'{"prompt": "q"}\n{"prompt": "caf\xe9"}\n')
-    with pytest.raises(ValueError, match=r"rb.jsonl:2: not UTF-8 text \(byte offset 15 in the line: invalid"):
+    with pytest.raises(InputError, match=r"rb.jsonl:2: not UTF-8 text \(byte offset 15 in the line: invalid"):
         data.read_rows(f)
     f = tmp_path / "rb.json"
     f.write_bytes(b'[{"prompt": "caf\xe9"}]')
-    with pytest.raises(ValueError, match=r"rb.json: not UTF-8 text \(byte offset 16: invalid continuation"):
+    with pytest.raises(InputError, match=r"rb.json: not UTF-8 text \(byte offset 16: invalid continuation"):
         data.read_rows(f)
 
 
@@ -178,7 +178,7 @@ def test_a_folder_or_missing_file_where_a_file_is_read(tmp_path):
         data.read_rewardbench(tmp_path)  # RM-Bench and RMB take folders; RewardBench and pairs files do not
     with pytest.raises(MissingInput, match="rb.json: no such file"):  # an InputError and a FileNotFoundError
         data.read_pairs(tmp_path / "rb.json")
-    with pytest.raises(FileNotFoundError, match=re.escape(f"{tmp_path}: no RMB .json files")):
+    with pytest.raises(MissingInput, match=re.escape(f"{tmp_path}: no RMB .json files")):
         data.read_rmb(tmp_path)  # a folder (RMB's layout) without any rows
 
 

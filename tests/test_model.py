@@ -220,7 +220,7 @@ def base_config(**over):
 ])
 def test_config_refusals_name_the_field(tmp_path, over, field):
     (tmp_path / "config.json").write_text(json.dumps(base_config(**over)))
-    with pytest.raises(ValueError) as e:
+    with pytest.raises(M.InputError) as e:
         M.load(tmp_path)
     assert f"unsupported {field}=" in str(e.value) and "config.json" in str(e.value)
 
@@ -312,7 +312,7 @@ def test_a_json_file_of_the_folder_that_is_not_json_is_named(tmp_path, name, con
     (tmp_path / "generation_config.json").write_text("{}")
     M.load(tmp_path)  # loads as written
     (tmp_path / name).write_text(content)
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(M.InputError, match=match):
         M.load(tmp_path)
 
 

@@ -6,6 +6,7 @@ import pytest
 from conftest import SHARED
 
 from data import ChatTemplate, Tokenizer
+from model import InputError
 
 QWEN25 = SHARED / "hf" / "qwen2.5-7b-instruct"
 QWEN3 = SHARED / "hf" / "qwen3-0.6b"
@@ -240,7 +241,7 @@ def test_a_broken_file_of_the_folder_is_an_error_naming_it(tmp_path, name, conte
 
     shutil.copytree(QWEN25, tmp_path / "m")
     (tmp_path / "m" / name).write_bytes(content)
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(InputError, match=match):
         Tokenizer.load(tmp_path / "m")
 
 
@@ -261,7 +262,7 @@ def qwen25_without_jinja_file(tmp_path, chat_template):
 
 def test_a_broken_template_in_tokenizer_config_is_named(tmp_path):
     folder = qwen25_without_jinja_file(tmp_path, "{% if %}")
-    with pytest.raises(ValueError, match=r"tokenizer_config.json: chat_template: not a Jinja template \(line 1: "):
+    with pytest.raises(InputError, match=r"tokenizer_config.json: chat_template: not a Jinja template \(line 1: "):
         Tokenizer.load(folder)
 
 
