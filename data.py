@@ -190,10 +190,21 @@ class Tokenizer:
     def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = False, **kwargs) -> str:
         """The text transformers' `apply_chat_template(..., tokenize=False)` gives, byte for byte.
         kwargs are extra template variables (enable_thinking=False for Qwen3)."""
+        return self._render(messages, add_generation_prompt, None, kwargs)
+
+    def _render(self, messages: list[dict], add_generation_prompt: bool, name: str | None, kwargs: dict) -> str:
+        """apply_chat_template; an error the template raises (its own `raise_exception`, say "Conversation roles
+        must alternate") names the folder and, given one, the conversation `name`."""
+        import jinja2
+
         if self.template is None:
             raise InputError(f"{self.where}: no chat template (neither chat_template.jinja nor 'chat_template' in "
                              "tokenizer_config.json)")
-        return self.template.render(messages, add_generation_prompt, **kwargs)
+        try:
+            return self.template.render(messages, add_generation_prompt, **kwargs)
+        except jinja2.TemplateError as e:  # its message names neither the template nor the conversation
+            raise InputError(f"{self.where}: {name + ': ' if name else ''}the chat template failed on this "
+                             f"conversation: {e.message or type(e).__name__}") from None
 
     def encode_chat(self, messages: list[dict], add_generation_prompt: bool = False, **kwargs) -> list[int]:
         """Token ids of the rendered conversation, with control tokens only where the template put them.
@@ -239,9 +250,9 @@ class Tokenizer:
              ("user\\nhi<|im_end|>", <|im_end|>), ("\\n", <|im_start|>), ("assistant\\n", None)]
             (the ids as their tokens; the message's "<|im_end|>" stays text inside its piece)
         """
-        text = self.apply_chat_template(messages, add_generation_prompt, **kwargs)
+        text = self._render(messages, add_generation_prompt, name, kwargs)
         escaped = [{k: self._escape(v) if isinstance(v, str) else v for k, v in m.items()} for m in messages]
-        rendered = self.apply_chat_template(escaped, add_generation_prompt, **kwargs)
+        rendered = self._render(escaped, add_generation_prompt, name, kwargs)
         if self._unescape(rendered) != text:
             raise InputError(
                 f"{self.where}: {name + ': ' if name else ''}a message contains an added-token string that this "

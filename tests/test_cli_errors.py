@@ -59,3 +59,21 @@ def test_only_input_errors_lose_their_traceback(monkeypatch):
 
     with pytest.raises(ValueError, match="an internal error"):  # not an InputError: the traceback stays
         data.run_cli(bug)
+
+
+def test_eval_names_a_conversation_the_template_refuses_in_one_line(tmp_path):
+    """The instruct judge prompt opens with a system turn; a checkpoint whose template refuses one (as Gemma's
+    does) stops eval before anything is written."""
+    from conftest import tiny_judge
+
+    tiny_judge(tmp_path / "model")
+    template = tmp_path / "model" / "chat_template.jinja"
+    template.write_text("{%- if messages[0].role == 'system' %}{{- raise_exception('System role not supported') }}"
+                        "{%- endif %}" + template.read_text())
+    row = '{"id": "7", "prompt": "q", "chosen": ["a", "b", "c"], "rejected": ["x", "y", "z"], "domain": "chat"}'
+    (tmp_path / "rm.jsonl").write_text(row + "\n")
+    rc, err = command(tmp_path, "eval.py", "--model", "model", "--bench", "rm-bench", "--data", "rm.jsonl",
+                      "--out", "run", "--device", "cpu", "--max-new-tokens", "2")
+    assert (rc, err) == (1, "eval.py: model: pair chat/7/00 (chosen at A): the chat template failed on this conversation: "
+                            "System role not supported\n")
+    assert not (tmp_path / "run").exists()

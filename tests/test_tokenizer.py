@@ -295,3 +295,33 @@ def test_template_variables_pass_through():
         ids = ids["input_ids"] if not isinstance(ids, list) else ids
         assert tok.encode_chat(msgs, True, enable_thinking=flag) == ids
     assert tok.apply_chat_template(msgs, True, enable_thinking=False).endswith("<think>\n\n</think>\n\n")
+
+
+REFUSES_SYSTEM = ("{%- for m in messages %}{%- if m.role == 'system' %}"
+                  "{{- raise_exception('System role not supported') }}{%- endif %}{%- endfor %}")
+
+
+def test_an_error_the_template_raises_names_the_folder_and_conversation(tmp_path):
+    """A template may refuse a conversation (Gemma's refuses a system turn): transformers raises jinja's
+    TemplateError with the template's message alone; ours is an InputError naming the folder and the row."""
+    import shutil
+
+    import jinja2
+    from transformers import AutoTokenizer
+
+    shutil.copytree(QWEN25, tmp_path / "m")
+    source = (QWEN25 / "chat_template.jinja").read_text()
+    (tmp_path / "m" / "chat_template.jinja").write_text(REFUSES_SYSTEM + source)
+    tok, ref = Tokenizer.load(tmp_path / "m"), AutoTokenizer.from_pretrained(tmp_path / "m")
+    ok = [{"role": "user", "content": "hi"}]
+    bad = [{"role": "system", "content": "Be brief."}, *ok]
+    assert tok.encode_chat(ok, True) == ref.apply_chat_template(ok, tokenize=True, add_generation_prompt=True,
+                                                                return_dict=False)
+    with pytest.raises(jinja2.TemplateError, match="^System role not supported$"):
+        ref.apply_chat_template(bad, tokenize=False)
+    with pytest.raises(InputError, match=f"^{tmp_path / 'm'}: rows.jsonl:2: the chat template failed on this "
+                                         f"conversation: System role not supported$"):
+        tok.encode_chats([ok, bad], names=["rows.jsonl:1", "rows.jsonl:2"])
+    with pytest.raises(InputError, match=f"^{tmp_path / 'm'}: the chat template failed on this conversation: "
+                                         f"System role not supported$"):
+        tok.apply_chat_template(bad)
