@@ -74,6 +74,6 @@ def test_eval_names_a_conversation_the_template_refuses_in_one_line(tmp_path):
     (tmp_path / "rm.jsonl").write_text(row + "\n")
     rc, err = command(tmp_path, "eval.py", "--model", "model", "--bench", "rm-bench", "--data", "rm.jsonl",
                       "--out", "run", "--device", "cpu", "--max-new-tokens", "2")
-    assert (rc, err) == (1, "eval.py: model: pair chat/7/00 (chosen at A): the chat template failed on this conversation: "
-                            "System role not supported\n")
+    assert (rc, err) == (1, "eval.py: model: pair chat/7/00 (chosen at A): the chat template failed on this "
+                            "conversation: System role not supported\n")
     assert not (tmp_path / "run").exists()
