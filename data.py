@@ -578,16 +578,13 @@ def place(pairs: list[Pair], mode: str = "random", seed: int = 0) -> list[tuple[
 
 def run_config(out: Path, marks: set[str], what: str) -> dict | None:
     """The config.json a run saved in folder `out`, None without one. A file that cannot be read, or that lacks
-    the `marks` every such run writes (a model folder's config.json?), ends the command naming it."""
+    the `marks` every such run writes (a model folder's config.json?), is an InputError naming it."""
     path = out / "config.json"
     if not path.is_file():
         return None
-    try:
-        saved = read_json(path)
-    except ValueError as e:
-        raise SystemExit(str(e)) from None
+    saved = read_json(path)
     if not marks <= set(saved):
-        raise SystemExit(f"{path} is not {what}'s config (a model folder?); use another --out")
+        raise InputError(f"{path} is not {what}'s config (a model folder?); use another --out")
     return saved
 
 

@@ -611,7 +611,7 @@ def main(argv=None):
             records = [r for lines in read_logs(out).values() for r in lines]
             total = (saved_config(out) or {}).get("pairs")
         if not records:
-            raise SystemExit(f"{out / 'judgments.jsonl'}: no judgments to score")
+            raise InputError(f"{out / 'judgments.jsonl'}: no judgments to score")
     else:
         if not cfg.model or not cfg.data:
             raise SystemExit("--model and --data are required (or --score-only)")
@@ -625,7 +625,7 @@ def main(argv=None):
         device = flag_device(cfg, int(os.environ.get("LOCAL_RANK", 0)) if world > 1 else None)
         pairs = BENCHES[cfg.bench][0](cfg.data)
         if not pairs:
-            raise SystemExit(f"{cfg.data}: no {cfg.bench} pairs found")
+            raise InputError(f"{cfg.data}: no {cfg.bench} pairs found")
         data_sha256 = data.pairs_sha256(pairs)  # the pairs' contents, not only the path they were read from
         check_same(out, before, "data_sha256", data_sha256, f"{cfg.data}: its pairs changed")
         if cfg.limit:

@@ -535,7 +535,7 @@ def test_a_run_folder_whose_config_is_missing_or_broken_is_refused(tiny, tmp_pat
     with pytest.raises(SystemExit, match=r"run: judgments.jsonl without the config.json it was made with"):
         ev.main(args)
     (run / "config.json").write_text("{not json")
-    with pytest.raises(SystemExit, match=r"config.json: not valid JSON \(Expecting"):
+    with pytest.raises(InputError, match=r"config.json: not valid JSON \(Expecting"):
         ev.main(args)
     assert (run / "judgments.jsonl").read_text() == log and (run / "config.json").read_text() == "{not json"
 
@@ -642,10 +642,10 @@ def test_a_judgment_logged_twice_is_an_error_not_a_double_count(tmp_path):
     line = json.dumps({"id": p.id, "chosen_at": "A", "output": "<answer>[[A]]</answer>"}) + "\n"
     other = json.dumps({"id": p.id, "chosen_at": "B", "output": "<answer>[[A]]</answer>"}) + "\n"
     (tmp_path / "judgments.jsonl").write_text(line + other + line)
-    with pytest.raises(ValueError, match=rf"judgments.jsonl:3: judgment {p.id}\|A is already on line 1"):
+    with pytest.raises(InputError, match=rf"judgments.jsonl:3: judgment {p.id}\|A is already on line 1"):
         ev.main(["--bench", "rm-bench", "--data", str(data_file), "--out", str(tmp_path), "--score-only"])
     assert not (tmp_path / "scores.json").exists()
-    with pytest.raises(SystemExit, match="no judgments to score"):
+    with pytest.raises(InputError, match="no judgments to score"):
         ev.main(["--bench", "rm-bench", "--out", str(tmp_path / "typo"), "--score-only"])
     assert not (tmp_path / "typo").exists()  # a mistyped --out is not created
 
@@ -670,10 +670,10 @@ def test_one_pair_reply_is_bounded_by_the_model_limit(tmp_path, capsys, monkeypa
 
 def test_no_pairs_is_an_error_not_an_empty_score(tiny, tmp_path):
     (tmp_path / "empty.jsonl").write_text("\n")
-    with pytest.raises(SystemExit, match="empty.jsonl: no pairs pairs found"):
+    with pytest.raises(InputError, match="empty.jsonl: no pairs pairs found"):
         ev.main(["--model", str(tiny), "--data", str(tmp_path / "empty.jsonl"), "--out", str(tmp_path / "o")])
     (tmp_path / "folder").mkdir()
-    with pytest.raises(SystemExit, match="folder: no rm-bench pairs found"):  # a folder without RM-Bench's files
+    with pytest.raises(InputError, match="folder: no rm-bench pairs found"):  # a folder without RM-Bench's files
         ev.main(["--model", str(tiny), "--bench", "rm-bench", "--data", str(tmp_path / "folder"),
                  "--out", str(tmp_path / "o")])
     assert not (tmp_path / "o").exists()
@@ -681,7 +681,7 @@ def test_no_pairs_is_an_error_not_an_empty_score(tiny, tmp_path):
 
 def test_out_is_never_a_model_folder(tiny, tmp_path):
     before = (tiny / "config.json").read_bytes()
-    with pytest.raises(SystemExit, match="config.json is not an eval run's config"):
+    with pytest.raises(InputError, match="config.json is not an eval run's config"):
         ev.main(["--model", str(tiny), "--bench", "rm-bench", "--data", str(BENCH / "rm-bench" / "chat_filtered.json"),
                  "--limit", "1", "--device", "cpu", "--out", str(tiny)])
     assert (tiny / "config.json").read_bytes() == before and not (tiny / "judgments.jsonl").exists()
