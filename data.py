@@ -576,6 +576,19 @@ def place(pairs: list[Pair], mode: str = "random", seed: int = 0) -> list[tuple[
 # Run folders and flags (sft.py and eval.py)
 
 
+def run_folder(out) -> Path:
+    """--out as a Path, checked before any work: it, or the nearest part of it that exists, must be a folder
+    (a file there would stop the run only when it first writes)."""
+    out = Path(out)
+    for p in (out, *out.parents):
+        if p.exists():
+            if not p.is_dir():
+                what = "not" if p == out else f"{p} is not"
+                raise InputError(f"{out}: {what} a folder (--out names the run's folder)")
+            break
+    return out
+
+
 def run_config(out: Path, marks: set[str], what: str) -> dict | None:
     """The config.json a run saved in folder `out`, None without one. A file that cannot be read, or that lacks
     the `marks` every such run writes (a model folder's config.json?), is an InputError naming it."""

@@ -600,7 +600,7 @@ def main(argv=None):
         raise SystemExit(f"--bench must be one of {sorted(BENCHES)}")
     if not cfg.out:
         raise SystemExit("--out is required")
-    out = Path(cfg.out)
+    out = data.run_folder(cfg.out)
     if cfg.score_only:
         if cfg.data:  # outputs made elsewhere: recompute verdicts, take subsets and groups from the data
             pairs = BENCHES[cfg.bench][0](cfg.data)

@@ -97,7 +97,7 @@ SAME_ON_RESUME = ("model", "data", "max_len", "global_batch", "epochs", "lr", "m
 
 def check_out(cfg: SFTConfig, data_sha256: str):
     """A new run needs a folder without one; --resume needs the settings (and data) the run was started with."""
-    out = Path(cfg.out)
+    out = data.run_folder(cfg.out)
     saved = data.run_config(out, {"global_batch"}, "an SFT run")
     there = [p.name for p in (out / "state", out / "metrics.jsonl") if p.exists()]
     if not cfg.resume:

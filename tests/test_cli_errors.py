@@ -77,3 +77,20 @@ def test_eval_names_a_conversation_the_template_refuses_in_one_line(tmp_path):
     assert (rc, err) == (1, "eval.py: model: pair chat/7/00 (chosen at A): the chat template failed on this "
                             "conversation: System role not supported\n")
     assert not (tmp_path / "run").exists()
+
+
+def test_an_out_that_is_a_file_is_refused_before_any_work(tmp_path):
+    """mkdir would fail on it only when the run first writes (sft: after loading the model and tokenizing)."""
+    from conftest import tiny_judge
+
+    tiny_judge(tmp_path / "model")
+    (tmp_path / "notes.txt").write_text("mine")
+    (tmp_path / "rows.jsonl").write_text("")
+    rc, err = command(tmp_path, "sft.py", "--model", "model", "--data", "rows.jsonl", "--out", "notes.txt/run")
+    assert (rc, err) == (1, "sft.py: notes.txt/run: notes.txt is not a folder (--out names the run's folder)\n")
+    for extra in ([], ["--score-only"]):
+        rc, err = command(tmp_path, "eval.py", "--model", "model", "--bench", "rm-bench", "--data", "rows.jsonl",
+                          "--out", "notes.txt", *extra)
+        assert (rc, err) == (1, "eval.py: notes.txt: not a folder (--out names the run's folder)\n")
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+    assert data.run_folder(tmp_path / "new" / "run") == tmp_path / "new" / "run"  # not there yet: made when written
