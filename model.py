@@ -621,10 +621,14 @@ class MissingInput(InputError, FileNotFoundError):
 
 
 def read_text(path) -> str:
-    """The UTF-8 text of file `path` (a checkpoint's, a run's or a data file: data.py reads through it too); bytes
-    that are not UTF-8 are an error naming the file, which the codec's own error does not."""
+    """The UTF-8 text of file `path` (a checkpoint's, a run's or a data file: data.py reads through it too); no file
+    there, a folder, or bytes that are not UTF-8 are errors naming the path."""
     try:
         return Path(path).read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise MissingInput(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise InputError(f"{path}: a folder, not a file") from None
     except UnicodeDecodeError as e:
         raise InputError(f"{path}: not UTF-8 text (byte offset {e.start}: {e.reason})") from None
 

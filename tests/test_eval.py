@@ -439,11 +439,15 @@ def test_one_pair_from_a_file_and_its_errors(tiny, tmp_path, capsys):
     ev.main(args + ["--pair-file", str(f)])
     assert capsys.readouterr().out == from_flags
     f.write_text(json.dumps({"question": "2+2?", "answer_a": "4"}))
-    with pytest.raises(ValueError, match=r"pair.json: missing field 'answer_b'"):
+    with pytest.raises(InputError, match=r"pair.json: missing field 'answer_b'"):
         ev.main(args + ["--pair-file", str(f)])
     f.write_text('{"question": "2+2?", ')
-    with pytest.raises(ValueError, match=r"pair.json: not valid JSON"):
+    with pytest.raises(InputError, match=r"pair.json: not valid JSON"):
         ev.main(args + ["--pair-file", str(f)])
+    with pytest.raises(MissingInput, match=r"^\S*typo.json: no such file$"):  # not open()'s own error
+        ev.main(args + ["--pair-file", str(tmp_path / "typo.json")])
+    with pytest.raises(InputError, match=r"^\S*: a folder, not a file$"):
+        ev.main(args + ["--pair-file", str(tmp_path)])
     with pytest.raises(SystemExit, match="not both"):
         ev.main(args + ["--pair-file", str(f), "--question", "q"])
     with pytest.raises(SystemExit, match="missing --answer-b"):  # never an empty answer B judged
