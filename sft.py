@@ -70,7 +70,8 @@ def parse_args(argv=None) -> SFTConfig:
 
 
 def check_config(cfg: SFTConfig):
-    """Each setting in its range, and --max-len within the model's positions (its config.json), before any work."""
+    """Each setting in its range, --max-len within the model's positions (its config.json) and the model's weight
+    files present, before any work."""
     bounds = {"max_len": (1, None), "global_batch": (1, None), "micro_tokens": (1, None), "epochs": (1, None),
               "loss_chunk": (1, None), "save_every": (0, None), "max_steps": (0, None), "min_lr_ratio": (0, 1),
               "warmup_ratio": (0, 1), "beta1": (0, 1), "beta2": (0, 1), "weight_decay": (0, None)}
@@ -87,6 +88,7 @@ def check_config(cfg: SFTConfig):
     if cfg.max_len > limit:  # sequences that long would run past the positions the model was trained on
         raise SystemExit(f"--max-len {cfg.max_len} is over the model's max_position_embeddings, {limit} "
                          f"({Path(cfg.model) / 'config.json'}): pass --max-len {limit} or less")
+    M.checkpoint_files(cfg.model)  # the weight files are there (headers only), before anything is written
 
 
 # settings that decide a run's trajectory: --resume must keep them (max_steps, save_every, micro_tokens,

@@ -1,6 +1,7 @@
 """Bad input (a file, row or field) ends each command line in one line naming it, with exit status 1 and no
 traceback, as a bad flag does; any other exception keeps its traceback (data.run_cli)."""
 
+import json
 import subprocess
 import sys
 
@@ -94,3 +95,17 @@ def test_an_out_that_is_a_file_is_refused_before_any_work(tmp_path):
         assert (rc, err) == (1, "eval.py: notes.txt: not a folder (--out names the run's folder)\n")
     assert (tmp_path / "notes.txt").read_text() == "mine"
     assert data.run_folder(tmp_path / "new" / "run") == tmp_path / "new" / "run"  # not there yet: made when written
+
+
+def test_sft_checks_the_weight_files_before_writing_its_folder(tmp_path):
+    """The weights load after config.json is written; their absence is found first, and --out stays unmade."""
+    from conftest import tiny_judge
+
+    tiny_judge(tmp_path / "model")
+    (tmp_path / "model" / "model.safetensors").unlink()
+    row = {"context_messages": [{"role": "user", "content": "q"}], "winner": "model_a",
+           "response": "<answer>[[A]]</answer>"}
+    (tmp_path / "rows.jsonl").write_text(json.dumps(row) + "\n")
+    rc, err = command(tmp_path, "sft.py", "--model", "model", "--data", "rows.jsonl", "--out", "run")
+    assert (rc, err) == (1, "sft.py: model: neither model.safetensors nor model.safetensors.index.json\n")
+    assert not (tmp_path / "run").exists()
