@@ -3,6 +3,7 @@ Hugging Face export in transformers, and learning on a tiny trace set."""
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -416,3 +417,22 @@ def test_an_empty_data_file_is_an_error(tmp_path):
     (tmp_path / "rows.jsonl").write_text("\n")
     with pytest.raises(ValueError, match="rows.jsonl: no rows"):
         sft.load_rows(sft.SFTConfig(data=str(tmp_path / "rows.jsonl")), tok=None)
+
+
+def test_a_damaged_state_is_named_in_one_line(run_dir, straight):
+    """A state file cut short (by a disk, or a hand) ends --resume in one line naming the folder and the first
+    failing rank's error, not in torch.distributed.checkpoint's traceback; the state is left as it was."""
+    out = run_dir / "damaged"
+    shutil.copytree(run_dir / "straight", out)
+    for name in ("__0_0.distcp", ".metadata"):  # (EOFError) and (AssertionError: metadata is None; ...) in torch 2.13
+        f = out / "state" / name
+        whole = f.read_bytes()
+        f.write_bytes(whole[:1000])
+        with pytest.raises(AssertionError) as e:
+            run(run_dir, out, "--resume")
+        err = str(e.value).splitlines()
+        assert re.match(r"sft.py: \S*damaged/state: the saved training state cannot be read \(\w+(Error|Exception)\b",
+                        err[-1]), err[-1]
+        assert not any(line.startswith("[rank0]: Traceback") for line in err)  # the traceback a raw error prints
+        assert f.read_bytes() == whole[:1000]
+        f.write_bytes(whole)
