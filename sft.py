@@ -420,13 +420,17 @@ def load_state(model, optim, out: Path) -> int:
         hint = (f"; {aside[0]} is the previous state, set aside by a save that was cut off: rename it to {path}"
                 if aside else "")
         raise M.MissingInput(f"{path}: no training state to resume from{hint}")
-    step = M.read_json(path / "progress.json")["step"]
+    step = M.read_json(path / "progress.json").get("step")
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        raise M.InputError(f"{path / 'progress.json'}: 'step' should be a whole number >= 0, got {step!r}")
     msd, osd = get_state_dict(model, optim)
     state = {"model": msd, "optim": osd}
+    # Saves replace the folder whole, so a failure here is a file cut short or edited since. dcp gathers the ranks'
+    # errors into a CheckpointException, which is a BaseException.
     try:
         dcp.load(state, checkpoint_id=str(path))
-    except (Exception, dcp.api.CheckpointException) as e:  # a file cut short or edited (saves replace the folder
-        cause = next(iter(e.failures.values()))[0] if isinstance(e, dcp.api.CheckpointException) else e  # whole)
+    except (Exception, dcp.api.CheckpointException) as e:
+        cause = next(iter(e.failures.values()))[0] if isinstance(e, dcp.api.CheckpointException) else e
         why = f"{type(cause).__name__}: {str(cause).strip()[:300]}".rstrip(": ")
         raise M.InputError(f"{path}: the saved training state cannot be read ({why})") from e
     set_state_dict(model, optim, model_state_dict=state["model"], optim_state_dict=state["optim"])

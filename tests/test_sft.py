@@ -436,3 +436,7 @@ def test_a_damaged_state_is_named_in_one_line(run_dir, straight):
         assert not any(line.startswith("[rank0]: Traceback") for line in err)  # the traceback a raw error prints
         assert f.read_bytes() == whole[:1000]
         f.write_bytes(whole)
+    (out / "state" / "progress.json").write_text('{"steps": 3}')
+    with pytest.raises(AssertionError, match=r"sft.py: \S*progress.json: 'step' should be a whole number >= 0, "
+                                             r"got None\n$"):
+        run(run_dir, out, "--resume")
