@@ -431,7 +431,8 @@ def load_state(model, optim, out: Path) -> int:
         dcp.load(state, checkpoint_id=str(path))
     except (Exception, dcp.api.CheckpointException) as e:
         cause = next(iter(e.failures.values()))[0] if isinstance(e, dcp.api.CheckpointException) else e
-        why = f"{type(cause).__name__}: {str(cause).strip()[:300]}".rstrip(": ")
+        text = str(cause).strip()[:300]
+        why = f"{type(cause).__name__}: {text}" if text else type(cause).__name__
         raise M.InputError(f"{path}: the saved training state cannot be read ({why})") from e
     set_state_dict(model, optim, model_state_dict=state["model"], optim_state_dict=state["optim"])
     return step

@@ -415,7 +415,7 @@ def test_non_finite_loss_stops_with_the_step(run_dir):
 
 def test_an_empty_data_file_is_an_error(tmp_path):
     (tmp_path / "rows.jsonl").write_text("\n")
-    with pytest.raises(ValueError, match="rows.jsonl: no rows"):
+    with pytest.raises(M.InputError, match="rows.jsonl: no rows"):
         sft.load_rows(sft.SFTConfig(data=str(tmp_path / "rows.jsonl")), tok=None)
 
 
