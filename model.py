@@ -760,8 +760,15 @@ def default_device() -> str:
 
 def checked_device(device, hint: str = "") -> torch.device:
     """torch.device(device), or, for a GPU this process cannot see, an error naming it and how many it sees
-    (CUDA's own is "invalid device ordinal", raised by the first tensor placed there), then `hint`."""
-    device = torch.device(device)
+    (CUDA's own is "invalid device ordinal", raised by the first tensor placed there), then `hint`. Devices
+    other than the CPU and CUDA GPUs, which this code is written and tested for, are refused by name."""
+    try:
+        checked = torch.device(device)
+    except RuntimeError:  # torch's own message lists its twenty device types
+        checked = None
+    if checked is None or checked.type not in ("cpu", "cuda"):
+        raise ValueError(f"device {device}: expected cuda, cuda:N or cpu")
+    device = checked
     if device.type != "cuda":
         return device
     n = torch.cuda.device_count()

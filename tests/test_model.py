@@ -259,6 +259,9 @@ def test_a_gpu_this_process_cannot_see_is_an_error_naming_it(tmp_path, monkeypat
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
     with pytest.raises(ValueError, match=r"^device cuda: this process sees 0 GPUs$"):
         M.checked_device("cuda")
+    for other in ("tpu", "cuda:x", "meta", "mps"):  # torch refuses the first two itself, with a traceback
+        with pytest.raises(ValueError, match=rf"^device {other}: expected cuda, cuda:N or cpu$"):
+            M.checked_device(other)
 
 
 def _saved(tmp_path, **kw):

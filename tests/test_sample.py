@@ -460,6 +460,7 @@ def test_cli_holds_back_half_characters_and_prints_them_at_the_end(chat_model, m
                                               r"over the model's limit of 256"),
     (["--top-k", "-1"], SystemExit, r"^sample.py: top_k must be an integer >= 0"),
     (["--device", "cuda:99"], SystemExit, r"^sample.py: device cuda:99: this process sees \d GPUs?"),
+    (["--device", "tpu"], SystemExit, r"^sample.py: device tpu: expected cuda, cuda:N or cpu$"),
 ])
 def test_cli_bad_settings_stop_before_the_weights_load(chat_model, monkeypatch, flags, error, match):
     """The CLI checks its prompt and settings as generate does, against the folder's config.json, before
