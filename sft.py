@@ -78,10 +78,12 @@ def check_config(cfg: SFTConfig):
     for name, (lo, hi) in bounds.items():
         v = getattr(cfg, name)
         if not math.isfinite(v) or v < lo or (hi is not None and v > hi):
-            raise SystemExit(f"--{name.replace('_', '-')} must be in [{lo}, {'inf' if hi is None else hi}], got {v}")
+            allowed = (f"in [{lo}, {hi}]" if hi is not None else f"a finite number >= {lo}" if isinstance(v, float)
+                       else f">= {lo}")
+            raise SystemExit(f"--{name.replace('_', '-')} must be {allowed}, got {v}")
     for name in ("lr", "grad_clip", "peak_tflops"):
         if not math.isfinite(getattr(cfg, name)) or getattr(cfg, name) <= 0:
-            raise SystemExit(f"--{name.replace('_', '-')} must be > 0, got {getattr(cfg, name)}")
+            raise SystemExit(f"--{name.replace('_', '-')} must be a finite number > 0, got {getattr(cfg, name)}")
     if cfg.compute_dtype not in ("bfloat16", "float32"):
         raise SystemExit(f"--compute-dtype must be bfloat16 or float32, got {cfg.compute_dtype!r}")
     limit = M.load_config(cfg.model).max_position_embeddings  # config.json only, before any weights or rows

@@ -268,9 +268,10 @@ def test_a_run_folder_is_never_mixed_with_another_run(run_dir, straight):
     assert (run_dir / "broken" / "config.json").read_text() == "{cut short"
 
 
-@pytest.mark.parametrize("flag,value,match", [("--global-batch", "0", r"--global-batch must be in \[1, inf\], got 0"),
+@pytest.mark.parametrize("flag,value,match", [("--global-batch", "0", r"--global-batch must be >= 1, got 0"),
                                               ("--warmup-ratio", "1.5", r"--warmup-ratio must be in \[0, 1\]"),
-                                              ("--lr", "nan", "--lr must be > 0, got nan"),
+                                              ("--lr", "nan", "--lr must be a finite number > 0, got nan"),
+                                              ("--weight-decay", "inf", "--weight-decay must be a finite number >= 0"),
                                               ("--compute-dtype", "float16", "--compute-dtype must be bfloat16 or")])
 def test_bad_settings_are_refused_before_any_work(tmp_path, flag, value, match):
     with pytest.raises(SystemExit, match=match):
