@@ -369,6 +369,15 @@ def require(where: str, row, name: str, kind=str):
     return value
 
 
+def require_id(where: str, row, name: str) -> str:
+    """A row's id field as a string: ids name pairs in judgments.jsonl, so one must be a string or an integer (a
+    list, an object or a boolean would only turn into a name by accident)."""
+    value = require(where, row, name, None)
+    if not isinstance(value, (str, int)) or isinstance(value, bool):
+        raise InputError(f"{where}: field {name!r} should be a string or an integer, got {type(value).__name__}")
+    return str(value)
+
+
 def _messages(where: str, value, name: str, judged: bool = False) -> list[dict]:
     """A field's list of chat messages, checked. judged: a conversation the judge is shown, which has user
     and assistant turns only (the judge prompts flatten them as "User:" and "Chatbot A:" lines)."""
@@ -403,8 +412,7 @@ def read_rewardbench(path) -> list[Pair]:
     """
     pairs = []
     for where, r in read_rows(path):
-        rid = require(where, r, "id", None)
-        pairs.append(Pair(str(rid), [{"role": "user", "content": require(where, r, "prompt")}],
+        pairs.append(Pair(require_id(where, r, "id"), [{"role": "user", "content": require(where, r, "prompt")}],
                           require(where, r, "chosen"), require(where, r, "rejected"), require(where, r, "subset")))
     return _unique(pairs, str(path))
 
@@ -429,7 +437,7 @@ def read_rmbench(path) -> list[Pair]:
             domain = "safety" if str(domain).startswith("safety") else domain
             if domain not in RMBENCH_DOMAINS:
                 raise InputError(f"{where}: RM-Bench domain {domain!r} is not one of {RMBENCH_DOMAINS}")
-            rid = require(where, r, "id", None)
+            rid = require_id(where, r, "id")
             chosen, rejected = require(where, r, "chosen", list), require(where, r, "rejected", list)
             if len(chosen) != 3 or len(rejected) != 3 or not all(isinstance(x, str) for x in chosen + rejected):
                 raise InputError(f"{where}: RM-Bench rows need 3 chosen and 3 rejected strings")
@@ -479,14 +487,14 @@ def read_rmb(path) -> list[Pair]:
                 losers = require(where, r, "loser_list", list)
                 if not losers:
                     raise InputError(f"{where}: loser_list is empty (a Best-of-N item needs at least one loser)")
-                uid = str(require(where, r, "bon_uid", None))
+                uid = require_id(where, r, "bon_uid")
                 for k, loser in enumerate(losers):
                     pairs.append(Pair(f"bon/{uid}/{k}", context, best, require(f"{where} loser {k}", loser, "answer"),
                                       category, f"bon/{uid}", {"loser": k, "losers": len(losers)}))
             else:
                 chosen = require(where, require(where, r, "chosen", dict), "answer")
                 rejected = require(where, require(where, r, "reject", dict), "answer")
-                pairs.append(Pair(f"pair/{require(where, r, 'pair_uid', None)}", context, chosen, rejected, category))
+                pairs.append(Pair(f"pair/{require_id(where, r, 'pair_uid')}", context, chosen, rejected, category))
     return _unique(pairs, str(path))
 
 
@@ -501,7 +509,7 @@ def read_pairs(path) -> list[Pair]:
     for k, (where, r) in enumerate(read_rows(path)):
         if not isinstance(r, dict):
             raise InputError(f"{where}: row is a {type(r).__name__}, expected an object")
-        rid = str(r.get("id", k))
+        rid = require_id(where, r, "id") if "id" in r else str(k)
         if isinstance(r.get("chosen"), list):  # Skywork
             c = _messages(where, r["chosen"], "chosen", judged=True)
             rj = _messages(where, require(where, r, "rejected", list), "rejected", judged=True)

@@ -165,6 +165,16 @@ def test_rows_that_are_not_utf8_name_file_and_line(tmp_path):
     ("x.jsonl", '"a row"', data.read_rewardbench, r"x.jsonl:1: row is a str, expected an object"),
     ("x.jsonl", '{"chosen": [{"role": "user", "content": "q"}], "rejected": [{"role": "user", "content": "q"}]}',
      data.read_pairs, r"x.jsonl:1: chosen and rejected must end with an assistant message"),
+    # ids name judgments: a string or an integer, never an object, list, boolean or null turned into a name
+    ("x.jsonl", '{"id": {"n": 1}, "prompt": "q", "chosen": "a", "rejected": "b"}', data.read_pairs,
+     r"x.jsonl:1: field 'id' should be a string or an integer, got dict"),
+    ("x.jsonl", '{"id": true, "prompt": "q", "chosen": "a", "rejected": "b", "subset": "s"}', data.read_rewardbench,
+     r"x.jsonl:1: field 'id' should be a string or an integer, got bool"),
+    ("chat.json", '[{"id": [1], "prompt": "q", "chosen": ["a", "b", "c"], "rejected": ["d", "e", "f"]}]',
+     data.read_rmbench, r"chat.json:1: field 'id' should be a string or an integer, got list"),
+    ("x.jsonl", '{"conversation_input": [{"role": "user", "content": "q"}], "category_path": "Pairwise_set/Helpfulness/'
+                'Chat/Brainstorming", "chosen": {"answer": "a"}, "reject": {"answer": "b"}, "pair_uid": null}',
+     data.read_rmb, r"x.jsonl:1: field 'pair_uid' should be a string or an integer, got NoneType"),
 ])
 def test_malformed_files_name_file_and_row(tmp_path, name, text, read, match):
     (tmp_path / name).write_text(text)
