@@ -482,9 +482,16 @@ def load_model(cfg: EvalConfig, device=None):
     return load(cfg.model, device=device, dtype=torch.bfloat16 if device.type == "cuda" else torch.float32).eval()
 
 
+# flags of a benchmark run, which one-pair mode (judged as given, streamed, nothing written) has no use for
+RUN_ONLY = ("bench", "data", "out", "slots", "seed", "both_orders", "limit", "score_only")
+
+
 def one_pair(cfg: EvalConfig):
     from sample import TextStream, generate
 
+    if run_flags := [f"--{f.replace('_', '-')}" for f in RUN_ONLY if getattr(cfg, f) != getattr(EvalConfig, f)]:
+        raise SystemExit(f"one-pair mode judges the pair as given and writes nothing: {', '.join(run_flags)} "
+                         f"{'is' if len(run_flags) == 1 else 'are'} for benchmark runs")
     flags = {"--question": cfg.question, "--answer-a": cfg.answer_a, "--answer-b": cfg.answer_b}
     if cfg.pair_file:
         if any(flags.values()):

@@ -464,6 +464,13 @@ def test_one_pair_from_a_file_and_its_errors(tiny, tmp_path, capsys):
         ev.main(args + ["--question", "2+2?", "--answer-a", "4"])
     with pytest.raises(SystemExit, match="missing --question"):
         ev.main(args + ["--answer-a", "4", "--answer-b", "5"])
+    # a benchmark run's flags are refused, not ignored: --out would otherwise lose the judgment it was meant to keep
+    with pytest.raises(SystemExit, match="^one-pair mode judges the pair as given and writes nothing: --out is for "
+                                         "benchmark runs$"):
+        ev.main(args + ["--question", "2+2?", "--answer-a", "4", "--answer-b", "5", "--out", str(tmp_path / "run")])
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(SystemExit, match="nothing: --bench, --both-orders, --score-only are for benchmark runs$"):
+        ev.main(args + ["--pair-file", str(f), "--bench", "rmb", "--both-orders", "--score-only"])
 
 
 def test_each_judgment_is_written_as_soon_as_it_is_made(tmp_path, monkeypatch):
