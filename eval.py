@@ -20,7 +20,7 @@ import os
 import re
 import sys
 from collections import defaultdict
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import data
@@ -34,7 +34,7 @@ from rubrics import judge_messages, parse_verdict
 @dataclass
 class EvalConfig:
     model: str = ""  # Hugging Face model folder (not needed with --score-only)
-    bench: str = "pairs"  # rewardbench | rm-bench | rmb | pairs
+    bench: str = ""  # rewardbench | rm-bench | rmb | pairs (default: pairs; with --score-only, the run's own)
     data: str = ""  # file or folder of the benchmark
     out: str = ""  # run folder: judgments.jsonl, scores.json, config.json
     variant: str = "auto"  # auto | instruct | reasoning
@@ -603,12 +603,18 @@ def main(argv=None):
         raise SystemExit(f"{'one-pair mode' if one else '--score-only'} runs in one process: start it without torchrun")
     if one:
         return one_pair(cfg)
-    if cfg.bench not in BENCHES:
+    if cfg.bench and cfg.bench not in BENCHES:
         raise SystemExit(f"--bench must be one of {sorted(BENCHES)}")
     if not cfg.out:
         raise SystemExit("--out is required")
     out = data.run_folder(cfg.out)
     if cfg.score_only:
+        # a run is scored by the rules of the benchmark it judged (scores.json is replaced by what this writes)
+        saved = saved_config(out) or {}
+        if cfg.bench and saved and cfg.bench != saved["bench"]:
+            raise SystemExit(f"{out / 'config.json'}: the run judged {saved['bench']}, not {cfg.bench}: leave out "
+                             f"--bench, or pass --bench {saved['bench']}")
+        cfg = replace(cfg, bench=cfg.bench or saved.get("bench", "pairs"))
         if cfg.data:  # outputs made elsewhere: recompute verdicts, take subsets and groups from the data
             pairs = BENCHES[cfg.bench][0](cfg.data)
             logs = read_logs(out, required=["id", "chosen_at", "output"])
@@ -616,12 +622,13 @@ def main(argv=None):
             total = len(pairs)
         else:
             records = [r for lines in read_logs(out).values() for r in lines]
-            total = (saved_config(out) or {}).get("pairs")
+            total = saved.get("pairs")
         if not records:
             raise InputError(f"{out / 'judgments.jsonl'}: no judgments to score")
     else:
         if not cfg.model or not cfg.data:
             raise SystemExit("--model and --data are required (or --score-only)")
+        cfg = replace(cfg, bench=cfg.bench or "pairs")
         tok = data.Tokenizer.load(cfg.model)
         variant = guess_variant(tok) if cfg.variant == "auto" else cfg.variant
         stamp = model_stamp(cfg.model)

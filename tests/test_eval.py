@@ -360,6 +360,13 @@ def test_end_to_end_eval_and_resume(tiny, tmp_path, capsys, monkeypatch):
     (tmp_path / "run" / "scores.json").unlink()
     ev.main(["--bench", "rm-bench", "--out", str(tmp_path / "run"), "--score-only"])
     assert (tmp_path / "run" / "scores.json").read_text() == scores
+    # without --bench a run is scored by the benchmark it judged (it was scored as plain pairs, replacing its
+    # scores.json); another benchmark is refused, the scores left as they were
+    ev.main(["--out", str(tmp_path / "run"), "--score-only"])
+    assert (tmp_path / "run" / "scores.json").read_text() == scores
+    with pytest.raises(SystemExit, match=r"run/config.json: the run judged rm-bench, not pairs: leave out --bench"):
+        ev.main(["--bench", "pairs", "--out", str(tmp_path / "run"), "--score-only"])
+    assert (tmp_path / "run" / "scores.json").read_text() == scores
 
 
 def test_score_outputs_made_elsewhere(tmp_path):
