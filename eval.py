@@ -484,12 +484,19 @@ def load_model(cfg: EvalConfig, device=None):
 
 # flags of a benchmark run, which one-pair mode (judged as given, streamed, nothing written) has no use for
 RUN_ONLY = ("bench", "data", "out", "slots", "seed", "both_orders", "limit", "score_only")
+# flags that choose which judgments are made and what they say, which --score-only (they are made) cannot apply
+JUDGING_ONLY = ("variant", "max_new_tokens", "seed", "both_orders", "limit")
+
+
+def changed(cfg: EvalConfig, names) -> list[str]:
+    """The flags among `names` given a value other than their default."""
+    return [f"--{f.replace('_', '-')}" for f in names if getattr(cfg, f) != getattr(EvalConfig, f)]
 
 
 def one_pair(cfg: EvalConfig):
     from sample import TextStream, generate
 
-    if run_flags := [f"--{f.replace('_', '-')}" for f in RUN_ONLY if getattr(cfg, f) != getattr(EvalConfig, f)]:
+    if run_flags := changed(cfg, RUN_ONLY):
         raise SystemExit(f"one-pair mode judges the pair as given and writes nothing: {', '.join(run_flags)} "
                          f"{'is' if len(run_flags) == 1 else 'are'} for benchmark runs")
     flags = {"--question": cfg.question, "--answer-a": cfg.answer_a, "--answer-b": cfg.answer_b}
@@ -609,6 +616,9 @@ def main(argv=None):
         raise SystemExit("--out is required")
     out = data.run_folder(cfg.out)
     if cfg.score_only:
+        if judging := changed(cfg, JUDGING_ONLY):
+            raise SystemExit(f"--score-only scores the judgments as they were made: {', '.join(judging)} "
+                             f"{'is' if len(judging) == 1 else 'are'} for judging runs")
         # a run is scored by the rules of the benchmark it judged (scores.json is replaced by what this writes)
         saved = saved_config(out) or {}
         if cfg.bench and saved and cfg.bench != saved["bench"]:

@@ -366,6 +366,10 @@ def test_end_to_end_eval_and_resume(tiny, tmp_path, capsys, monkeypatch):
     assert (tmp_path / "run" / "scores.json").read_text() == scores
     with pytest.raises(SystemExit, match=r"run/config.json: the run judged rm-bench, not pairs: leave out --bench"):
         ev.main(["--bench", "pairs", "--out", str(tmp_path / "run"), "--score-only"])
+    # flags that choose or shape judgments cannot apply to judgments already made: refused, not ignored
+    with pytest.raises(SystemExit, match=r"^--score-only scores the judgments as they were made: --both-orders, "
+                                         r"--limit are for judging runs$"):
+        ev.main(["--out", str(tmp_path / "run"), "--score-only", "--limit", "1", "--both-orders"])
     assert (tmp_path / "run" / "scores.json").read_text() == scores
 
 
