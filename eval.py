@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import data
-from model import InputError, read_json
+from model import InputError, MissingInput, read_json
 from rubrics import judge_messages, parse_verdict
 
 # ----------------------------------------------------------------------------------------------
@@ -482,6 +482,17 @@ def load_model(cfg: EvalConfig, device=None):
     return load(cfg.model, device=device, dtype=torch.bfloat16 if device.type == "cuda" else torch.float32).eval()
 
 
+def read_bench(bench: str, path: str, defaulted: bool) -> list[data.Pair]:
+    """The pairs of a benchmark's data. defaulted: --bench was not given, so a benchmark's own files (read as
+    plain pairs) get an error that says which reader was used."""
+    try:
+        return BENCHES[bench][0](path)
+    except InputError as e:
+        if not defaulted or isinstance(e, MissingInput):
+            raise
+        raise InputError(f"{e} (read as plain pairs, the default: name a benchmark's data with --bench)") from None
+
+
 # flags of a benchmark run, which one-pair mode (judged as given, streamed, nothing written) has no use for
 RUN_ONLY = ("bench", "data", "out", "slots", "seed", "both_orders", "limit", "score_only")
 # flags that choose which judgments are made and what they say, which --score-only (they are made) cannot apply
@@ -624,9 +635,10 @@ def main(argv=None):
         if cfg.bench and saved and cfg.bench != saved["bench"]:
             raise SystemExit(f"{out / 'config.json'}: the run judged {saved['bench']}, not {cfg.bench}: leave out "
                              f"--bench, or pass --bench {saved['bench']}")
+        defaulted = not cfg.bench and not saved
         cfg = replace(cfg, bench=cfg.bench or saved.get("bench", "pairs"))
         if cfg.data:  # outputs made elsewhere: recompute verdicts, take subsets and groups from the data
-            pairs = BENCHES[cfg.bench][0](cfg.data)
+            pairs = read_bench(cfg.bench, cfg.data, defaulted)
             logs = read_logs(out, required=["id", "chosen_at", "output"])
             records = [r for path, lines in logs.items() for r in rescore(lines, pairs, str(path))]
             total = len(pairs)
@@ -638,6 +650,7 @@ def main(argv=None):
     else:
         if not cfg.model or not cfg.data:
             raise SystemExit("--model and --data are required (or --score-only)")
+        defaulted = not cfg.bench
         cfg = replace(cfg, bench=cfg.bench or "pairs")
         tok = data.Tokenizer.load(cfg.model)
         variant = guess_variant(tok) if cfg.variant == "auto" else cfg.variant
@@ -647,7 +660,7 @@ def main(argv=None):
 
         limit = load_config(cfg.model).max_position_embeddings  # the model's config, checked before its weights
         device = flag_device(cfg, int(os.environ.get("LOCAL_RANK", 0)) if world > 1 else None)
-        pairs = BENCHES[cfg.bench][0](cfg.data)
+        pairs = read_bench(cfg.bench, cfg.data, defaulted)
         if not pairs:
             raise InputError(f"{cfg.data}: no {cfg.bench} pairs found")
         data_sha256 = data.pairs_sha256(pairs)  # the pairs' contents, not only the path they were read from

@@ -192,6 +192,23 @@ def test_a_folder_or_missing_file_where_a_file_is_read(tmp_path):
         data.read_rmb(tmp_path)  # a folder (RMB's layout) without any rows
 
 
+def test_a_benchmark_file_read_as_plain_pairs_says_so(tiny, tmp_path):
+    """Without --bench the data is read as plain pairs; a benchmark's own file then fails on its first row, and the
+    error says which reader it met (a missing file is just missing). With --bench, the reader's error alone."""
+    rm_bench = SHARED / "benchmarks" / "rm-bench" / "chat_filtered.json"
+    run = ["--model", str(tiny), "--out", str(tmp_path / "run"), "--device", "cpu"]
+    hint = re.escape(" (read as plain pairs, the default: name a benchmark's data with --bench)")
+    with pytest.raises(InputError, match=rf"^{re.escape(str(rm_bench))}:1: chosen\[0\] is not a .*{hint}$"):
+        ev.main(run + ["--data", str(rm_bench)])
+    with pytest.raises(InputError, match=r"chat_filtered.json:1: missing field 'conversation_input'$"):
+        ev.main(run + ["--data", str(rm_bench), "--bench", "rmb"])
+    with pytest.raises(MissingInput, match=r"typo.jsonl: no such file$"):
+        ev.main(run + ["--data", str(tmp_path / "typo.jsonl")])
+    with pytest.raises(InputError, match=rf"{hint}$"):  # --score-only of judgments made elsewhere, no run folder
+        ev.main(["--out", str(tmp_path / "elsewhere"), "--score-only", "--data", str(rm_bench)])
+    assert not (tmp_path / "run").exists()
+
+
 def test_skywork_with_different_contexts_is_refused(tmp_path):
     f = write(tmp_path / "s.jsonl", [{"chosen": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "x"}],
                                        "rejected": [{"role": "user", "content": "b"}, {"role": "assistant", "content": "y"}]}])
