@@ -482,6 +482,11 @@ def round_size_down(n: int) -> int:
 def check_prompts(cfg: Config, prompts, max_new_tokens):
     """Reject bad input before any work: empty prompts, ids that are not integers or outside the model's
     vocabulary, too long for it. Returns the prompts as lists of ints, and one max_new_tokens per prompt."""
+    if hasattr(prompts, "ndim"):  # a torch or numpy array: one prompt per row
+        if prompts.ndim != 2:
+            raise TypeError(f"generate: prompts is a {prompts.ndim}-d array; give a 2-d [prompts, length] array or a "
+                            "list of token-id lists")
+        prompts = prompts.tolist()
     if not prompts:
         raise ValueError("generate: no prompts")
     limits = max_new_tokens if isinstance(max_new_tokens, (list, tuple)) else [max_new_tokens] * len(prompts)
@@ -527,9 +532,11 @@ def _is_count(x) -> bool:
     return _is_int(x) and x >= 1
 
 
-def check_settings(n, temperature, top_k, top_p, eos_ids, seed, slots, sync_every, prefill_tokens) -> tuple:
-    """Reject bad generate() settings by name before any work (a sync interval of 0 would never return).
-    Returns eos_ids as a tuple (read once: a generator of ids is not silently used up)."""
+def check_settings(cfg: Config, n, temperature, top_k, top_p, eos_ids, seed, slots, sync_every,
+                   prefill_tokens) -> tuple:
+    """Reject bad generate() settings by name before any work (a sync interval of 0 would never return, an eos id
+    outside the vocabulary never stop a row). Returns eos_ids as a tuple (read once: a generator of ids is not
+    silently used up)."""
     counts = dict(n=n, sync_every=sync_every, prefill_tokens=prefill_tokens)
     if slots is not None:  # None: the default count
         counts["slots"] = slots
@@ -549,7 +556,10 @@ def check_settings(n, temperature, top_k, top_p, eos_ids, seed, slots, sync_ever
     eos = tuple(eos_ids)
     if not all(map(_is_int, eos)):
         raise TypeError(f"generate: eos_ids must be integer token ids, got {eos!r}")
-    return tuple(map(operator.index, eos))
+    eos = tuple(map(operator.index, eos))
+    if outside := [t for t in eos if not 0 <= t < cfg.vocab_size]:
+        raise ValueError(f"generate: eos id {outside[0]} is outside the vocabulary [0, {cfg.vocab_size})")
+    return eos
 
 
 @torch.no_grad()
@@ -557,7 +567,8 @@ def generate(model: Transformer, prompts, max_new_tokens, n: int = 1, temperatur
              top_p: float = 1.0, eos_ids=(), seed: int = 0, return_logprobs: bool = False, slots: int | None = None,
              sync_every: int = SYNC_EVERY, cuda_graph: bool = True, prefill_tokens: int = PREFILL_TOKENS,
              on_tokens=None, progress=None) -> list[Sample]:
-    """Sample `n` continuations of each prompt (lists of token ids, any lengths).
+    """Sample `n` continuations of each prompt (lists of token ids, any lengths; or a 2-d tensor or numpy array,
+    one prompt per row).
 
     max_new_tokens: an int, or one int per prompt. eos_ids: a row stops after emitting any of them.
     temperature 0 is greedy. Returns len(prompts) * n Samples, prompt-major, each with its new tokens,
@@ -572,7 +583,7 @@ def generate(model: Transformer, prompts, max_new_tokens, n: int = 1, temperatur
     """
     global _engine
     prompts, limits = check_prompts(model.cfg, prompts, max_new_tokens)
-    eos_ids = check_settings(n, temperature, top_k, top_p, eos_ids, seed, slots, sync_every, prefill_tokens)
+    eos_ids = check_settings(model.cfg, n, temperature, top_k, top_p, eos_ids, seed, slots, sync_every, prefill_tokens)
     longest = max(len(p) + m for p, m in zip(prompts, limits))
     max_len, max_new = round_len(longest), round_len(max(limits))
     slots = min(slots or _slots_that_fit(model, max_len, max_new, prefill_tokens), len(prompts) * n)
@@ -690,8 +701,9 @@ def main(argv=None):
                     seed=cfg.seed, sync_every=4)
     try:
         checked_device(device)  # cuda:N that this process cannot see
-        check_prompts(load_config(cfg.model), [ids], cfg.max_new_tokens)
-        check_settings(n=1, slots=None, prefill_tokens=PREFILL_TOKENS, **settings)  # generate's defaults for these
+        model_cfg = load_config(cfg.model)
+        check_prompts(model_cfg, [ids], cfg.max_new_tokens)
+        check_settings(model_cfg, n=1, slots=None, prefill_tokens=PREFILL_TOKENS, **settings)  # generate's defaults
     except ValueError as e:  # a flag out of range: one line, as argparse reports a bad flag, not a traceback
         raise SystemExit(f"sample.py: {str(e).removeprefix('generate: ')}") from None
     model = load(cfg.model, device=device, dtype=dtype).eval()

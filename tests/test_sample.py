@@ -360,7 +360,9 @@ def test_bad_input_is_refused_before_work(models):
                     (dict(seed=1.5), "seed must be an integer, got 1.5"),
                     (dict(eos_ids="7"), "eos_ids must be a collection of token ids, got '7'"),
                     (dict(eos_ids=7), "eos_ids must be a collection of token ids, got 7"),
-                    (dict(eos_ids=[7, 2.0]), r"eos_ids must be integer token ids, got \(7, 2.0\)")]:
+                    (dict(eos_ids=[7, 2.0]), r"eos_ids must be integer token ids, got \(7, 2.0\)"),
+                    # an eos id the model cannot emit would never stop a row (a tokenizer of another model's)
+                    (dict(eos_ids=[7, 512]), r"eos id 512 is outside the vocabulary \[0, 512\)")]:
         kw = {"max_new_tokens": 4} | kw
         with pytest.raises((ValueError, TypeError), match=msg):
             generate(ours, [[1, 2], [3]], **kw)
@@ -372,6 +374,14 @@ def test_prompts_of_numpy_or_tensor_ids_decode_as_lists(models):
     want = generate(ours, [ids], 6, temperature=0)[0].tokens
     assert generate(ours, [torch.tensor(ids)], 6, temperature=0)[0].tokens == want
     assert generate(ours, [np.array(ids)], 6, temperature=0)[0].tokens == want
+    # a 2-d array holds one prompt per row (prompts of one length); any other shape is refused by name
+    rows = [ids, [5, 6, 7, 8]]
+    want = [o.tokens for o in generate(ours, rows, 6, temperature=0)]
+    assert [o.tokens for o in generate(ours, torch.tensor(rows), 6, temperature=0)] == want
+    assert [o.tokens for o in generate(ours, np.array(rows), 6, temperature=0)] == want
+    for flat in (torch.tensor(ids), np.array(ids), torch.tensor(3)):
+        with pytest.raises(TypeError, match=rf"^generate: prompts is a {flat.ndim}-d array; give a 2-d"):
+            generate(ours, flat, 6)
 
 
 @pytest.fixture(scope="module")
