@@ -793,6 +793,9 @@ def load(path, device="cpu", dtype: torch.dtype | None = torch.bfloat16) -> Tran
     file, converted, and assigned in place: peak memory is one copy of the weights plus one tensor.
     """
     device = checked_device(device)
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise TypeError(f"load: dtype must be a floating-point torch.dtype (torch.bfloat16, torch.float32, ...) or "
+                        f"None for the checkpoint's own, got {dtype!r}")
     cfg = load_config(path)
     with torch.device("meta"):
         model = Transformer(cfg)
@@ -837,6 +840,11 @@ def save(model: Transformer, path, max_shard_bytes: int = 5 * 2**30, state_dict=
         if other:
             raise FileExistsError(f"save: {path} holds {other[:5]}, which are not checkpoint files; saving would "
                                   f"replace the folder, so choose a new or empty one")
+    if copy_files_from is not None:  # a folder without them would leave the checkpoint without its tokenizer
+        src = Path(copy_files_from)
+        if not src.is_dir() or not any((src / name).is_file() for name in TOKENIZER_FILES):
+            raise FileNotFoundError(f"save: copy_files_from {src} is not a folder holding tokenizer files "
+                                    f"({', '.join(TOKENIZER_FILES)})")
     cfg = model.cfg
     sd = state_dict if state_dict is not None else model.state_dict()
     kmap = key_map(cfg)

@@ -1,6 +1,7 @@
 """model.py against transformers: logits, checkpoint round trips, and every refusal."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -181,7 +182,20 @@ def test_save_replaces_a_checkpoint_but_never_a_folder_holding_other_files(tmp_p
     assert (runs / "notes.txt").read_text() == "a week of work" and (runs / "sft").is_dir()
     with pytest.raises(FileExistsError, match="notes.txt is a file"):
         M.save(m, runs / "notes.txt")
+    # a tokenizer source without tokenizer files (a typo, a weights-only folder) would give a checkpoint none
+    for src in (tmp_path / "typo", tmp_path / "src", runs / "notes.txt"):
+        with pytest.raises(FileNotFoundError, match=rf"^save: copy_files_from {re.escape(str(src))} is not a folder "
+                                                    r"holding tokenizer files \(tokenizer.json, "):
+            M.save(m, tmp_path / "new", copy_files_from=src)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "runs", "src"]  # no temp folder left behind
+
+
+def test_load_refuses_a_dtype_that_is_not_a_float(tmp_path):
+    """An integer dtype would fail deep in the copy of the first tensor, a string at the first .to()."""
+    _saved(tmp_path)
+    for dtype in (torch.int8, "bfloat16"):
+        with pytest.raises(TypeError, match=rf"^load: dtype must be a floating-point torch.dtype .*, got {dtype!r}$"):
+            M.load(tmp_path, dtype=dtype)
 
 
 # -- refusals ----------------------------------------------------------------------------------
