@@ -31,6 +31,9 @@ from model import InputError, MissingInput, read_generation_config, read_json, r
 # Chat templates
 
 
+CHAT_ROLES = ("system", "user", "assistant", "tool")
+
+
 class ChatTemplate:
     """A checkpoint's Jinja chat template, rendered as transformers renders it (sandboxed environment,
     trim_blocks + lstrip_blocks, loop controls, a `tojson` that keeps non-ASCII, `raise_exception`).
@@ -60,10 +63,15 @@ class ChatTemplate:
         self.special_tokens = dict(special_tokens or {})  # bos_token, eos_token, ... as the template sees them
 
     def render(self, messages: list[dict], add_generation_prompt: bool = False, **kwargs) -> str:
-        """kwargs: extra template variables, e.g. enable_thinking=False for Qwen3."""
+        """kwargs: extra template variables, e.g. enable_thinking=False for Qwen3. Messages are text: a role the
+        templates know (one they skip, such as "robot", would vanish from the prompt) and string content."""
+        if not isinstance(messages, (list, tuple)) or not messages:
+            raise ValueError(f"messages must be a non-empty list of {{role, content}} dicts, got {messages!r:.80}")
         for i, m in enumerate(messages):
             if not isinstance(m, dict) or "role" not in m or "content" not in m:
                 raise ValueError(f"message {i} must be a dict with 'role' and 'content', got {m!r:.80}")
+            if m["role"] not in CHAT_ROLES or not isinstance(m["content"], str):
+                raise ValueError(f"message {i} must have a role in {CHAT_ROLES} and string content, got {m!r:.80}")
         return self.template.render(messages=messages, tools=None, documents=None,
                                     add_generation_prompt=add_generation_prompt, **{**self.special_tokens, **kwargs})
 

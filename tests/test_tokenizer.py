@@ -327,3 +327,23 @@ def test_an_error_the_template_raises_names_the_folder_and_conversation(tmp_path
     with pytest.raises(InputError, match=f"^{folder}: the chat template failed on this conversation: "
                                          f"System role not supported$"):
         tok.apply_chat_template(bad)
+
+
+def test_messages_that_are_not_text_turns_are_refused(pair):
+    """transformers renders a role the template does not know by leaving the message out (the prompt silently
+    loses it), and fails inside Jinja on content that is not a string. Ours names the message instead."""
+    ours, ref = pair
+    robot = [{"role": "user", "content": "hi"}, {"role": "robot", "content": "beep"}]
+    rendered = ref.apply_chat_template(robot, tokenize=False, add_generation_prompt=True)
+    assert "beep" not in rendered  # the message that would vanish
+    with pytest.raises(ValueError, match=r"^message 1 must have a role in \('system', 'user', 'assistant', 'tool'\) "
+                                         r"and string content, got \{'role': 'robot'"):
+        ours.encode_chat(robot, True)
+    for content in (None, 5, [{"type": "text", "text": "hi"}]):
+        with pytest.raises(ValueError, match=r"^message 0 must have a role in .* and string content"):
+            ours.encode_chat([{"role": "user", "content": content}], True)
+    for messages in ([], "hi", {"role": "user", "content": "hi"}):
+        with pytest.raises(ValueError, match=r"^messages must be a non-empty list of \{role, content\} dicts"):
+            ours.encode_chat(messages, True)
+    turns = ({"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"})  # a tuple is a sequence too
+    assert ours.encode_chat(turns) == ref.apply_chat_template(list(turns), tokenize=True, return_dict=False)
