@@ -165,7 +165,13 @@ def judge_messages(conv_a: list[dict], conv_b: list[dict], variant: str = "instr
     """
     if variant not in ("instruct", "reasoning"):
         raise ValueError(f"variant must be 'instruct' or 'reasoning', got {variant!r}")
-    if is_single_turn(conv_a) and is_single_turn(conv_b):
+    for name, conv in (("conv_a", conv_a), ("conv_b", conv_b)):
+        if not conv or not isinstance(conv[-1], dict) or conv[-1].get("role") != "assistant":
+            raise ValueError(f"{name} must end with the chatbot's answer (an assistant message)")
+    single = is_single_turn(conv_a) and is_single_turn(conv_b)
+    if single and conv_a[0]["content"] != conv_b[0]["content"]:  # the prompt shows one question
+        raise ValueError("conv_a and conv_b answer different questions; a pair shares its question")
+    if single:
         template = INSTRUCT_USER_SINGLE if variant == "instruct" else REASONING_USER_SINGLE
         user = template.format(question=conv_a[0]["content"], answer_a=conv_a[1]["content"],
                                answer_b=conv_b[1]["content"])

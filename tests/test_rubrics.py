@@ -51,6 +51,16 @@ def test_multi_turn_flattening():
         judge_messages(a, b, "other")
 
 
+def test_a_pair_the_prompt_cannot_show_is_refused():
+    """The single-turn prompt shows one question, so a pair whose questions differ would lose B's; a conversation
+    without a final answer leaves nothing to compare (the flattened prompt would show it anyway)."""
+    with pytest.raises(ValueError, match="^conv_a and conv_b answer different questions"):
+        judge_messages(conv("Q?", "yes"), conv("Other?", "no"))
+    for a, b, name in ((conv("Q?"), conv("Q?", "no"), "conv_a"), (conv("Q?", "yes"), [], "conv_b")):
+        with pytest.raises(ValueError, match=rf"^{name} must end with the chatbot's answer"):
+            judge_messages(a, b)
+
+
 EOS = "<|im_end|>"
 
 
