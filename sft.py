@@ -109,14 +109,25 @@ def check_out(cfg: SFTConfig, data_sha256: str):
             raise SystemExit(f"{out} holds a run ({', '.join(there)}): pass --resume to continue it, "
                              f"or use another --out")
         return
-    if saved is None:
-        return  # nothing was started there: load_state says there is no state
-    now = {**asdict(cfg), "data_sha256": data_sha256}  # the rows too, not only their path
-    keys = SAME_ON_RESUME + ("data_sha256",) if "data_sha256" in saved else SAME_ON_RESUME  # older runs lack it
-    diff = data.changed_settings(saved, now, keys)
-    if diff:
-        raise SystemExit(f"{out / 'config.json'}: the run was started with other settings ({'; '.join(diff)}); "
-                         f"resume with those, or start a new run in another --out")
+    if saved is not None:
+        now = {**asdict(cfg), "data_sha256": data_sha256}  # the rows too, not only their path
+        keys = SAME_ON_RESUME + ("data_sha256",) if "data_sha256" in saved else SAME_ON_RESUME  # older runs lack it
+        diff = data.changed_settings(saved, now, keys)
+        if diff:
+            raise SystemExit(f"{out / 'config.json'}: the run was started with other settings ({'; '.join(diff)}); "
+                             f"resume with those, or start a new run in another --out")
+    check_state(out)  # before anything is written: a --resume with nothing to resume leaves the folder as it was
+
+
+def check_state(out: Path):
+    """A saved training state in out/state (its progress.json is written last), or an error saying where one
+    may be: a save cut off between setting the old state aside and renaming the new one leaves it aside."""
+    path = out / "state"
+    if not (path / "progress.json").is_file():
+        aside = sorted(out.glob(".state.old-*"))
+        hint = (f"; {aside[0]} is the previous state, set aside by a save that was cut off: rename it to {path}"
+                if aside else "")
+        raise M.MissingInput(f"{path}: no training state to resume from{hint}")
 
 
 def file_sha256(path) -> str:
@@ -417,11 +428,7 @@ def load_state(model, optim, out: Path) -> int:
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
     path = out / "state"
-    if not (path / "progress.json").is_file():
-        aside = sorted(out.glob(".state.old-*"))
-        hint = (f"; {aside[0]} is the previous state, set aside by a save that was cut off: rename it to {path}"
-                if aside else "")
-        raise M.MissingInput(f"{path}: no training state to resume from{hint}")
+    check_state(out)  # (check_out made the same check before anything was written)
     step = M.read_json(path / "progress.json").get("step")
     if not isinstance(step, int) or isinstance(step, bool) or step < 0:
         raise M.InputError(f"{path / 'progress.json'}: 'step' should be a whole number >= 0, got {step!r}")

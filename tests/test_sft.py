@@ -235,9 +235,21 @@ def test_sigkill_at_any_moment_then_resume(run_dir, straight):
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
-def test_resume_without_state_is_a_clear_error(run_dir, tmp_path):
+def test_resume_without_state_is_a_clear_error_that_writes_nothing(run_dir, straight, tmp_path):
     with pytest.raises(AssertionError, match="no training state to resume from"):
         run(run_dir, tmp_path / "fresh", "--resume")
+    assert not (tmp_path / "fresh").exists()  # it used to be made, holding a config.json
+    # a save cut off after setting the old state aside: the error names it, and the folder is left as it was
+    cut = tmp_path / "cut"
+    cut.mkdir()
+    shutil.copy(run_dir / "straight" / "config.json", cut / "config.json")
+    shutil.copytree(run_dir / "straight" / "state", cut / ".state.old-7")
+    before = (cut / "config.json").read_bytes()
+    with pytest.raises(AssertionError, match=r"cut/state: no training state to resume from; \S*cut/.state.old-7 is "
+                                             r"the previous state, set aside by a save that was cut off: rename it"):
+        run(run_dir, cut, "--resume")
+    assert sorted(p.name for p in cut.iterdir()) == [".state.old-7", "config.json"]
+    assert (cut / "config.json").read_bytes() == before
 
 
 def test_a_run_folder_is_never_mixed_with_another_run(run_dir, straight):
