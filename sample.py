@@ -549,6 +549,9 @@ def check_settings(cfg: Config, n, temperature, top_k, top_p, eos_ids, seed, slo
         raise ValueError(f"generate: top_k must be an integer >= 0 (0 = off), got {top_k!r}")
     if not (isinstance(top_p, numbers.Real) and 0 < top_p <= 1):
         raise ValueError(f"generate: top_p must be in (0, 1], got {top_p!r}")
+    if temperature == 0 and (top_k or top_p < 1):  # greedy takes the most likely token, which both filters keep
+        raise ValueError(f"generate: top_k and top_p filter sampling and greedy decoding (temperature 0) ignores "
+                         f"them: set temperature > 0 to sample, got top_k={top_k}, top_p={top_p}")
     if not _is_index(seed):
         raise ValueError(f"generate: seed must be an integer, got {seed!r}")
     if _is_index(eos_ids) or isinstance(eos_ids, (str, bytes)):

@@ -357,6 +357,10 @@ def test_bad_input_is_refused_before_work(models):
                     (dict(temperature=float("nan")), "temperature must be a finite number >= 0"),
                     (dict(top_k=2.5), "top_k must be an integer >= 0"),
                     (dict(top_p=0), r"top_p must be in \(0, 1\]"),
+                    # filters that greedy decoding would ignore (the CLI's temperature defaults to 0)
+                    (dict(temperature=0, top_k=5), r"top_k and top_p filter sampling and greedy decoding"),
+                    (dict(temperature=0, top_p=0.9), r"ignores them: set temperature > 0 to sample, got top_k=0, "
+                                                     r"top_p=0.9"),
                     (dict(seed=1.5), "seed must be an integer, got 1.5"),
                     (dict(eos_ids="7"), "eos_ids must be a collection of token ids, got '7'"),
                     (dict(eos_ids=7), "eos_ids must be a collection of token ids, got 7"),
@@ -471,6 +475,7 @@ def test_cli_holds_back_half_characters_and_prints_them_at_the_end(chat_model, m
     (["--top-k", "-1"], SystemExit, r"^sample.py: top_k must be an integer >= 0"),
     (["--device", "cuda:99"], SystemExit, r"^sample.py: device cuda:99: this process sees \d GPUs?"),
     (["--device", "tpu"], SystemExit, r"^sample.py: device tpu: expected cuda, cuda:N or cpu$"),
+    (["--top-p", "0.9"], SystemExit, r"^sample.py: top_k and top_p filter sampling and greedy decoding"),
 ])
 def test_cli_bad_settings_stop_before_the_weights_load(chat_model, monkeypatch, flags, error, match):
     """The CLI checks its prompt and settings as generate does, against the folder's config.json, before
