@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime
 from pathlib import Path
 
-from model import InputError, MissingInput, read_generation_config, read_json, read_text
+from model import InputError, MissingInput, read_generation_config, read_json, read_text, run_folder_hint
 
 # ----------------------------------------------------------------------------------------------
 # Chat templates
@@ -158,7 +158,8 @@ class Tokenizer:
             raise MissingInput(f"{path}: not a folder (expected a Hugging Face model folder)")
         tj = path / "tokenizer.json"
         if not tj.is_file():
-            raise MissingInput(f"{path}: no tokenizer.json (this loader reads the fast-tokenizer file only)")
+            raise MissingInput(f"{path}: no tokenizer.json (this loader reads the fast-tokenizer file only)"
+                               f"{run_folder_hint(path)}")
         cfg_file = path / "tokenizer_config.json"
         cfg = read_json(cfg_file) if cfg_file.is_file() else {}
         template = ChatTemplate.from_folder(path, cfg)  # None: a base model, which can still encode and decode

@@ -662,8 +662,20 @@ def load_config(path) -> Config:
     path = Path(path)
     f = path / "config.json"
     if not f.is_file():
-        raise MissingInput(f"{path}: no config.json (expected a Hugging Face model folder)")
-    return Config.from_hf(read_json(f), where=str(f))
+        raise MissingInput(f"{path}: no config.json (expected a Hugging Face model folder){run_folder_hint(path)}")
+    try:
+        return Config.from_hf(read_json(f), where=str(f))
+    except InputError as e:
+        if hint := run_folder_hint(path):
+            raise InputError(f"{e}{hint}") from None
+        raise
+
+
+def run_folder_hint(path) -> str:
+    """For an error about a folder that is not a model: where the model is, when the folder is an sft run's (its
+    Hugging Face export is in hf/), else ''."""
+    export = Path(path) / "hf"
+    return f"; {path} is a training run's folder, whose model is {export}" if (export / "config.json").is_file() else ""
 
 
 def checkpoint_files(path) -> dict[str, Path]:

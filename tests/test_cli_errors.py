@@ -2,6 +2,7 @@
 traceback, as a bad flag does; any other exception keeps its traceback (data.run_cli)."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -9,7 +10,7 @@ import pytest
 from conftest import ROOT
 
 import data
-from model import InputError, MissingInput
+from model import InputError, MissingInput, load_config
 
 
 def command(tmp_path, script, *args):
@@ -109,3 +110,28 @@ def test_sft_checks_the_weight_files_before_writing_its_folder(tmp_path):
     rc, err = command(tmp_path, "sft.py", "--model", "model", "--data", "rows.jsonl", "--out", "run")
     assert (rc, err) == (1, "sft.py: model: neither model.safetensors nor model.safetensors.index.json\n")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_training_run_folder_given_as_the_model_names_its_export(tmp_path, monkeypatch):
+    """`--model runs/sft` instead of `runs/sft/hf` (an easy slip: sft writes its model inside its run folder). The
+    errors are those of any folder that is not a model, with where the model is added."""
+    from conftest import tiny_judge
+
+    run = tmp_path / "runs" / "sft"
+    tiny_judge(run / "hf")
+    (run / "config.json").write_text(json.dumps({"model": "base", "global_batch": 128}))  # sft's own settings
+    hint = "; runs/sft is a training run's folder, whose model is runs/sft/hf"
+    rc, err = command(tmp_path, "sample.py", "--model", "runs/sft", "--prompt", "hi", "--device", "cpu")
+    assert (rc, err) == (1, f"sample.py: runs/sft: no tokenizer.json (this loader reads the fast-tokenizer file "
+                            f"only){hint}\n")
+    rc, err = command(tmp_path, "sft.py", "--model", "runs/sft", "--data", "rows.jsonl", "--out", "run2")
+    assert (rc, err) == (1, f"sft.py: runs/sft/config.json: unsupported architectures=[] (only Qwen2ForCausalLM and "
+                            f"Qwen3ForCausalLM are implemented){hint}\n")
+    assert not (tmp_path / "run2").exists()
+    (run / "config.json").unlink()
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(MissingInput, match=r"^runs/sft: no config.json \(expected a Hugging Face model folder\)"
+                                           + re.escape(hint) + "$"):
+        load_config("runs/sft")
+    with pytest.raises(MissingInput, match=r"^runs: no config.json \(expected a Hugging Face model folder\)$"):
+        load_config("runs")  # no export inside: no hint
