@@ -99,8 +99,9 @@ SAME_ON_RESUME = ("model", "data", "max_len", "global_batch", "epochs", "lr", "m
                   "beta1", "beta2", "weight_decay", "grad_clip", "compute_dtype", "seed")
 
 
-def check_out(cfg: SFTConfig, data_sha256: str):
-    """A new run needs a folder without one; --resume needs the settings (and data) the run was started with."""
+def check_out(cfg: SFTConfig, data_sha256: str) -> int:
+    """A new run needs a folder without one; --resume needs the settings (and data) the run was started with, and
+    its saved state. Returns the step to start from (0 for a new run)."""
     out = data.run_folder(cfg.out)
     saved = data.run_config(out, {"global_batch"}, "an SFT run")
     there = [p.name for p in (out / "state", out / "metrics.jsonl") if p.exists()]
@@ -108,7 +109,7 @@ def check_out(cfg: SFTConfig, data_sha256: str):
         if there:
             raise SystemExit(f"{out} holds a run ({', '.join(there)}): pass --resume to continue it, "
                              f"or use another --out")
-        return
+        return 0
     if saved is not None:
         now = {**asdict(cfg), "data_sha256": data_sha256}  # the rows too, not only their path
         keys = SAME_ON_RESUME + ("data_sha256",) if "data_sha256" in saved else SAME_ON_RESUME  # older runs lack it
@@ -116,18 +117,23 @@ def check_out(cfg: SFTConfig, data_sha256: str):
         if diff:
             raise SystemExit(f"{out / 'config.json'}: the run was started with other settings ({'; '.join(diff)}); "
                              f"resume with those, or start a new run in another --out")
-    check_state(out)  # before anything is written: a --resume with nothing to resume leaves the folder as it was
+    return saved_step(out)  # before anything is written: a --resume with nothing to resume leaves the folder alone
 
 
-def check_state(out: Path):
-    """A saved training state in out/state (its progress.json is written last), or an error saying where one
-    may be: a save cut off between setting the old state aside and renaming the new one leaves it aside."""
+def saved_step(out: Path) -> int:
+    """The step of the training state saved in out/state (its progress.json, written last), or an error saying
+    what is wrong, or where the state may be: a save cut off between setting the old state aside and renaming the
+    new one leaves it aside."""
     path = out / "state"
     if not (path / "progress.json").is_file():
         aside = sorted(out.glob(".state.old-*"))
         hint = (f"; {aside[0]} is the previous state, set aside by a save that was cut off: rename it to {path}"
                 if aside else "")
         raise M.MissingInput(f"{path}: no training state to resume from{hint}")
+    step = M.read_json(path / "progress.json").get("step")
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        raise M.InputError(f"{path / 'progress.json'}: 'step' should be a whole number >= 0, got {step!r}")
+    return step
 
 
 def file_sha256(path) -> str:
@@ -423,15 +429,12 @@ def save_state(model, optim, step: int, out: Path):
     dist.barrier()
 
 
-def load_state(model, optim, out: Path) -> int:
+def load_state(model, optim, out: Path):
+    """The model and optimizer state saved in out/state (check_out has checked it is there, and read its step)."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
     path = out / "state"
-    check_state(out)  # (check_out made the same check before anything was written)
-    step = M.read_json(path / "progress.json").get("step")
-    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
-        raise M.InputError(f"{path / 'progress.json'}: 'step' should be a whole number >= 0, got {step!r}")
     msd, osd = get_state_dict(model, optim)
     state = {"model": msd, "optim": osd}
     # Saves replace the folder whole, so a failure here is a file cut short or edited since. dcp gathers the ranks'
@@ -444,7 +447,6 @@ def load_state(model, optim, out: Path) -> int:
         why = f"{type(cause).__name__}: {text}" if text else type(cause).__name__
         raise M.InputError(f"{path}: the saved training state cannot be read ({why})") from e
     set_state_dict(model, optim, model_state_dict=state["model"], optim_state_dict=state["optim"])
-    return step
 
 
 # ----------------------------------------------------------------------------------------------
@@ -469,7 +471,7 @@ def train(cfg: SFTConfig):
 
     rank, world, device = setup_distributed()
     data_sha256 = file_sha256(cfg.data)
-    check_out(cfg, data_sha256)
+    start = check_out(cfg, data_sha256)  # the step a resumed run starts from, 0 for a new one
     dist.barrier()  # every rank has looked at the folder before rank 0 writes to it
     torch.manual_seed(cfg.seed)
     out = Path(cfg.out)
@@ -487,7 +489,8 @@ def train(cfg: SFTConfig):
     n_params = sum(p.numel() for p in model.parameters())
     optim = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
                               weight_decay=cfg.weight_decay, fused=True)
-    start = load_state(model, optim, out) if cfg.resume else 0
+    if cfg.resume:
+        load_state(model, optim, out)
     if rank == 0 and cfg.resume and (out / "metrics.jsonl").is_file():
         kept = metrics_up_to(out / "metrics.jsonl", start)
         data.write_atomic(out / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in kept))
