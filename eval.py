@@ -499,17 +499,16 @@ RUN_ONLY = ("bench", "data", "out", "slots", "seed", "both_orders", "limit", "sc
 JUDGING_ONLY = ("variant", "max_new_tokens", "seed", "both_orders", "limit")
 
 
-def changed(cfg: EvalConfig, names) -> list[str]:
-    """The flags among `names` given a value other than their default."""
-    return [f"--{f.replace('_', '-')}" for f in names if getattr(cfg, f) != getattr(EvalConfig, f)]
+def refuse_flags(cfg: EvalConfig, names, mode: str, meant_for: str):
+    """Stop, naming the flags among `names` given a value other than their default, which `mode` cannot apply."""
+    if given := [f"--{f.replace('_', '-')}" for f in names if getattr(cfg, f) != getattr(EvalConfig, f)]:
+        raise SystemExit(f"{mode}: {', '.join(given)} {'is' if len(given) == 1 else 'are'} for {meant_for}")
 
 
 def one_pair(cfg: EvalConfig):
     from sample import TextStream, generate
 
-    if run_flags := changed(cfg, RUN_ONLY):
-        raise SystemExit(f"one-pair mode judges the pair as given and writes nothing: {', '.join(run_flags)} "
-                         f"{'is' if len(run_flags) == 1 else 'are'} for benchmark runs")
+    refuse_flags(cfg, RUN_ONLY, "one-pair mode judges the pair as given and writes nothing", "benchmark runs")
     flags = {"--question": cfg.question, "--answer-a": cfg.answer_a, "--answer-b": cfg.answer_b}
     if cfg.pair_file:
         if any(flags.values()):
@@ -627,9 +626,7 @@ def main(argv=None):
         raise SystemExit("--out is required")
     out = data.run_folder(cfg.out)
     if cfg.score_only:
-        if judging := changed(cfg, JUDGING_ONLY):
-            raise SystemExit(f"--score-only scores the judgments as they were made: {', '.join(judging)} "
-                             f"{'is' if len(judging) == 1 else 'are'} for judging runs")
+        refuse_flags(cfg, JUDGING_ONLY, "--score-only scores the judgments as they were made", "judging runs")
         # a run is scored by the rules of the benchmark it judged (scores.json is replaced by what this writes)
         saved = saved_config(out) or {}
         if cfg.bench and saved and cfg.bench != saved["bench"]:
