@@ -450,6 +450,10 @@ def test_a_damaged_state_is_named_in_one_line(run_dir, straight):
         assert f.read_bytes() == whole[:1000]
         f.write_bytes(whole)
     (out / "state" / "progress.json").write_text('{"steps": 3}')
+    saved = json.loads((out / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps({**saved, "out": "elsewhere"}))  # a resume would rewrite it
+    before = (out / "config.json").read_bytes()
     with pytest.raises(AssertionError, match=r"sft.py: \S*progress.json: 'step' should be a whole number >= 0, "
                                              r"got None\n$"):
         run(run_dir, out, "--resume")
+    assert (out / "config.json").read_bytes() == before  # refused before anything was written
