@@ -477,10 +477,6 @@ def train(cfg: SFTConfig):
     out = Path(cfg.out)
     tok = data.Tokenizer.load(cfg.model)
     rows, counts = load_rows(cfg, tok)  # a bad row stops the run here, before anything is written
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        run_config = {**asdict(cfg), "data_sha256": data_sha256}
-        data.write_atomic(out / "config.json", json.dumps(run_config, indent=2) + "\n")
     lengths = [len(r[0]) for r in rows]
     steps = step_batches(len(rows), cfg)
     total = len(steps)  # the schedule always spans the whole run, so stopping early never changes it
@@ -490,7 +486,11 @@ def train(cfg: SFTConfig):
     optim = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
                               weight_decay=cfg.weight_decay, fused=True)
     if cfg.resume:
-        load_state(model, optim, out)
+        load_state(model, optim, out)  # a damaged state stops the run here, before anything is written
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        run_config = {**asdict(cfg), "data_sha256": data_sha256}
+        data.write_atomic(out / "config.json", json.dumps(run_config, indent=2) + "\n")
     if rank == 0 and cfg.resume and (out / "metrics.jsonl").is_file():
         kept = metrics_up_to(out / "metrics.jsonl", start)
         data.write_atomic(out / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in kept))

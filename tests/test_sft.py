@@ -434,9 +434,13 @@ def test_an_empty_data_file_is_an_error(tmp_path):
 
 def test_a_damaged_state_is_named_in_one_line(run_dir, straight):
     """A state file cut short (by a disk, or a hand) ends --resume in one line naming the folder and the first
-    failing rank's error, not in torch.distributed.checkpoint's traceback; the state is left as it was."""
+    failing rank's error, not in torch.distributed.checkpoint's traceback; the state and config.json are left as
+    they were."""
     out = run_dir / "damaged"
     shutil.copytree(run_dir / "straight", out)
+    saved = json.loads((out / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps({**saved, "out": "elsewhere"}))  # a resume would rewrite it
+    before = (out / "config.json").read_bytes()
     for name in ("__0_0.distcp", ".metadata"):  # (EOFError) and (AssertionError: metadata is None; ...) in torch 2.13
         f = out / "state" / name
         whole = f.read_bytes()
@@ -448,11 +452,9 @@ def test_a_damaged_state_is_named_in_one_line(run_dir, straight):
                         err[-1]), err[-1]
         assert not any(line.startswith("[rank0]: Traceback") for line in err)  # the traceback a raw error prints
         assert f.read_bytes() == whole[:1000]
+        assert (out / "config.json").read_bytes() == before  # the state is read before anything is written
         f.write_bytes(whole)
     (out / "state" / "progress.json").write_text('{"steps": 3}')
-    saved = json.loads((out / "config.json").read_text())
-    (out / "config.json").write_text(json.dumps({**saved, "out": "elsewhere"}))  # a resume would rewrite it
-    before = (out / "config.json").read_bytes()
     with pytest.raises(AssertionError, match=r"sft.py: \S*progress.json: 'step' should be a whole number >= 0, "
                                              r"got None\n$"):
         run(run_dir, out, "--resume")
