@@ -404,6 +404,15 @@ def _messages(where: str, value, name: str, judged: bool = False) -> list[dict]:
     return out
 
 
+def _context(where: str, messages: list[dict], name: str) -> list[dict]:
+    """messages, the conversation before a pair's answers, checked to end with the user's turn they reply to (a
+    conversation without one would be judged with no question, or with the answers after another answer)."""
+    if not messages or messages[-1]["role"] != "user":
+        ends = f"an {messages[-1]['role']} message" if messages else "no message"
+        raise InputError(f"{where}: {name} should end with the user's turn that the answers reply to, not {ends}")
+    return messages
+
+
 def _unique(pairs: list[Pair], what: str) -> list[Pair]:
     seen = set()
     for p in pairs:
@@ -483,8 +492,8 @@ def read_rmb(path) -> list[Pair]:
     pairs = []
     for f in paths:
         for where, r in read_rows(f):
-            context = _messages(where, require(where, r, "conversation_input", list), "conversation_input",
-                                judged=True)
+            context = _context(where, _messages(where, require(where, r, "conversation_input", list),
+                                                "conversation_input", judged=True), "conversation_input")
             category = require(where, r, "category_path")
             kind = "BoN_set" if "bon_best" in r else "Pairwise_set"  # the row's fields say which set it is in
             part = rmb_part(category)  # the part of RMB it is scored in
@@ -492,7 +501,7 @@ def read_rmb(path) -> list[Pair]:
                 raise InputError(f"{where}: category_path {category!r} should start with {kind}/Helpfulness or "
                                  f"{kind}/Harmlessness")
             if kind == "BoN_set":
-                best = require(where, require(where, r, "bon_best", dict), "answer")
+                best = require(f"{where} bon_best", require(where, r, "bon_best", dict), "answer")
                 losers = require(where, r, "loser_list", list)
                 if not losers:
                     raise InputError(f"{where}: loser_list is empty (a Best-of-N item needs at least one loser)")
@@ -501,8 +510,8 @@ def read_rmb(path) -> list[Pair]:
                     pairs.append(Pair(f"bon/{uid}/{k}", context, best, require(f"{where} loser {k}", loser, "answer"),
                                       category, f"bon/{uid}", {"loser": k, "losers": len(losers)}))
             else:
-                chosen = require(where, require(where, r, "chosen", dict), "answer")
-                rejected = require(where, require(where, r, "reject", dict), "answer")
+                chosen = require(f"{where} chosen", require(where, r, "chosen", dict), "answer")
+                rejected = require(f"{where} reject", require(where, r, "reject", dict), "answer")
                 pairs.append(Pair(f"pair/{require_id(where, r, 'pair_uid')}", context, chosen, rejected, category))
     return _unique(pairs, str(path))
 
@@ -526,7 +535,8 @@ def read_pairs(path) -> list[Pair]:
                 raise InputError(f"{where}: chosen and rejected must end with an assistant message")
             if c[:-1] != rj[:-1]:
                 raise InputError(f"{where}: chosen and rejected conversations differ before their last message")
-            pairs.append(Pair(rid, c[:-1], c[-1]["content"], rj[-1]["content"], r.get("source", "skywork")))
+            context = _context(where, c[:-1], "chosen and rejected before their last message")
+            pairs.append(Pair(rid, context, c[-1]["content"], rj[-1]["content"], r.get("source", "skywork")))
         elif "accepted" in r:  # Code-Preference-Pairs
             pairs.append(Pair(rid, [{"role": "user", "content": require(where, r, "input")}],
                               require(where, r, "accepted"), require(where, r, "rejected"), "code"))

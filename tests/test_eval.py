@@ -68,6 +68,10 @@ RMB_PAIR = {"conversation_input": [{"role": "user", "content": "q"}], "category_
     ({**RMB_PAIR, "category_path": "Helpfulness"}, r"rmb.json:2: category_path 'Helpfulness'"),
     ({**RMB_PAIR, "conversation_input": [{"role": "system", "content": "s"}, {"role": "user", "content": "q"}]},
      r"rmb.json:2: conversation_input\[0\] is a system message"),  # the judge could not be shown it
+    ({**RMB_PAIR, "conversation_input": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]},
+     r"rmb.json:2: conversation_input should end with the user's turn that the answers reply to, not an assistant"),
+    ({**RMB_BON, "bon_best": {"text": "a"}}, r"rmb.json:2 bon_best: missing field 'answer'"),  # names the object
+    ({**RMB_PAIR, "reject": {"answer": 3}}, r"rmb.json:2 reject: field 'answer' should be str, got int"),
 ])
 def test_rmb_rows_that_would_be_scored_nowhere_are_refused(tmp_path, row, match):
     f = write(tmp_path / "rmb.json", [RMB_PAIR, row], jsonl=False)
@@ -165,6 +169,14 @@ def test_rows_that_are_not_utf8_name_file_and_line(tmp_path):
     ("x.jsonl", '"a row"', data.read_rewardbench, r"x.jsonl:1: row is a str, expected an object"),
     ("x.jsonl", '{"chosen": [{"role": "user", "content": "q"}], "rejected": [{"role": "user", "content": "q"}]}',
      data.read_pairs, r"x.jsonl:1: chosen and rejected must end with an assistant message"),
+    # a Skywork pair's question: a conversation of the answers alone would be judged with no question at all
+    ("x.jsonl", '{"chosen": [{"role": "assistant", "content": "4"}], "rejected": [{"role": "assistant", "content": '
+                '"5"}]}', data.read_pairs, r"x.jsonl:1: chosen and rejected before their last message should end with "
+                                          r"the user's turn that the answers reply to, not no message"),
+    ("x.jsonl", '{"chosen": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}, {"role": '
+                '"assistant", "content": "4"}], "rejected": [{"role": "user", "content": "q"}, {"role": "assistant", '
+                '"content": "a"}, {"role": "assistant", "content": "5"}]}', data.read_pairs,
+     r"x.jsonl:1: chosen and rejected before their last message should end with .*, not an assistant message"),
     # ids name judgments: a string or an integer, never an object, list, boolean or null turned into a name
     ("x.jsonl", '{"id": {"n": 1}, "prompt": "q", "chosen": "a", "rejected": "b"}', data.read_pairs,
      r"x.jsonl:1: field 'id' should be a string or an integer, got dict"),
