@@ -646,7 +646,7 @@ def read_jsonl_log(path: Path, repair: bool, what: str = "log") -> list[tuple[in
     """(line number, object) of each line of an append-only JSONL log (eval's judgments, sft's metrics).
 
     Read as bytes, because a write cut short by a crash may end inside a character as well as inside a line.
-    Such an unfinished last line is skipped; with `repair` it is also cut from the file (and said so), so the
+    Such an unfinished last line is skipped, and said so; with `repair` it is also cut from the file, so the
     next append starts a line of its own. Without `repair` the file is left alone: another process may be
     writing that line. A whole last line missing its newline (a file written elsewhere) is kept, and with
     `repair` ended. Any other line that is not a JSON object is an error naming it ("malformed {what} line").
@@ -666,6 +666,9 @@ def read_jsonl_log(path: Path, repair: bool, what: str = "log") -> list[tuple[in
                 print(f"{path}: dropping the unfinished last line {len(lines) + 1}", file=sys.stderr)
                 with open(path, "r+b") as f:
                     f.truncate(cut)
+            else:
+                print(f"{path}: not reading the unfinished last line {len(lines) + 1} (a write under way, or one cut "
+                      "short), left as it is", file=sys.stderr)
     out = []
     for k, line in enumerate(lines, 1):
         if line.strip():

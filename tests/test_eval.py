@@ -833,9 +833,9 @@ def test_a_pair_too_long_in_another_ranks_share_stops_every_rank_before_anything
         assert not (tmp_path / "run").exists()
 
 
-def test_other_ranks_logs_are_read_not_repaired(tmp_path):
-    """A cut-short last line in another rank's log is being written: skipped, left as it is. This process's
-    own log is repaired."""
+def test_other_ranks_logs_are_read_not_repaired(tmp_path, capsys):
+    """A cut-short last line in another rank's log is being written: skipped, left as it is, and said so. This
+    process's own log is repaired."""
     line = lambda i: json.dumps({"id": i, "chosen_at": "A"}) + "\n"  # noqa: E731
     (tmp_path / "judgments.jsonl").write_text(line("p") + '{"id": "x", "chos')
     (tmp_path / "judgments.rank1.jsonl").write_text(line("q") + '{"id": "y", "chos')
@@ -843,6 +843,10 @@ def test_other_ranks_logs_are_read_not_repaired(tmp_path):
     assert [[r["id"] for r in v] for v in logs.values()] == [["p"], ["q"]]
     assert (tmp_path / "judgments.jsonl").read_text() == line("p")
     assert (tmp_path / "judgments.rank1.jsonl").read_text() == line("q") + '{"id": "y", "chos'
+    assert capsys.readouterr().err.splitlines() == [
+        f"{tmp_path / 'judgments.jsonl'}: dropping the unfinished last line 2",
+        f"{tmp_path / 'judgments.rank1.jsonl'}: not reading the unfinished last line 2 (a write under way, or one cut "
+        "short), left as it is"]
 
 
 def test_torchrun_two_processes_score_as_one(tiny, tmp_path):
