@@ -565,6 +565,8 @@ def read_rmr1_training(path) -> list[dict]:
         label = require(where, r, "winner")
         if label not in ("model_a", "model_b"):
             raise InputError(f"{where}: winner {label!r} is neither 'model_a' nor 'model_b'")
+        if "response" in r and "completion" in r:  # which one is the trace would be a guess
+            raise InputError(f"{where}: both 'response' and 'completion'; give the target trace in one of them")
         target = r.get("response", r.get("completion"))
         if target is not None and not isinstance(target, str):
             raise InputError(f"{where}: target trace should be a string")

@@ -163,6 +163,9 @@ def test_rows_that_are_not_utf8_name_file_and_line(tmp_path):
      r"t.jsonl:1: winner 'A' is neither 'model_a' nor 'model_b'"),
     ("t.jsonl", '{"context_messages": [{"role": "user", "content": "u"}], "winner": "model_a", "response": 3}',
      data.read_rmr1_training, r"t.jsonl:1: target trace should be a string"),
+    ("t.jsonl", '{"context_messages": [{"role": "user", "content": "u"}], "winner": "model_a", "response": null, '
+                '"completion": "<answer>[[A]]</answer>"}', data.read_rmr1_training,
+     r"t.jsonl:1: both 'response' and 'completion'; give the target trace in one of them"),
     ("t.jsonl", '{"context_messages": [], "winner": "model_a"}', data.read_rmr1_training,
      r"t.jsonl:1: field 'context_messages' should be a non-empty list of messages"),
     ("x.jsonl", '["prompt", "chosen"]', data.read_pairs, r"x.jsonl:1: row is a list, expected an object"),
