@@ -405,11 +405,11 @@ def _messages(where: str, value, name: str, judged: bool = False) -> list[dict]:
 
 
 def _context(where: str, messages: list[dict], name: str) -> list[dict]:
-    """messages, the conversation before a pair's answers, checked to end with the user's turn they reply to (a
-    conversation without one would be judged with no question, or with the answers after another answer)."""
+    """messages, the conversation before a pair's answers (or a judge's reply), checked to end with the user's turn
+    they reply to: a pair without one would be judged with no question, or with its answers after another answer."""
     if not messages or messages[-1]["role"] != "user":
-        ends = f"an {messages[-1]['role']} message" if messages else "no message"
-        raise InputError(f"{where}: {name} should end with the user's turn that the answers reply to, not {ends}")
+        ends = f"not an {messages[-1]['role']} message" if messages else "but is empty"
+        raise InputError(f"{where}: {name} should end with a user turn, {ends}")
     return messages
 
 
@@ -535,7 +535,7 @@ def read_pairs(path) -> list[Pair]:
                 raise InputError(f"{where}: chosen and rejected must end with an assistant message")
             if c[:-1] != rj[:-1]:
                 raise InputError(f"{where}: chosen and rejected conversations differ before their last message")
-            context = _context(where, c[:-1], "chosen and rejected before their last message")
+            context = _context(where, c[:-1], "the conversation before chosen's and rejected's last message")
             pairs.append(Pair(rid, context, c[-1]["content"], rj[-1]["content"], r.get("source", "skywork")))
         elif "accepted" in r:  # Code-Preference-Pairs
             pairs.append(Pair(rid, [{"role": "user", "content": require(where, r, "input")}],
@@ -561,7 +561,8 @@ def read_rmr1_training(path) -> list[dict]:
     """
     out = []
     for where, r in read_rows(path):
-        msgs = _messages(where, require(where, r, "context_messages", list), "context_messages")
+        msgs = _context(where, _messages(where, require(where, r, "context_messages", list), "context_messages"),
+                        "context_messages")
         label = require(where, r, "winner")
         if label not in ("model_a", "model_b"):
             raise InputError(f"{where}: winner {label!r} is neither 'model_a' nor 'model_b'")

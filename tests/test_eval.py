@@ -69,7 +69,7 @@ RMB_PAIR = {"conversation_input": [{"role": "user", "content": "q"}], "category_
     ({**RMB_PAIR, "conversation_input": [{"role": "system", "content": "s"}, {"role": "user", "content": "q"}]},
      r"rmb.json:2: conversation_input\[0\] is a system message"),  # the judge could not be shown it
     ({**RMB_PAIR, "conversation_input": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]},
-     r"rmb.json:2: conversation_input should end with the user's turn that the answers reply to, not an assistant"),
+     r"rmb.json:2: conversation_input should end with a user turn, not an assistant"),
     ({**RMB_BON, "bon_best": {"text": "a"}}, r"rmb.json:2 bon_best: missing field 'answer'"),  # names the object
     ({**RMB_PAIR, "reject": {"answer": 3}}, r"rmb.json:2 reject: field 'answer' should be str, got int"),
 ])
@@ -166,6 +166,9 @@ def test_rows_that_are_not_utf8_name_file_and_line(tmp_path):
     ("t.jsonl", '{"context_messages": [{"role": "user", "content": "u"}], "winner": "model_a", "response": null, '
                 '"completion": "<answer>[[A]]</answer>"}', data.read_rmr1_training,
      r"t.jsonl:1: both 'response' and 'completion'; give the target trace in one of them"),
+    ("t.jsonl", '{"context_messages": [{"role": "user", "content": "u"}, {"role": "assistant", "content": "a"}], '
+                '"winner": "model_a"}', data.read_rmr1_training,
+     r"t.jsonl:1: context_messages should end with a user turn, not an assistant"),
     ("t.jsonl", '{"context_messages": [], "winner": "model_a"}', data.read_rmr1_training,
      r"t.jsonl:1: field 'context_messages' should be a non-empty list of messages"),
     ("x.jsonl", '["prompt", "chosen"]', data.read_pairs, r"x.jsonl:1: row is a list, expected an object"),
@@ -174,12 +177,13 @@ def test_rows_that_are_not_utf8_name_file_and_line(tmp_path):
      data.read_pairs, r"x.jsonl:1: chosen and rejected must end with an assistant message"),
     # a Skywork pair's question: a conversation of the answers alone would be judged with no question at all
     ("x.jsonl", '{"chosen": [{"role": "assistant", "content": "4"}], "rejected": [{"role": "assistant", "content": '
-                '"5"}]}', data.read_pairs, r"x.jsonl:1: chosen and rejected before their last message should end with "
-                                          r"the user's turn that the answers reply to, not no message"),
+                '"5"}]}', data.read_pairs, r"x.jsonl:1: the conversation before chosen's and rejected's "
+                                          r"last message should end with a user turn, but is empty"),
     ("x.jsonl", '{"chosen": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}, {"role": '
                 '"assistant", "content": "4"}], "rejected": [{"role": "user", "content": "q"}, {"role": "assistant", '
                 '"content": "a"}, {"role": "assistant", "content": "5"}]}', data.read_pairs,
-     r"x.jsonl:1: chosen and rejected before their last message should end with .*, not an assistant message"),
+     r"x.jsonl:1: the conversation before chosen's and rejected's last message should end with a user turn, not an "
+     r"assistant message"),
     # ids name judgments: a string or an integer, never an object, list, boolean or null turned into a name
     ("x.jsonl", '{"id": {"n": 1}, "prompt": "q", "chosen": "a", "rejected": "b"}', data.read_pairs,
      r"x.jsonl:1: field 'id' should be a string or an integer, got dict"),
