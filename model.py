@@ -844,6 +844,8 @@ def save(model: Transformer, path, max_shard_bytes: int = 5 * 2**30, state_dict=
     """
     from safetensors.torch import save_file
 
+    if not isinstance(max_shard_bytes, int) or isinstance(max_shard_bytes, bool) or max_shard_bytes < 1:
+        raise ValueError(f"save: max_shard_bytes must be an integer >= 1, got {max_shard_bytes!r}")
     path = Path(path)
     if path.exists():  # replaced whole below: only ever a checkpoint folder, never one holding other work
         if not path.is_dir():

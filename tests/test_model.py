@@ -187,6 +187,9 @@ def test_save_replaces_a_checkpoint_but_never_a_folder_holding_other_files(tmp_p
         with pytest.raises(FileNotFoundError, match=rf"^save: copy_files_from {re.escape(str(src))} is not a folder "
                                                     r"holding tokenizer files \(tokenizer.json, "):
             M.save(m, tmp_path / "new", copy_files_from=src)
+    for size in (0, -5, 2.5, None):  # 0 and below gave a shard per tensor, None a TypeError from a comparison
+        with pytest.raises(ValueError, match=rf"^save: max_shard_bytes must be an integer >= 1, got {size}$"):
+            M.save(m, tmp_path / "new", max_shard_bytes=size)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "runs", "src"]  # no temp folder left behind
 
 
