@@ -74,7 +74,7 @@ def check_config(cfg: SFTConfig):
     files present, before any work."""
     bounds = {"max_len": (1, None), "global_batch": (1, None), "micro_tokens": (1, None), "epochs": (1, None),
               "loss_chunk": (1, None), "save_every": (0, None), "max_steps": (0, None), "min_lr_ratio": (0, 1),
-              "warmup_ratio": (0, 1), "beta1": (0, 1), "beta2": (0, 1), "weight_decay": (0, None)}
+              "warmup_ratio": (0, 1), "weight_decay": (0, None)}
     for name, (lo, hi) in bounds.items():
         v = getattr(cfg, name)
         if not math.isfinite(v) or v < lo or (hi is not None and v > hi):
@@ -84,6 +84,9 @@ def check_config(cfg: SFTConfig):
     for name in ("lr", "grad_clip", "peak_tflops"):
         if not math.isfinite(getattr(cfg, name)) or getattr(cfg, name) <= 0:
             raise SystemExit(f"--{name.replace('_', '-')} must be a finite number > 0, got {getattr(cfg, name)}")
+    for name in ("beta1", "beta2"):  # AdamW's own range: a beta of 1 never forgets the first gradient
+        if not 0 <= getattr(cfg, name) < 1:
+            raise SystemExit(f"--{name} must be in [0, 1), got {getattr(cfg, name)}")
     if cfg.compute_dtype not in ("bfloat16", "float32"):
         raise SystemExit(f"--compute-dtype must be bfloat16 or float32, got {cfg.compute_dtype!r}")
     limit = M.load_config(cfg.model).max_position_embeddings  # config.json only, before any weights or rows
