@@ -348,6 +348,17 @@ def test_loss_goes_down(straight):
     assert all(0 <= m["padding_waste"] < 0.5 for m in straight)
 
 
+def test_the_run_says_how_its_rows_make_steps(run_dir):
+    """The summary line counts the steps the run takes and their sizes: 16 rows in steps of 6 are 6, 6, 4; a
+    --global-batch over the 16 rows gives one step of all of them per epoch, and says so, not "steps of 32"."""
+    for batch, epochs, says, steps in (("6", "1", "3 steps of 6 (the last of 4)", 3),
+                                       ("32", "1", "1 step of all 16 rows (fewer than --global-batch 32)", 1),
+                                       ("32", "2", "2 steps of all 16 rows (fewer than --global-batch 32)", 2)):
+        metrics, r = run(run_dir, run_dir / f"batch{batch}x{epochs}", "--global-batch", batch, "--epochs", epochs)
+        assert f"| {says} |" in r.stdout, r.stdout
+        assert len(metrics) == steps
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 def test_gpu_run_matches_the_cpu_run(run_dir, straight):
     """The same run on a GPU (NCCL, float32 compute): the CPU run's losses, with the GPU's peak memory logged,
