@@ -693,6 +693,9 @@ def main(argv=None):
     if missing:  # not given, or given as an empty string
         verb = "is" if len(missing) == 1 else "are"
         raise SystemExit(f"sample.py: {' and '.join(missing)} {verb} required, not empty")
+    if cfg.temperature == 0 and cfg.seed != ChatConfig.seed:  # generate takes any seed; a flag given in vain
+        raise SystemExit("sample.py: --seed picks the draws of sampling, and greedy decoding (--temperature 0, the "
+                         "default) draws nothing: set --temperature > 0 to sample")
     device = cfg.device or default_device()
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     tok = Tokenizer.load(cfg.model)

@@ -442,6 +442,27 @@ def test_cli_streams_the_reply_to_the_chat_template(chat_model, monkeypatch, cap
     assert f"[{n} tokens, stopped by {finish}," in err
 
 
+def test_cli_samples_with_its_flags(chat_model, monkeypatch, capsys):
+    """--temperature, --top-p, --top-k and --seed reach generate: the CLI prints what generate samples with those
+    settings for the chat-templated prompt; the same seed gives the same text, another seed another."""
+    import data
+
+    _, d = chat_model
+    tok = data.Tokenizer.load(d)
+    ids = tok.encode_chat([{"role": "user", "content": "Pick a word."}], add_generation_prompt=True)
+    model = M.load(d, dtype=torch.float32)
+    argv = ["--model", str(d), "--prompt", "Pick a word.", "--max-new-tokens", "12", "--device", "cpu",
+            "--temperature", "1.5", "--top-p", "0.9", "--top-k", "5000"]
+    texts = {}
+    for seed in (3, 3, 4):
+        out, *_ = run_cli(monkeypatch, capsys, argv + ["--seed", str(seed)])
+        want = sample.generate(model, [ids], 12, temperature=1.5, top_p=0.9, top_k=5000, eos_ids=tok.eos_ids,
+                               seed=seed)[0]
+        assert out == tok.decode(want.tokens, skip_special_tokens=True)
+        texts.setdefault(seed, set()).add(out)
+    assert len(texts[3]) == 1 and texts[3] != texts[4]
+
+
 def test_cli_holds_back_half_characters_and_prints_them_at_the_end(chat_model, monkeypatch, capsys):
     """A character split over two streamed chunks is written once whole; one cut off by the length limit is
     still written at the end, as the decoded output has it (a replacement character)."""
@@ -476,6 +497,8 @@ def test_cli_holds_back_half_characters_and_prints_them_at_the_end(chat_model, m
     (["--device", "cuda:99"], SystemExit, r"^sample.py: device cuda:99: this process sees \d GPUs?"),
     (["--device", "tpu"], SystemExit, r"^sample.py: device tpu: expected cuda, cuda:N or cpu$"),
     (["--top-p", "0.9"], SystemExit, r"^sample.py: top_k and top_p filter sampling and greedy decoding"),
+    (["--seed", "3"], SystemExit, r"^sample.py: --seed picks the draws of sampling, and greedy decoding \(--temperature "
+                                  r"0, the default\) draws nothing: set --temperature > 0 to sample$"),
 ])
 def test_cli_bad_settings_stop_before_the_weights_load(chat_model, monkeypatch, flags, error, match):
     """The CLI checks its prompt and settings as generate does, against the folder's config.json, before
