@@ -497,8 +497,8 @@ def test_cli_holds_back_half_characters_and_prints_them_at_the_end(chat_model, m
     (["--device", "cuda:99"], SystemExit, r"^sample.py: device cuda:99: this process sees \d GPUs?"),
     (["--device", "tpu"], SystemExit, r"^sample.py: device tpu: expected cuda, cuda:N or cpu$"),
     (["--top-p", "0.9"], SystemExit, r"^sample.py: top_k and top_p filter sampling and greedy decoding"),
-    (["--seed", "3"], SystemExit, r"^sample.py: --seed picks the draws of sampling, and greedy decoding \(--temperature "
-                                  r"0, the default\) draws nothing: set --temperature > 0 to sample$"),
+    (["--seed", "3"], SystemExit, r"^sample.py: --seed picks the draws of sampling, and greedy decoding "
+                                  r"\(--temperature 0, the default\) draws nothing: set --temperature > 0 to sample$"),
 ])
 def test_cli_bad_settings_stop_before_the_weights_load(chat_model, monkeypatch, flags, error, match):
     """The CLI checks its prompt and settings as generate does, against the folder's config.json, before
