@@ -508,12 +508,12 @@ def train(cfg: SFTConfig):
                       f"{', ...' if len(rows_named) > 10 else ''}; all in {out / 'data_stats.json'})", file=sys.stderr)
         sizes = {k: v for k, v in counts.items() if isinstance(v, int)}
         short = [len(b) for b in steps if len(b) < cfg.global_batch]  # each epoch's last step takes the rest
+        batches = f"{len(steps)} step{'s' if len(steps) > 1 else ''} of"
         if len(short) == len(steps):  # fewer rows than --global-batch: each epoch is one step of all of them
-            batches = f"{len(steps)} step{'s' if len(steps) > 1 else ''} of all {short[0]} rows (fewer than " \
-                      f"--global-batch {cfg.global_batch})"
+            batches += f" all {short[0]} rows (fewer than --global-batch {cfg.global_batch})"
         else:
             which = "the" if len(short) == 1 else "each epoch's"
-            batches = f"{len(steps)} steps of {cfg.global_batch}" + (f" ({which} last of {short[0]})" if short else "")
+            batches += f" {cfg.global_batch}" + (f" ({which} last of {short[0]})" if short else "")
         print(f"{sizes} | {batches} | {n_params / 1e6:.1f}M params | world {world}")
     log = open(out / "metrics.jsonl", "a") if rank == 0 else None
     bar = tqdm(total=stop, initial=start, disable=rank != 0, desc="sft")

@@ -349,9 +349,11 @@ def test_loss_goes_down(straight):
 
 
 def test_the_run_says_how_its_rows_make_steps(run_dir):
-    """The summary line counts the steps the run takes and their sizes: 16 rows in steps of 6 are 6, 6, 4; a
-    --global-batch over the 16 rows gives one step of all of them per epoch, and says so, not "steps of 32"."""
+    """The summary line counts the steps the run takes and their sizes: 16 rows in steps of 6 are 6, 6, 4, in steps
+    of 16 one step; a --global-batch over the 16 rows gives one step of all of them per epoch, and says so, not "1
+    steps of 32"."""
     for batch, epochs, says, steps in (("6", "1", "3 steps of 6 (the last of 4)", 3),
+                                       ("16", "1", "1 step of 16", 1),
                                        ("32", "1", "1 step of all 16 rows (fewer than --global-batch 32)", 1),
                                        ("32", "2", "2 steps of all 16 rows (fewer than --global-batch 32)", 2)):
         metrics, r = run(run_dir, run_dir / f"batch{batch}x{epochs}", "--global-batch", batch, "--epochs", epochs)
