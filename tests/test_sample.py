@@ -196,6 +196,45 @@ def test_engine_with_a_long_enough_cache_is_reused(models):
     assert sample._engine is not engine
 
 
+def stopped_calls_leave_the_engine_as_new(model):
+    """A call ended by an exception from its callback (a KeyboardInterrupt in on_tokens, eval's writer failing in
+    progress on a full disk) leaves the kept engine as good as new: the next calls give what a fresh engine gives."""
+    ps = prompts([5, 17, 1, 9], seed=21)
+    kw = dict(max_new_tokens=30, temperature=0.8, seed=1, slots=2, sync_every=4)
+    sample.release()
+    fresh = [o.tokens for o in generate(model, ps, **kw)]
+    fresh_tail = [o.tokens for o in generate(model, ps[2:], **kw)]  # (draws follow the sequence's number)
+    syncs = []
+
+    def interrupt(q, ids):
+        syncs.append(q)
+        if len(syncs) == 3:  # mid-call: rows decoding, others waiting for a slot
+            raise KeyboardInterrupt
+
+    def disk_full(sample):
+        raise OSError("disk full")
+
+    engine = sample._engine
+    with pytest.raises(KeyboardInterrupt):
+        generate(model, ps, on_tokens=interrupt, **kw)
+    with pytest.raises(OSError, match="disk full"):
+        generate(model, ps, progress=disk_full, **kw)
+    assert sample._engine is engine  # kept through both, not rebuilt
+    assert [o.tokens for o in generate(model, ps, **kw)] == fresh
+    assert [o.tokens for o in generate(model, ps[2:], **kw)] == fresh_tail
+
+
+def test_a_call_stopped_by_its_callback_leaves_the_engine_as_new(models):
+    stopped_calls_leave_the_engine_as_new(models[1])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_gpu_a_call_stopped_by_its_callback_leaves_the_graphs_as_new(models):
+    import copy
+
+    stopped_calls_leave_the_engine_as_new(copy.deepcopy(models[1]).cuda())
+
+
 def test_release_frees_the_engine_and_its_cache(models):
     """release() drops the kept engine: nothing holds its cache any more, and the next call builds a new one
     with the same results."""
