@@ -2,12 +2,13 @@
 is written as a Hugging Face folder, fine-tuned for two SFT steps on judge traces built from real
 RM-Bench pairs (sft.py, one process), and the result used as a judge on real benchmark rows (eval.py).
 
-    python demo.py            # writes runs/demo/
+    python demo.py            # writes runs/demo/ (replaced on each run)
 
 A random model's verdicts are noise (expect invalid outputs and chance accuracy); the point is the
 whole path: checkpoint I/O, chat template, judge prompts, batched sampling, parsing, scoring, resume.
 """
 
+import argparse
 import json
 import os
 import shutil
@@ -41,7 +42,8 @@ def tiny_checkpoint(path: Path):
     M.save(model, path, generation_config=gen, copy_files_from=TOKENIZER)
 
 
-def main():
+def main(argv=None):
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args(argv)
     if not TOKENIZER.is_dir():
         sys.exit(f"{TOKENIZER} not found: the demo reads the Qwen2.5 tokenizer from ../shared/hf/ (or RMR1_SHARED)")
     out = ROOT / "runs" / "demo"

@@ -1,8 +1,10 @@
 """The README's Python examples, run as written on a tiny checkpoint: only the folder name is swapped in
-(and, on a machine without a GPU, "cuda" becomes "cpu"), so an example that stops working fails here."""
+(and, on a machine without a GPU, "cuda" becomes "cpu"), so an example that stops working fails here. And its
+first command, the demo."""
 
 import re
 
+import pytest
 import torch
 from conftest import ROOT, tiny_judge
 
@@ -36,3 +38,32 @@ def test_readme_python_examples_run(tmp_path, monkeypatch, capsys):
     assert all(o.finish in ("eos", "length") and len(o.logprobs) == len(o.tokens) <= 1024 for o in outs)
     assert len(capsys.readouterr().out.splitlines()) >= len(outs)
     assert sample._engine is None
+
+
+def test_readme_demo_runs_end_to_end(tmp_path, monkeypatch, capsys):
+    """`python demo.py`, the README's first command, as written but into tmp_path/runs/demo: a checkpoint, two SFT
+    steps, its export judging one pair and two benchmarks, and a rescoring without a model. --help only prints."""
+    import json
+
+    import demo
+
+    monkeypatch.setattr(demo, "tiny_checkpoint", lambda path: pytest.fail("--help ran the demo"))
+    with pytest.raises(SystemExit) as e:
+        demo.main(["--help"])
+    assert e.value.code == 0 and "python demo.py" in capsys.readouterr().out
+    monkeypatch.undo()
+    monkeypatch.setattr(demo, "ROOT", tmp_path)
+    demo.main([])
+    out = tmp_path / "runs" / "demo"
+    losses = [json.loads(line)["loss"] for line in (out / "sft" / "metrics.jsonl").read_text().splitlines()]
+    assert len(losses) == 2 and losses[1] < losses[0]  # two steps of 4 rows, lr 1e-3
+    trained, start = (M.load(out / d, dtype=torch.float32).state_dict() for d in ("sft/hf", "tiny-qwen2"))
+    assert trained.keys() == start.keys() and not torch.equal(trained["embed.weight"], start["embed.weight"])
+    printed = capsys.readouterr().out
+    assert "\n\nverdict: " in printed and printed.rstrip().endswith(f"demo done: judgments and scores under {out}")
+    rm_bench = json.loads((out / "rm-bench" / "scores.json").read_text())
+    assert (rm_bench["bench"], rm_bench["pairs_judged"], rm_bench["domains"]["chat"]["items"]) == ("rm-bench", 18, 2)
+    assert len((out / "rm-bench" / "judgments.jsonl").read_text().splitlines()) == 18
+    rmb = json.loads((out / "rmb" / "scores.json").read_text())
+    assert (rmb["pairs_in_both_orders"], rmb["by_order"]["chosen_at_B"]["counts"]["bon_items_helpfulness"]) == (10, 4)
+    assert len((out / "rmb" / "judgments.jsonl").read_text().splitlines()) == 20  # both orders
