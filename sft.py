@@ -490,14 +490,13 @@ def train(cfg: SFTConfig):
                               weight_decay=cfg.weight_decay, fused=True)
     if cfg.resume:
         load_state(model, optim, out)  # a damaged state stops the run here, before anything is written
-    if rank == 0:
+    if rank == 0:  # the first writes of the run, now that nothing before them can fail on bad input
         out.mkdir(parents=True, exist_ok=True)
         run_config = {**asdict(cfg), "data_sha256": data_sha256}
         data.write_atomic(out / "config.json", json.dumps(run_config, indent=2) + "\n")
-    if rank == 0 and cfg.resume and (out / "metrics.jsonl").is_file():
-        kept = metrics_up_to(out / "metrics.jsonl", start)
-        data.write_atomic(out / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in kept))
-    if rank == 0:
+        if cfg.resume and (out / "metrics.jsonl").is_file():
+            kept = metrics_up_to(out / "metrics.jsonl", start)
+            data.write_atomic(out / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in kept))
         data.write_atomic(out / "data_stats.json", json.dumps(counts) + "\n")  # rows kept, dropped, off their winner
         for key, what in (("rows_dropped_prompt_too_long", "row(s) dropped, their prompt alone max_len or longer"),
                           ("rows_dropped_too_long", "row(s) dropped, longer than max_len"),
