@@ -500,11 +500,7 @@ def check_prompts(cfg: Config, prompts, max_new_tokens):
             raise ValueError(f"generate: prompt {i} is empty")
         if not _is_count(m):
             raise ValueError(f"generate: prompt {i}: max_new_tokens must be an integer >= 1, got {m!r}")
-        try:
-            ids = list(map(operator.index, p))  # ints, numpy or 0-d integer tensors; a float is an error
-        except TypeError:
-            j = next(j for j, t in enumerate(p) if not _is_index(t))
-            raise TypeError(f"generate: prompt {i} has a token id that is not an integer at {j}: {p[j]!r}") from None
+        ids = _token_ids(i, p)
         if min(ids) < 0 or max(ids) >= cfg.vocab_size:
             bad = next(t for t in ids if not 0 <= t < cfg.vocab_size)
             raise ValueError(f"generate: prompt {i} has token id {bad} outside the vocabulary [0, {cfg.vocab_size})")
@@ -513,6 +509,31 @@ def check_prompts(cfg: Config, prompts, max_new_tokens):
                              f"model's limit of {cfg.max_position_embeddings} (max_position_embeddings)")
         checked.append(ids)
     return checked, limits
+
+
+def _token_ids(i: int, p) -> list[int]:
+    """Prompt i's ids as ints: ints, numpy or 0-d integer tensors. A float is an error, never truncated, and so is
+    a boolean (a mask passed for the ids), which Python would read as 0 or 1."""
+    if hasattr(p, "dtype"):  # a tensor or array: its dtype says what its elements are
+        if _is_bool(p):
+            raise TypeError(f"generate: prompt {i} is a {p.dtype} array, not token ids")
+        if p.ndim == 1:
+            p = p.tolist()
+    types = set(map(type, p))
+    if types == {int}:  # the usual case, as the tokenizer writes it
+        return list(p)
+    if types & {bool, torch.Tensor} and (j := next((j for j, t in enumerate(p) if _is_bool(t)), None)) is not None:
+        raise TypeError(f"generate: prompt {i} has a boolean at {j}, not a token id: {p[j]!r}")
+    try:
+        return list(map(operator.index, p))
+    except TypeError:
+        j = next(j for j, t in enumerate(p) if not _is_index(t))
+        raise TypeError(f"generate: prompt {i} has a token id that is not an integer at {j}: {p[j]!r}") from None
+
+
+def _is_bool(x) -> bool:
+    """A Python, numpy or torch boolean, or an array of them."""
+    return isinstance(x, bool) or str(getattr(x, "dtype", "")).endswith("bool")
 
 
 def _is_index(t) -> bool:
@@ -552,7 +573,7 @@ def check_settings(cfg: Config, n, temperature, top_k, top_p, eos_ids, seed, slo
     if temperature == 0 and (top_k or top_p < 1):  # greedy takes the most likely token, which both filters keep
         raise ValueError(f"generate: top_k and top_p filter sampling and greedy decoding (temperature 0) ignores "
                          f"them: set temperature > 0 to sample, got top_k={top_k}, top_p={top_p}")
-    if not _is_index(seed):
+    if not _is_int(seed):
         raise ValueError(f"generate: seed must be an integer, got {seed!r}")
     if _is_index(eos_ids) or isinstance(eos_ids, (str, bytes)):
         raise TypeError(f"generate: eos_ids must be a collection of token ids, got {eos_ids!r}")

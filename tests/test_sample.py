@@ -383,6 +383,19 @@ def test_bad_input_is_refused_before_work(models):
         generate(ours, [[1, 2.5]], 4)  # never truncated to 2
     with pytest.raises(TypeError, match="prompt 1 has a token id that is not an integer at 0: tensor"):
         generate(ours, [[1], torch.ones(1, 3, dtype=torch.long)], 4)  # a [1, L] tensor: its rows are not ids
+    # booleans would read as ids 0 and 1: a mask passed for the ids
+    with pytest.raises(TypeError, match="prompt 0 has a boolean at 1, not a token id: True"):
+        generate(ours, [[5, True]], 4)
+    with pytest.raises(TypeError, match="prompt 0 has a boolean at 0, not a token id: tensor"):
+        generate(ours, [[torch.tensor(True), torch.tensor(3)]], 4)
+    with pytest.raises(TypeError, match="prompt 0 has a boolean at 0, not a token id: True"):
+        generate(ours, torch.tensor([[1, 1], [0, 1]]).bool(), 4)  # a 2-d bool mask: its rows are lists of bools
+    with pytest.raises(TypeError, match="prompt 0 is a torch.bool array, not token ids"):
+        generate(ours, [torch.ones(3, dtype=torch.bool)], 4)
+    with pytest.raises(TypeError, match="prompt 0 is a bool array, not token ids"):
+        generate(ours, [np.ones(3, dtype=bool)], 4)
+    assert generate(ours, [np.array([3, 4]), [np.int64(3), torch.tensor(4)]], 2, temperature=0, cuda_graph=False)[1] \
+        .tokens == generate(ours, [[3, 4]], 2, temperature=0, cuda_graph=False)[0].tokens  # integer types all read
     with pytest.raises(TypeError, match=r"prompt 0 is 1, not a list of token ids \(one prompt is \[ids\]\)"):
         generate(ours, [1, 2], 4)
     with pytest.raises(TypeError, match="prompt 0 is 'hi', not a list of token ids"):
@@ -401,6 +414,7 @@ def test_bad_input_is_refused_before_work(models):
                     (dict(temperature=0, top_p=0.9), r"ignores them: set temperature > 0 to sample, got top_k=0, "
                                                      r"top_p=0.9"),
                     (dict(seed=1.5), "seed must be an integer, got 1.5"),
+                    (dict(seed=True), "seed must be an integer, got True"),
                     (dict(eos_ids="7"), "eos_ids must be a collection of token ids, got '7'"),
                     (dict(eos_ids=7), "eos_ids must be a collection of token ids, got 7"),
                     (dict(eos_ids=[7, 2.0]), r"eos_ids must be integer token ids, got \(7, 2.0\)"),
