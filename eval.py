@@ -515,9 +515,12 @@ def one_pair(cfg: EvalConfig):
             raise SystemExit(f"give the pair either in --pair-file or as {', '.join(flags)}, not both")
         d = read_json(cfg.pair_file)
         q, a, b = (data.require(cfg.pair_file, d, k) for k in ("question", "answer_a", "answer_b"))
+        if empty := [k for k, v in zip(("question", "answer_a", "answer_b"), (q, a, b)) if not v]:
+            raise InputError(f"{cfg.pair_file}: field {empty[0]!r} is empty")
     else:
         if missing := [f for f, v in flags.items() if not v]:
-            raise SystemExit(f"one-pair mode needs {', '.join(flags)}: missing {', '.join(missing)}")
+            raise SystemExit(f"one-pair mode needs {', '.join(flags)}: {', '.join(missing)} "
+                             f"{'is' if len(missing) == 1 else 'are'} missing or empty")
         q, a, b = flags.values()
     if not cfg.model:
         raise SystemExit("one-pair mode needs --model")
@@ -659,7 +662,7 @@ def main(argv=None):
         device = flag_device(cfg, int(os.environ.get("LOCAL_RANK", 0)) if world > 1 else None)
         pairs = read_bench(cfg.bench, cfg.data, defaulted)
         if not pairs:
-            raise InputError(f"{cfg.data}: no {cfg.bench} pairs found")
+            raise InputError(f"{cfg.data}: no pairs found (read as --bench {cfg.bench})")
         data_sha256 = data.pairs_sha256(pairs)  # the pairs' contents, not only the path they were read from
         check_same(out, before, "data_sha256", data_sha256, f"{cfg.data}: its pairs changed")
         if cfg.limit:

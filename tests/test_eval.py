@@ -505,12 +505,15 @@ def test_one_pair_from_a_file_and_its_errors(tiny, tmp_path, capsys):
         ev.main(args + ["--pair-file", str(tmp_path / "typo.json")])
     with pytest.raises(InputError, match=r"^\S*: a folder, not a file$"):
         ev.main(args + ["--pair-file", str(tmp_path)])
+    f.write_text('{"question": "2+2?", "answer_a": "4", "answer_b": ""}')
+    with pytest.raises(InputError, match=r"pair.json: field 'answer_b' is empty$"):  # as --answer-b "" is refused
+        ev.main(args + ["--pair-file", str(f)])
     with pytest.raises(SystemExit, match="not both"):
         ev.main(args + ["--pair-file", str(f), "--question", "q"])
-    with pytest.raises(SystemExit, match="missing --answer-b"):  # never an empty answer B judged
+    with pytest.raises(SystemExit, match="answer-b: --answer-b is missing or empty$"):  # never an empty answer judged
         ev.main(args + ["--question", "2+2?", "--answer-a", "4"])
-    with pytest.raises(SystemExit, match="missing --question"):
-        ev.main(args + ["--answer-a", "4", "--answer-b", "5"])
+    with pytest.raises(SystemExit, match=": --question, --answer-a are missing or empty$"):
+        ev.main(args + ["--question", "", "--answer-b", "5"])
     # a benchmark run's flags are refused, not ignored: --out would otherwise lose the judgment it was meant to keep
     with pytest.raises(SystemExit, match="^one-pair mode judges the pair as given and writes nothing: --out is for "
                                          "benchmark runs$"):
@@ -738,10 +741,11 @@ def test_one_pair_reply_is_bounded_by_the_model_limit(tmp_path, capsys, monkeypa
 
 def test_no_pairs_is_an_error_not_an_empty_score(tiny, tmp_path):
     (tmp_path / "empty.jsonl").write_text("\n")
-    with pytest.raises(InputError, match="empty.jsonl: no pairs pairs found"):
+    with pytest.raises(InputError, match=r"empty.jsonl: no pairs found \(read as --bench pairs\)"):
         ev.main(["--model", str(tiny), "--data", str(tmp_path / "empty.jsonl"), "--out", str(tmp_path / "o")])
     (tmp_path / "folder").mkdir()
-    with pytest.raises(InputError, match="folder: no rm-bench pairs found"):  # a folder without RM-Bench's files
+    # a folder without RM-Bench's files
+    with pytest.raises(InputError, match=r"folder: no pairs found \(read as --bench rm-bench\)"):
         ev.main(["--model", str(tiny), "--bench", "rm-bench", "--data", str(tmp_path / "folder"),
                  "--out", str(tmp_path / "o")])
     assert not (tmp_path / "o").exists()
