@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import numbers
 import operator
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -732,7 +733,7 @@ def main(argv=None):
         check_prompts(model_cfg, [ids], cfg.max_new_tokens)
         check_settings(model_cfg, n=1, slots=None, prefill_tokens=PREFILL_TOKENS, **settings)  # generate's defaults
     except ValueError as e:  # a flag out of range: one line, as argparse reports a bad flag, not a traceback
-        raise SystemExit(f"sample.py: {str(e).removeprefix('generate: ')}") from None
+        raise SystemExit(f"sample.py: {_as_flags(str(e))}") from None
     model = load(cfg.model, device=device, dtype=dtype).eval()
     stream = TextStream(tok)
 
@@ -741,6 +742,17 @@ def main(argv=None):
     dt = time.time() - t0
     stream.close()
     print(f"\n[{len(out.tokens)} tokens, stopped by {out.finish}, {len(out.tokens) / dt:.1f} tok/s]", file=sys.stderr)
+
+
+def _as_flags(message: str) -> str:
+    """generate's message about its one prompt and its arguments, in the CLI's words: the prompt and the flags.
+
+    >>> _as_flags("generate: prompt 0: max_new_tokens must be an integer >= 1, got 0")
+    '--max-new-tokens must be an integer >= 1, got 0'
+    """
+    message = message.removeprefix("generate: ").replace("prompt 0: ", "").replace("prompt 0 ", "the prompt ")
+    return re.sub(r"\b(max_new_tokens|temperature|top_k|top_p|seed)\b", lambda m: "--" + m[1].replace("_", "-"),
+                  message)
 
 
 if __name__ == "__main__":

@@ -542,14 +542,18 @@ def test_cli_holds_back_half_characters_and_prints_them_at_the_end(chat_model, m
 
 
 @pytest.mark.parametrize("flags,error,match", [
-    (["--top-p", "0"], SystemExit, r"^sample.py: top_p must be in \(0, 1\], got 0.0"),
-    (["--max-new-tokens", "0"], SystemExit, r"^sample.py: prompt 0: max_new_tokens must be an integer >= 1, got 0"),
-    (["--max-new-tokens", "250"], SystemExit, r"^sample.py: prompt 0 has \d+ tokens \+ max_new_tokens 250 = \d+, "
+    (["--top-p", "0"], SystemExit, r"^sample.py: --top-p must be in \(0, 1\], got 0.0"),
+    (["--max-new-tokens", "0"], SystemExit, r"^sample.py: --max-new-tokens must be an integer >= 1, got 0$"),
+    (["--max-new-tokens", "250"], SystemExit, r"^sample.py: the prompt has \d+ tokens \+ --max-new-tokens 250 = \d+, "
                                               r"over the model's limit of 256"),
-    (["--top-k", "-1"], SystemExit, r"^sample.py: top_k must be an integer >= 0"),
+    (["--top-k", "-1"], SystemExit, r"^sample.py: --top-k must be an integer >= 0"),
     (["--device", "cuda:99"], SystemExit, r"^sample.py: device cuda:99: this process sees \d GPUs?"),
     (["--device", "tpu"], SystemExit, r"^sample.py: device tpu: expected cuda, cuda:N or cpu$"),
-    (["--top-p", "0.9"], SystemExit, r"^sample.py: top_k and top_p filter sampling and greedy decoding"),
+    (["--top-p", "0.9"], SystemExit, r"^sample.py: --top-k and --top-p filter sampling and greedy decoding "
+                                     r"\(--temperature 0\) ignores them: set --temperature > 0 to sample, "
+                                     r"got --top-k=0, --top-p=0.9$"),
+    (["--temperature", "-1"], SystemExit, r"^sample.py: --temperature must be a finite number >= 0 \(0 = greedy\), "
+                                          r"got -1.0$"),
     (["--seed", "3"], SystemExit, r"^sample.py: --seed picks the draws of sampling, and greedy decoding "
                                   r"\(--temperature 0, the default\) draws nothing: set --temperature > 0 to sample$"),
 ])
