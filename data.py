@@ -710,12 +710,17 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefa
 
 def run_cli(main):
     """Run a command line's main(): bad input (an InputError: a file, row or field) ends it with one line naming it,
-    `sft.py: rows.jsonl:4: missing field 'winner'`, and exit status 1, as a bad flag ends it; any other exception
-    keeps its traceback."""
+    `sft.py: rows.jsonl:4: missing field 'winner'`, and exit status 1, as a bad setting ends it (`eval.py: --limit
+    must be >= 0, got -1`: main's SystemExit, named the same way); any other exception keeps its traceback."""
+    name = Path(sys.argv[0]).name
     try:
         main()
     except InputError as e:
-        raise SystemExit(f"{Path(sys.argv[0]).name}: {e}") from None
+        raise SystemExit(f"{name}: {e}") from None
+    except SystemExit as e:  # argparse's own exits carry a status, not a message, and are left alone
+        if isinstance(e.code, str) and not e.code.startswith(f"{name}: "):
+            raise SystemExit(f"{name}: {e.code}") from None
+        raise
 
 
 def config_parser(cls, description: str) -> argparse.ArgumentParser:

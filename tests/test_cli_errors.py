@@ -38,6 +38,18 @@ def test_sft_names_a_broken_model_config_in_one_line(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_a_bad_setting_is_one_line_named_by_the_script(tmp_path):
+    rc, err = command(tmp_path, "eval.py", "--limit", "-1", "--data", "x.jsonl", "--model", "m", "--out", "run")
+    assert (rc, err) == (1, "eval.py: --limit must be >= 0, got -1\n")
+    rc, err = command(tmp_path, "sft.py", "--epochs", "0", "--data", "x.jsonl", "--model", "m")
+    assert (rc, err) == (1, "sft.py: --epochs must be >= 1, got 0\n")
+    rc, err = command(tmp_path, "sample.py", "--prompt", "hi")  # its messages name it already: not twice
+    assert (rc, err) == (1, "sample.py: --model is required, not empty\n")
+    rc, err = command(tmp_path, "eval.py", "--limit", "x")  # argparse's own message and status
+    assert rc == 2 and err.endswith("eval.py: error: argument --limit: invalid int value: 'x'\n")
+    assert not (tmp_path / "run").exists() and not (tmp_path / "runs").exists()
+
+
 def test_sample_names_a_folder_without_a_tokenizer_in_one_line(tmp_path):
     (tmp_path / "model").mkdir()
     rc, err = command(tmp_path, "sample.py", "--model", "model", "--prompt", "hi")
