@@ -561,6 +561,10 @@ def read_rmr1_training(path) -> list[dict]:
     """
     out = []
     for where, r in read_rows(path):
+        if isinstance(r, dict) and "context_messages" not in r and "chosen" in r and "rejected" in r:
+            raise InputError(f"{where}: a preference pair (chosen, rejected), not a training row: SFT reads "
+                             "context_messages (the judge prompt: sft.training_rows builds it from pairs), winner and "
+                             "the trace as response")
         msgs = _context(where, _messages(where, require(where, r, "context_messages", list), "context_messages"),
                         "context_messages")
         label = require(where, r, "winner")

@@ -169,6 +169,10 @@ def test_rows_that_are_not_utf8_name_file_and_line(tmp_path):
     ("t.jsonl", '{"context_messages": [{"role": "user", "content": "u"}, {"role": "assistant", "content": "a"}], '
                 '"winner": "model_a"}', data.read_rmr1_training,
      r"t.jsonl:1: context_messages should end with a user turn, not an assistant"),
+    # a pairs file given to SFT: what it is, and what SFT reads instead
+    ("t.jsonl", '{"prompt": "q", "chosen": "a", "rejected": "b"}', data.read_rmr1_training,
+     r"t.jsonl:1: a preference pair \(chosen, rejected\), not a training row: SFT reads context_messages \(the judge "
+     r"prompt: sft.training_rows builds it from pairs\), winner and the trace as response$"),
     ("t.jsonl", '{"context_messages": [], "winner": "model_a"}', data.read_rmr1_training,
      r"t.jsonl:1: field 'context_messages' should be a non-empty list of messages"),
     ("x.jsonl", '["prompt", "chosen"]', data.read_pairs, r"x.jsonl:1: row is a list, expected an object"),
