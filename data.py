@@ -413,12 +413,13 @@ def _context(where: str, messages: list[dict], name: str) -> list[dict]:
     return messages
 
 
-def _unique(pairs: list[Pair], what: str) -> list[Pair]:
-    seen = set()
-    for p in pairs:
-        if p.id in seen:
-            raise InputError(f"{what}: duplicate id {p.id!r}")
-        seen.add(p.id)
+def _unique(pairs: list[Pair], wheres: list[str]) -> list[Pair]:
+    """pairs, checked to have distinct ids (judgments are keyed by them); wheres[k] names pair k's row."""
+    first = {}
+    for p, where in zip(pairs, wheres, strict=True):
+        if p.id in first:
+            raise InputError(f"{where}: pair id {p.id!r} again (first at {first[p.id]}); ids must be unique")
+        first[p.id] = where
     return pairs
 
 
@@ -428,11 +429,12 @@ def read_rewardbench(path) -> list[Pair]:
     Example: {"prompt": "2+2?", "chosen": "4", "rejected": "5", "subset": "math-prm", "id": 7}
              -> Pair(id="7", context=[{"role": "user", "content": "2+2?"}], chosen="4", rejected="5", subset="math-prm")
     """
-    pairs = []
+    pairs, wheres = [], []
     for where, r in read_rows(path):
         pairs.append(Pair(require_id(where, r, "id"), [{"role": "user", "content": require(where, r, "prompt")}],
                           require(where, r, "chosen"), require(where, r, "rejected"), require(where, r, "subset")))
-    return _unique(pairs, str(path))
+        wheres.append(where)
+    return _unique(pairs, wheres)
 
 
 RMBENCH_DOMAINS = ("chat", "math", "code", "safety")
@@ -447,7 +449,7 @@ def read_rmbench(path) -> list[Pair]:
     Example: item 8 -> pairs "8/00" .. "8/22", group "chat/8", extra {"i": i, "j": j}
     """
     paths = sorted(Path(path).glob("*.json*")) if Path(path).is_dir() else [Path(path)]
-    pairs = []
+    pairs, wheres = [], []
     for f in paths:
         stem = f.name.split("_")[0].split(".")[0]
         for where, r in read_rows(f):
@@ -464,7 +466,8 @@ def read_rmbench(path) -> list[Pair]:
                 for j in range(3):
                     pairs.append(Pair(f"{domain}/{rid}/{i}{j}", context, chosen[i], rejected[j], domain,
                                       f"{domain}/{rid}", {"i": i, "j": j}))
-    return _unique(pairs, str(path))
+                    wheres.append(where)
+    return _unique(pairs, wheres)
 
 
 def rmb_part(category: str) -> tuple[str, str] | None:
@@ -489,7 +492,7 @@ def read_rmb(path) -> list[Pair]:
     paths = sorted(Path(path).rglob("*.json")) if Path(path).is_dir() else [Path(path)]
     if not paths:
         raise MissingInput(f"{path}: no RMB .json files")
-    pairs = []
+    pairs, wheres = [], []
     for f in paths:
         for where, r in read_rows(f):
             context = _context(where, _messages(where, require(where, r, "conversation_input", list),
@@ -513,7 +516,8 @@ def read_rmb(path) -> list[Pair]:
                 chosen = require(f"{where} chosen", require(where, r, "chosen", dict), "answer")
                 rejected = require(f"{where} reject", require(where, r, "reject", dict), "answer")
                 pairs.append(Pair(f"pair/{require_id(where, r, 'pair_uid')}", context, chosen, rejected, category))
-    return _unique(pairs, str(path))
+            wheres += [where] * (len(pairs) - len(wheres))  # the row's pairs: one, or one per Best-of-N loser
+    return _unique(pairs, wheres)
 
 
 def read_pairs(path) -> list[Pair]:
@@ -523,11 +527,12 @@ def read_pairs(path) -> list[Pair]:
     Math-Step-DPO (prompt, initial_reason_steps, full_chosen, full_rejected; full_* are whole solutions),
     and this project's own plain pairs (prompt, chosen, rejected[, id, subset]).
     """
-    pairs = []
+    pairs, wheres = [], []
     for k, (where, r) in enumerate(read_rows(path)):
         if not isinstance(r, dict):
             raise InputError(f"{where}: row is a {type(r).__name__}, expected an object")
         rid = require_id(where, r, "id") if "id" in r else str(k)
+        wheres.append(where if "id" in r else f"{where}, which has no id field and takes its index {k}")
         if isinstance(r.get("chosen"), list):  # Skywork
             c = _messages(where, r["chosen"], "chosen", judged=True)
             rj = _messages(where, require(where, r, "rejected", list), "rejected", judged=True)
@@ -549,7 +554,7 @@ def read_pairs(path) -> list[Pair]:
                               require(where, r, "chosen"), require(where, r, "rejected"), str(r.get("subset", ""))))
         else:
             raise InputError(f"{where}: unknown pair format (fields {sorted(r)})")
-    return _unique(pairs, str(path))
+    return _unique(pairs, wheres)
 
 
 def read_rmr1_training(path) -> list[dict]:

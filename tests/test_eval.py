@@ -112,13 +112,35 @@ def test_hand_made_formats(tmp_path):
     ('{"prompt": "q", "chosen": "a", "subset": "s", "id": 1}', r"rb.jsonl:2: missing field 'rejected'"),
     ('{"prompt": "q", "chosen": 7, "rejected": "b", "subset": "s", "id": 1}', r"rb.jsonl:2: field 'chosen' should be str"),
     ("{not json", r"rb.jsonl:2: not valid JSON"),
-    ('{"prompt": "q", "chosen": "a", "rejected": "b", "subset": "s", "id": 0}', "duplicate id '0'"),
+    ('{"prompt": "q", "chosen": "a", "rejected": "b", "subset": "s", "id": 0}',
+     r"rb.jsonl:2: pair id '0' again \(first at \S*rb.jsonl:1\); ids must be unique$"),
 ])
 def test_malformed_rows_name_file_and_row(tmp_path, content, match):
     f = tmp_path / "rb.jsonl"
     f.write_text('{"prompt": "q", "chosen": "a", "rejected": "b", "subset": "s", "id": 0}\n' + content + "\n")
     with pytest.raises(ValueError, match=match):
         data.read_rewardbench(f)
+
+
+def test_a_repeated_id_names_both_rows(tmp_path):
+    """Judgments are keyed by pair id, so a repeated one is an error naming the row that repeats it and the row
+    that had it first, in every reader."""
+    row = {"prompt": "q", "chosen": "a", "rejected": "b"}
+    f = write(tmp_path / "p.jsonl", [row, {**row, "id": 7}, {**row, "id": 0}])  # row 1's id is its index, 0
+    with pytest.raises(InputError, match=r"p.jsonl:3: pair id '0' again \(first at \S*p.jsonl:1, which has no id "
+                                         r"field and takes its index 0\); ids must be unique$"):
+        data.read_pairs(f)
+    item = {"id": 4, "prompt": "q", "chosen": ["a", "b", "c"], "rejected": ["x", "y", "z"]}
+    (tmp_path / "rm-bench").mkdir()
+    write(tmp_path / "rm-bench" / "chat_filtered.json", [item, {**item, "id": 5}], jsonl=False)
+    write(tmp_path / "rm-bench" / "chat_more.json", [{**item, "id": 5}], jsonl=False)  # the same domain, another file
+    with pytest.raises(InputError, match=r"chat_more.json:1: pair id 'chat/5/00' again \(first at "
+                                         r"\S*chat_filtered.json:2\); ids must be unique$"):
+        data.read_rmbench(tmp_path / "rm-bench")
+    bon = {**RMB_BON, "loser_list": [{"answer": "b"}, {"answer": "c"}]}  # two pairs from row 1
+    f = write(tmp_path / "r.json", [bon, RMB_PAIR, RMB_PAIR], jsonl=False)
+    with pytest.raises(InputError, match=r"r.json:3: pair id 'pair/1' again \(first at \S*r.json:2\)"):
+        data.read_rmb(f)
 
 
 def test_jsonl_rows_may_hold_any_line_separator_inside_strings(tmp_path):
