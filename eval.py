@@ -286,8 +286,9 @@ class Judgment:
 
 def read_log(path: Path, required=None, repair: bool = True) -> list[dict]:
     """Judgments already written. A last line cut short by a crash is removed (and said so) if `repair`, else
-    skipped (another process may be writing it); any other malformed line, or one lacking a `required` field
-    (default: every Judgment field), is an error naming it."""
+    skipped (another process may be writing it); any other malformed line, one lacking a `required` field
+    (default: every Judgment field), or one whose chosen_at is not "A" / "B" or output not a string, is an error
+    naming it."""
     return _read_judgments(path, required, repair, seen={})
 
 
@@ -302,6 +303,10 @@ def _read_judgments(path: Path, required, repair: bool, seen: dict) -> list[dict
         missing = [name for name in required if name not in rec]
         if missing:
             raise InputError(f"{path}:{k}: judgment lacks {missing}")
+        if rec.get("chosen_at", "A") not in ("A", "B"):  # both fields are in `required` wherever a log is scored
+            raise InputError(f"{path}:{k}: chosen_at should be 'A' or 'B', got {rec['chosen_at']!r}")
+        if not isinstance(rec.get("output", ""), str):
+            raise InputError(f"{path}:{k}: output should be a string, got {type(rec['output']).__name__}")
         key = _key(rec)
         if key in seen:
             file, line = seen[key]
@@ -357,9 +362,6 @@ def rescore(lines: list[dict], pairs: list[data.Pair], where: str) -> list[dict]
         p = by_id.get(str(r["id"]))
         if p is None:
             raise InputError(f"{where}: the judgment of id {r['id']!r}: no pair of the benchmark data has that id")
-        if r["chosen_at"] not in ("A", "B") or not isinstance(r["output"], str):
-            raise InputError(f"{where}: the judgment of id {r['id']!r} needs chosen_at 'A' or 'B' and a string "
-                             f"output, got {r['chosen_at']!r} and a {type(r['output']).__name__}")
         verdict = parse_verdict(r["output"])
         out.append(asdict(Judgment(item_key(p.id, r["chosen_at"]), p.id, p.subset, p.group, r["chosen_at"], r["output"],
                                    verdict, int(verdict == r["chosen_at"]), r.get("finish", "unknown"), p.extra)))

@@ -456,8 +456,9 @@ def test_score_outputs_made_elsewhere(tmp_path):
     for line, match in [({"id": "nope", "chosen_at": "A", "output": "x"},
                          "judgments.jsonl: the judgment of id 'nope': no pair of the benchmark data has that id"),
                         ({"id": pairs[1].id, "chosen_at": "a", "output": "x"},
-                         f"the judgment of id '{pairs[1].id}' needs chosen_at 'A' or 'B' .*, got 'a' and a str"),
-                        ({"id": pairs[1].id, "chosen_at": "B", "output": None}, "got 'B' and a NoneType"),
+                         r"judgments.jsonl:4: chosen_at should be 'A' or 'B', got 'a'$"),
+                        ({"id": pairs[1].id, "chosen_at": "B", "output": None},
+                         r"judgments.jsonl:4: output should be a string, got NoneType$"),
                         ({"id": pairs[1].id, "answer": "B"}, r"judgments.jsonl:4: judgment lacks \['chosen_at', 'output'\]")]:
         (tmp_path / "judgments.jsonl").write_text("\n" + json.dumps(lines[0]) + "\n\n" + json.dumps(line) + "\n")
         with pytest.raises(ValueError, match=match):
