@@ -303,9 +303,10 @@ def _read_judgments(path: Path, required, repair: bool, seen: dict) -> list[dict
         missing = [name for name in required if name not in rec]
         if missing:
             raise InputError(f"{path}:{k}: judgment lacks {missing}")
-        if rec.get("chosen_at", "A") not in ("A", "B"):  # both fields are in `required` wherever a log is scored
+        # both fields are in `required` wherever a log is scored; a caller may ask for fewer
+        if "chosen_at" in rec and rec["chosen_at"] not in ("A", "B"):
             raise InputError(f"{path}:{k}: chosen_at should be 'A' or 'B', got {rec['chosen_at']!r}")
-        if not isinstance(rec.get("output", ""), str):
+        if "output" in rec and not isinstance(rec["output"], str):
             raise InputError(f"{path}:{k}: output should be a string, got {type(rec['output']).__name__}")
         key = _key(rec)
         if key in seen:
@@ -516,9 +517,10 @@ def one_pair(cfg: EvalConfig):
         if any(flags.values()):
             raise SystemExit(f"give the pair either in --pair-file or as {', '.join(flags)}, not both")
         d = read_json(cfg.pair_file)
-        q, a, b = (data.require(cfg.pair_file, d, k) for k in ("question", "answer_a", "answer_b"))
-        if empty := [k for k, v in zip(("question", "answer_a", "answer_b"), (q, a, b)) if not v]:
+        given = {k: data.require(cfg.pair_file, d, k) for k in ("question", "answer_a", "answer_b")}
+        if empty := [k for k, v in given.items() if not v]:
             raise InputError(f"{cfg.pair_file}: field {empty[0]!r} is empty")
+        q, a, b = given.values()
     else:
         if missing := [f for f, v in flags.items() if not v]:
             raise SystemExit(f"one-pair mode needs {', '.join(flags)}: {', '.join(missing)} "
