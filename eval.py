@@ -236,14 +236,14 @@ def score(bench: str, records: list[dict]) -> dict:
 
 def gaps(scores: dict, source: str) -> list[str]:
     """What the scores do not cover, one line each: pairs not judged (of those in `source`), items with only
-    some of their pairs judged (listed in the scores, not scored), benchmark parts absent from the judgments,
-    RewardBench subsets that belong to no section.
+    some of their pairs judged (listed in the scores, not scored), benchmark parts with no item judged whole
+    (absent from the judgments, or judged only in part), RewardBench subsets that belong to no section.
 
     >>> gaps({"pairs_judged": 12, "pairs_total": 18, "incomplete_items": ["chat/2"], "missing_domains": ["math"]},
     ...      "the run")  # doctest: +NORMALIZE_WHITESPACE
     ['the scores cover the 12 pairs judged, of the 18 in the run',
      '1 item(s) with only some of their pairs judged are not scored (incomplete_items)',
-     "not in these judgments: math; the scores cover what is there, so they are not the published benchmark's"]
+     "no item judged whole in: math; the scores cover what is there, so they are not the published benchmark's"]
     >>> gaps({"pairs_judged": 3, "pairs_total": 3, "unknown_subsets": ["prior-x"]}, "the run")
     ['subsets in no RewardBench section: prior-x; they count in accuracy only']
     """
@@ -259,7 +259,7 @@ def gaps(scores: dict, source: str) -> list[str]:
     # RM-Bench's means are over the domains present; RewardBench's Overall and RMB's mean are None without a part
     if absent := {m for part in parts for key in ("missing_domains", "missing_subsets", "missing_sets")
                   for m in part.get(key, [])}:
-        lines.append(f"not in these judgments: {', '.join(sorted(absent))}; the scores cover what is there, so they "
+        lines.append(f"no item judged whole in: {', '.join(sorted(absent))}; the scores cover what is there, so they "
                      "are not the published benchmark's")
     if unknown := {s for part in parts for s in part.get("unknown_subsets", [])}:
         lines.append(f"subsets in no RewardBench section: {', '.join(sorted(unknown))}; they count in accuracy only")
