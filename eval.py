@@ -201,6 +201,20 @@ def score_pairs(records: list[dict]) -> dict:
             "subsets": {s: _mean(v) for s, v in by.items()}}
 
 
+def summary(scores: dict) -> dict:
+    """What a run prints: the scores' single figures, and each order's when both orders were judged (the figures
+    per subset, domain or set, and the lists, are in scores.json).
+
+    >>> summary({"bench": "rm-bench", "flip_rate": 0.25, "by_order": {"chosen_at_A": {"total": 0.5, "domains": {},
+    ...          "missing_domains": ["code"]}, "chosen_at_B": {"total": 0.75, "domains": {}, "missing_domains": []}}})
+    {'bench': 'rm-bench', 'flip_rate': 0.25, 'chosen_at_A': {'total': 0.5}, 'chosen_at_B': {'total': 0.75}}
+    """
+    def figures(d):
+        return {k: v for k, v in d.items() if not isinstance(v, (dict, list))}
+
+    return {**figures(scores), **{order: figures(s) for order, s in scores.get("by_order", {}).items()}}
+
+
 BENCHES = {
     "rewardbench": (data.read_rewardbench, score_rewardbench),
     "rm-bench": (data.read_rmbench, score_rmbench),
@@ -700,7 +714,7 @@ def main(argv=None):
     data.write_atomic(out / "scores.json", json.dumps(scores, indent=2) + "\n")
     for line in gaps(scores, "the data" if cfg.data else "the run"):
         print(f"{out}: {line}", file=sys.stderr)
-    print(json.dumps({k: v for k, v in scores.items() if not isinstance(v, (dict, list))}, indent=2))
+    print(json.dumps(summary(scores), indent=2))
 
 
 if __name__ == "__main__":

@@ -671,6 +671,24 @@ def test_a_rerun_with_the_model_rewritten_at_its_path_is_refused(tmp_path):
     assert (tmp_path / "run" / "judgments.jsonl").read_text() == log
 
 
+def test_both_orders_print_each_orders_figures(tmp_path, capsys):
+    """A run judged in both orders prints each order's benchmark figures (RM-Bench's easy / normal / hard / total),
+    not only the position-bias figures: a judge that always answers A is right on every item chosen at A and wrong
+    on every one chosen at B."""
+    data_file = BENCH / "rm-bench" / "chat_filtered.json"
+    pairs = data.read_rmbench(data_file)[:18]  # two whole items of 9 pairs
+    lines = [{"id": p.id, "chosen_at": at, "output": "<answer>[[A]]</answer>"} for p, at in data.place(pairs, "both")]
+    (tmp_path / "judgments.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    ev.main(["--bench", "rm-bench", "--data", str(data_file), "--out", str(tmp_path), "--score-only"])
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["chosen_at_A"] == {"easy": 1.0, "normal": 1.0, "hard": 1.0, "total": 1.0}
+    assert printed["chosen_at_B"] == {"easy": 0.0, "normal": 0.0, "hard": 0.0, "total": 0.0}
+    assert (printed["flip_rate"], printed["same_letter_both_orders"], printed["pairs_in_both_orders"]) == (1.0, 1.0, 18)
+    assert "domains" not in printed["chosen_at_A"]  # per domain, in scores.json
+    saved = json.loads((tmp_path / "scores.json").read_text())
+    assert saved["by_order"]["chosen_at_A"]["domains"]["chat"]["items"] == 2
+
+
 def test_a_rerun_that_would_leave_judgments_unscored_is_refused(tiny, tmp_path, capsys):
     """A rerun may add judgments (a higher --limit, --both-orders) but not drop any from its scores: --score-only
     counts every judgment in the logs, so scores.json and a rescore would disagree. Refused before config.json
