@@ -257,7 +257,7 @@ def gaps(scores: dict, source: str) -> list[str]:
     ...      "the run")  # doctest: +NORMALIZE_WHITESPACE
     ['the scores cover the 12 pairs judged, of the 18 in the run',
      '1 item(s) with only some of their pairs judged are not scored (incomplete_items)',
-     "no item judged whole in: math; the scores cover what is there, so they are not the published benchmark's"]
+     "nothing scored in: math; the scores cover what is there, so they are not the published benchmark's"]
     >>> gaps({"pairs_judged": 3, "pairs_total": 3, "unknown_subsets": ["prior-x"]}, "the run")
     ['subsets in no RewardBench section: prior-x; they count in accuracy only']
     """
@@ -273,7 +273,7 @@ def gaps(scores: dict, source: str) -> list[str]:
     # RM-Bench's means are over the domains present; RewardBench's Overall and RMB's mean are None without a part
     if absent := {m for part in parts for key in ("missing_domains", "missing_subsets", "missing_sets")
                   for m in part.get(key, [])}:
-        lines.append(f"no item judged whole in: {', '.join(sorted(absent))}; the scores cover what is there, so they "
+        lines.append(f"nothing scored in: {', '.join(sorted(absent))}; the scores cover what is there, so they "
                      "are not the published benchmark's")
     if unknown := {s for part in parts for s in part.get("unknown_subsets", [])}:
         lines.append(f"subsets in no RewardBench section: {', '.join(sorted(unknown))}; they count in accuracy only")

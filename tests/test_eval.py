@@ -408,11 +408,11 @@ def test_end_to_end_eval_and_resume(tiny, tmp_path, capsys, monkeypatch):
     assert part["domains"]["chat"]["items"] == 1
     err = capsys.readouterr().err
     assert "cover the 12 pairs judged, of the 18 in the run" in err and "1 item(s) with only some" in err
-    assert "no item judged whole in: code, math, safety;" in err  # this run judged chat items only
+    assert "nothing scored in: code, math, safety;" in err  # this run judged chat items only
     # only the unfinished item's 3 judgments: chat has judgments, but no item to score
     log.write_text("\n".join(part_of[:3]) + "\n")
     ev.main(["--bench", "rm-bench", "--out", str(tmp_path / "run"), "--score-only"])
-    assert "no item judged whole in: chat, code, math, safety;" in capsys.readouterr().err
+    assert "nothing scored in: chat, code, math, safety;" in capsys.readouterr().err
     log.write_text("\n".join(whole + part_of[:3]) + "\n" + part_of[3][:40])
     ev.main(args)
     assert sorted(log.read_text().splitlines()) == sorted(lines)  # rejudged to identical lines (greedy)
@@ -485,7 +485,7 @@ def test_a_best_of_n_item_judged_in_part_is_reported_not_scored(tmp_path, capsys
     assert scores["missing_sets"] == ["pairwise_helpfulness", "pairwise_harmlessness", "bon_harmlessness"]
     err = capsys.readouterr().err
     assert "1 item(s) with only some of their pairs judged are not scored" in err
-    assert "no item judged whole in: bon_harmlessness, pairwise_harmlessness, pairwise_helpfulness;" in err
+    assert "nothing scored in: bon_harmlessness, pairwise_harmlessness, pairwise_helpfulness;" in err
     # the same judgments as our own runs log them (every field), scored without the data: the extra fields
     # say which losers each item has
     own = tmp_path / "own"
