@@ -397,7 +397,8 @@ def test_end_to_end_eval_and_resume(tiny, tmp_path, capsys, monkeypatch):
     assert set(json.loads(scores)["domains"]) == {"chat"}
     # crash simulation: a log in the order judgments finish, the run stopped with one item's 9 judgments written,
     # 3 of the other's and a 4th cut mid-line
-    whole, part_of = ([x for x, r in zip(lines, recs) if r["group"] == g] for g in sorted({r["group"] for r in recs}))
+    whole, part_of = ([x for x, r in zip(lines, recs, strict=True) if r["group"] == g]
+                      for g in sorted({r["group"] for r in recs}))
     log.write_text("\n".join(whole + part_of[:3]) + "\n" + part_of[3][:40])
     # the unfinished run rescored: 12 of its 18 pairs, the second item's 3 cells listed, not scored
     capsys.readouterr()

@@ -111,7 +111,7 @@ def test_save_loads_in_transformers(tmp_path, arch, tied, shard):
         assert (logits_hf(back, ids) - ours(ids)).abs().max().item() < 1e-5
     # load -> save -> load: bit-identical parameters
     again = M.load(tmp_path / "out", dtype=torch.float32)
-    for (n, a), (_, b) in zip(ours.state_dict().items(), again.state_dict().items()):
+    for (n, a), (_, b) in zip(ours.state_dict().items(), again.state_dict().items(), strict=True):
         assert torch.equal(a, b), n
     assert json.loads((tmp_path / "out" / "config.json").read_text())["tie_word_embeddings"] == tied
 

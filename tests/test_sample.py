@@ -39,7 +39,7 @@ def test_greedy_equals_transformers_generate(models):
     ps = prompts([5, 17, 1, 9, 12])
     # fewer slots than prompts (refills), and prefill batches of at most 20 padded tokens (chunking)
     outs = generate(ours, ps, 40, temperature=0, slots=3, sync_every=5, prefill_tokens=20)
-    for p, o in zip(ps, outs):
+    for p, o in zip(ps, outs, strict=True):
         with torch.no_grad():
             r = ref.generate(torch.tensor([p]), max_new_tokens=40, min_new_tokens=40, do_sample=False)
         assert o.tokens == r[0, len(p):].tolist()
@@ -69,7 +69,7 @@ def test_batched_equals_one_at_a_time(models):
     _, ours = models
     ps = prompts([3, 14, 7, 1], seed=1)
     together = generate(ours, ps, 33, temperature=0)
-    for p, o in zip(ps, together):
+    for p, o in zip(ps, together, strict=True):
         assert generate(ours, [p], 33, temperature=0)[0].tokens == o.tokens
 
 
@@ -360,7 +360,7 @@ def test_finished_rows_attend_to_one_key(models, monkeypatch):
     outs = generate(ours, ps, [3, 24], temperature=0, slots=2, sync_every=16, cuda_graph=False)
     assert [len(o.tokens) for o in outs] == [3, 24] and outs[1].tokens == alone
     for pos, lens, stopped in steps:
-        assert lens == [1 if stop else p + 1 for p, stop in zip(pos, stopped)]
+        assert lens == [1 if stop else p + 1 for p, stop in zip(pos, stopped, strict=True)]
     # row 0 is stopped at position 7 from the third step to the end of the first chunk (steps 3-16)
     assert [st[2][0] and st[0][0] == 7 for st in steps[:16]] == [False] * 2 + [True] * 14
 
@@ -771,7 +771,7 @@ def test_ragged_lengths_with_compaction_match_one_at_a_time(models):
     ps = prompts([4, 9, 2, 13, 6, 3, 8], seed=8)
     limits = [3, 41, 7, 26, 1, 35, 12]
     outs = generate(ours, ps, limits, temperature=0, slots=7, sync_every=2)
-    for p, m, o in zip(ps, limits, outs):
+    for p, m, o in zip(ps, limits, outs, strict=True):
         assert o.tokens == generate(ours, [p], m, temperature=0)[0].tokens
     kw = dict(n=2, temperature=1.0, seed=4, return_logprobs=True)
     batched = generate(ours, ps, limits, slots=14, sync_every=3, **kw)
@@ -802,7 +802,7 @@ def test_shrinking_batches_of_every_size_match_one_at_a_time(models, monkeypatch
     serial = generate(ours, ps, limits, slots=1, **kw)
     assert [o.tokens for o in batched] == [o.tokens for o in serial]
     assert all(torch.allclose(torch.tensor(b.logprobs), torch.tensor(s.logprobs), atol=1e-5)
-               for b, s in zip(batched, serial))
+               for b, s in zip(batched, serial, strict=True))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
@@ -825,7 +825,7 @@ def test_gpu_graph_path_matches_eager_and_cpu(models):
         graph = generate(gpu, ps, limits, slots=4, sync_every=3, return_logprobs=True, **kw)
         assert [o.tokens for o in graph] == [o.tokens for o in cpu]
         assert all(torch.allclose(torch.tensor(g.logprobs), torch.tensor(c.logprobs), atol=1e-4)
-                   for g, c in zip(graph, cpu))
+                   for g, c in zip(graph, cpu, strict=True))
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")

@@ -25,7 +25,7 @@ def test_tokenize_row_masks_header_trace_and_eos():
     trace = "<type>Chat</type>\n<answer>[[B]]</answer>"
     ids, mask = sft.tokenize_row(tok, msgs, trace)
     assert tok.decode(ids) == tok.apply_chat_template(msgs + [{"role": "assistant", "content": trace}])
-    masked = [i for i, m in zip(ids, mask) if m]
+    masked = [i for i, m in zip(ids, mask, strict=True) if m]
     assert tok.decode(masked) == "<|im_start|>assistant\n" + trace + "<|im_end|>"
     assert mask[-1] == 0 and ids[-1] == tok.encode("\n")[0]  # the template's trailing newline carries no loss
     assert sum(mask) == len(ids) - len(tok.encode_chat(msgs)) - 1
@@ -187,7 +187,7 @@ def straight(run_dir):
 def test_one_process_equals_two_processes(run_dir, straight):
     two, _ = run(run_dir, run_dir / "two", procs=2)
     assert len(two) == len(straight) == 3  # 16 rows in batches of 6: 6, 6, 4
-    for a, b in zip(straight, two):
+    for a, b in zip(straight, two, strict=True):
         assert abs(a["loss"] - b["loss"]) < 1e-5 and abs(a["grad_norm"] - b["grad_norm"]) < 1e-4
     wa, wb = weights(run_dir / "straight"), weights(run_dir / "two")
     for k in wa:
@@ -212,7 +212,7 @@ def test_resume_on_another_number_of_processes(run_dir, straight):
     run(run_dir, out, "--max-steps", "1", procs=2)
     resumed, _ = run(run_dir, out, "--resume")
     assert [m["step"] for m in resumed] == [1, 2, 3]
-    assert all(abs(a["loss"] - b["loss"]) < 1e-5 for a, b in zip(resumed, straight))
+    assert all(abs(a["loss"] - b["loss"]) < 1e-5 for a, b in zip(resumed, straight, strict=True))
 
 
 def test_sigkill_at_any_moment_then_resume(run_dir, straight):
@@ -368,7 +368,7 @@ def test_gpu_run_matches_the_cpu_run(run_dir, straight):
     on_gpu, r = run(run_dir, run_dir / "gpu", gpu=True)
     assert "barrier()" not in r.stderr, r.stderr[-2000:]
     assert [m["step"] for m in on_gpu] == [1, 2, 3]
-    assert all(abs(a["loss"] - b["loss"]) < 1e-4 for a, b in zip(on_gpu, straight))
+    assert all(abs(a["loss"] - b["loss"]) < 1e-4 for a, b in zip(on_gpu, straight, strict=True))
     assert all(m["peak_mem_gib"] > 0 for m in on_gpu)
 
 
@@ -377,7 +377,7 @@ def test_gpu_two_processes_on_two_gpus_match_the_cpu_run(run_dir, straight):
     """FSDP over two GPUs (NCCL, float32 compute): the one-process CPU run's losses and weights."""
     two, _ = run(run_dir, run_dir / "gpu-two", procs=2, gpu=True)
     assert [m["step"] for m in two] == [1, 2, 3]
-    assert all(abs(a["loss"] - b["loss"]) < 1e-4 for a, b in zip(two, straight))
+    assert all(abs(a["loss"] - b["loss"]) < 1e-4 for a, b in zip(two, straight, strict=True))
     wa, wb = weights(run_dir / "straight"), weights(run_dir / "gpu-two")
     for k in wa:
         assert torch.allclose(wa[k], wb[k], atol=1e-2 * wa[k].abs().max().item() + 1e-6), k  # equal up to bf16 export

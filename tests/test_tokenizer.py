@@ -33,7 +33,7 @@ def test_the_47_vocab_cases():
     inp, out = ggml_cases()
     assert len(inp) == 47
     tok = Tokenizer.load(QWEN25)
-    for text, line in zip(inp, out):
+    for text, line in zip(inp, out, strict=True):
         expected = [int(x) for x in line.split()]
         assert tok.encode(text) == expected, repr(text)
         assert tok.encode(text, special=True) == expected
