@@ -523,7 +523,7 @@ def _token_ids(i: int, p) -> list[int]:
     types = set(map(type, p))
     if types == {int}:  # the usual case, as the tokenizer writes it
         return list(p)
-    if types & {bool, torch.Tensor} and (j := next((j for j, t in enumerate(p) if _is_bool(t)), None)) is not None:
+    if (j := next((j for j, t in enumerate(p) if _is_bool(t)), None)) is not None:  # bool, numpy or torch
         raise TypeError(f"generate: prompt {i} has a boolean at {j}, not a token id: {p[j]!r}")
     try:
         return list(map(operator.index, p))

@@ -388,6 +388,8 @@ def test_bad_input_is_refused_before_work(models):
         generate(ours, [[5, True]], 4)
     with pytest.raises(TypeError, match="prompt 0 has a boolean at 0, not a token id: tensor"):
         generate(ours, [[torch.tensor(True), torch.tensor(3)]], 4)
+    with pytest.raises(TypeError, match="prompt 0 has a boolean at 1, not a token id: "):
+        generate(ours, [[5, np.bool_(True)]], 4)  # numpy's boolean too
     with pytest.raises(TypeError, match="prompt 0 has a boolean at 0, not a token id: True"):
         generate(ours, torch.tensor([[1, 1], [0, 1]]).bool(), 4)  # a 2-d bool mask: its rows are lists of bools
     with pytest.raises(TypeError, match="prompt 0 is a torch.bool array, not token ids"):
