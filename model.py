@@ -526,7 +526,7 @@ def _flash_attention_usable(t: torch.Tensor) -> bool:
 
 
 class Transformer(nn.Module):
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: Config, column_major: bool = True):
         super().__init__()
         self.cfg = cfg
         self.embed = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
@@ -535,6 +535,12 @@ class Transformer(nn.Module):
         # Tied checkpoints (Qwen2.5 <= 3B, Qwen3 <= 4B) reuse the embedding as the output projection.
         self.lm_head = None if cfg.tie_word_embeddings else nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         self.checkpoint_blocks = False  # training: recompute each block in backward instead of storing it
+        # Every matrix column-major: the same [out, in] shape and values, but W.t() is the contiguous one, so
+        # cuBLAS multiplies x @ W.t() with its untransposed kernels, which decode faster (BENCHMARKS.md, weight
+        # layout). `load` keeps each parameter's layout. FSDP2 shards only contiguous parameters (sft.py).
+        for mod in self.modules():
+            if column_major and isinstance(mod, nn.Linear):
+                mod.weight = nn.Parameter(mod.weight.detach().t().contiguous().t())
 
     @property
     def output_weight(self) -> torch.Tensor:  # [V, H]
@@ -814,15 +820,12 @@ def load(path, device="cpu", dtype: torch.dtype | None = torch.bfloat16) -> Tran
     params = dict(model.named_parameters())
     state, tied = {}, None
     for ours, _, t, row in read_tensors(path, cfg):
-        t = t.to(device=device, dtype=dtype or t.dtype)
         if ours is None:  # tied checkpoint that also stores lm_head.weight: it must be the embedding
-            tied = t
-        elif t.shape == params[ours].shape:
-            state[ours] = t
-        else:  # one part of a fused parameter (q of qkv, gate of gate_up, ...)
-            if ours not in state:
-                state[ours] = torch.empty(params[ours].shape, device=device, dtype=t.dtype)
-            state[ours][row : row + len(t)] = t
+            tied = t.to(device=device, dtype=dtype or t.dtype)
+            continue
+        if ours not in state:  # laid out as the parameter is (matrices column-major: Transformer)
+            state[ours] = torch.empty_like(params[ours], device=device, dtype=dtype or t.dtype)
+        state[ours][row : row + len(t)] = t  # the whole tensor, or one part of a fused one (q of qkv, ...)
     if tied is not None and not torch.equal(tied, state["embed.weight"]):
         raise InputError(f"{path}: tie_word_embeddings is true but lm_head.weight differs from the embedding")
     assert state.keys() == params.keys(), set(state) ^ set(params)

@@ -363,7 +363,7 @@ def shard(mcfg: M.Config, cfg: SFTConfig, device) -> LogProbs:
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     with torch.device("meta"):
-        model = M.Transformer(mcfg)
+        model = M.Transformer(mcfg, column_major=False)  # FSDP2 shards contiguous (row-major) parameters only
     model.checkpoint_blocks = cfg.activation_checkpointing
     mp = MixedPrecisionPolicy(param_dtype=getattr(torch, cfg.compute_dtype), reduce_dtype=torch.float32)
     for block in model.layers:

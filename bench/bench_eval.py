@@ -76,6 +76,8 @@ def main():
     ap.add_argument("--ways", default="chunks,one,after", help="comma list of: chunks, one, after, half")
     ap.add_argument("--order", choices=["given", "shortest", "longest"], default="given",
                     help="the order the prompts are passed in")
+    ap.add_argument("--weight-layout", choices=["columns", "rows"], default="columns",
+                    help="rows: every matrix row-major (the comparison for the model's column-major layout)")
     args = ap.parse_args()
 
     tok, prompts, lengths = workload(args.shared, args.items, args.median, args.length_seed, args.max_new)
@@ -88,7 +90,7 @@ def main():
           f"(mean {statistics.mean(map(len, prompts)):.0f}); judgments of {min(lengths)}-{max(lengths)} tokens "
           f"(mean {total / len(lengths):.0f}, {total} in all)", flush=True)
 
-    m = our_model(args.config)
+    m = our_model(args.config, column_major=args.weight_layout == "columns")
     padded, hidden = [0], m.hidden  # tokens of the prefill forwards, padding included (decode steps have T == 1)
 
     def counted(ids, *a, **k):

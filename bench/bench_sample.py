@@ -60,12 +60,12 @@ def matmul_ceiling(device="cuda"):
     return 2 * 8192**3 / (timed(lambda: [x @ y for _ in range(10)], 5) / 10)
 
 
-def our_model(cfg_dir):
+def our_model(cfg_dir, column_major=True):
     cfg = Config.from_hf(json.loads((cfg_dir / "config.json").read_text()))
     torch.manual_seed(0)
     with torch.device("cuda"):
         torch.set_default_dtype(torch.bfloat16)
-        m = Transformer(cfg).eval()
+        m = Transformer(cfg, column_major).eval()
         torch.set_default_dtype(torch.float32)
     return m
 
@@ -117,6 +117,8 @@ def main():
     ap.add_argument("--skip-hf", action="store_true")
     ap.add_argument("--parts", default="b1,b64,ragged,long", help="comma list of: b1, b64, ragged, long")
     ap.add_argument("--no-flash", action="store_true", help="decode attention by masked SDPA (comparison)")
+    ap.add_argument("--weight-layout", choices=["columns", "rows"], default="columns",
+                    help="rows: every matrix row-major (the comparison for the model's column-major layout)")
     ap.add_argument("--ragged-slots", default="default,256", help="slot counts for the ragged part")
     ap.add_argument("--long-prompts", default="18,8", help="prompt counts for the long part (x 7 rows each)")
     args = ap.parse_args()
@@ -135,7 +137,7 @@ def main():
         d = args.configs / name
         if name.startswith("qwen2.5-1.5b") and not parts & {"b1", "ragged"}:
             continue
-        m = our_model(d)
+        m = our_model(d, column_major=args.weight_layout == "columns")
         roof = bw / weight_bytes(m)
         if "b1" in parts:
             t = bench_ours(m, 1, 128, 256, args.repeats)

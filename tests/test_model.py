@@ -84,6 +84,28 @@ def test_bf16_compute_matches_transformers_bf16(tmp_path):
     assert (a - b).abs().max().item() <= 2e-2 * b.abs().max().item()
 
 
+@pytest.mark.parametrize("tied", [False, True])
+def test_matrices_load_column_major_and_row_major_ones_give_the_same_logits(tmp_path, tied):
+    """load keeps the model's layout: every nn.Linear weight column-major (its transpose contiguous), the
+    embedding and vectors row-major. A row-major model (as sft.py builds one for FSDP2) holding the same values
+    gives the same logits."""
+    hf_model("qwen2", 8, 2, 16, tied=tied, seed=6).save_pretrained(tmp_path)
+    cols = M.load(tmp_path, dtype=torch.float32)
+    linear = {n for n, mod in cols.named_modules() if isinstance(mod, torch.nn.Linear)}
+    assert len(linear) == 4 * cols.cfg.n_layers + (not tied)  # qkv, o, gate_up, down; the untied lm_head
+    for name, p in cols.named_parameters():
+        if name.removesuffix(".weight") in linear:
+            assert p.t().is_contiguous() and not p.is_contiguous(), name
+        else:
+            assert p.is_contiguous(), name
+    rows = M.Transformer(cols.cfg, column_major=False)
+    rows.load_state_dict(cols.state_dict())  # copies the values into its own (row-major) parameters
+    assert all(p.is_contiguous() for p in rows.parameters())
+    ids = torch.randint(0, 512, (2, 9))
+    with torch.no_grad():
+        torch.testing.assert_close(rows(ids), cols(ids), atol=1e-5, rtol=1e-5)
+
+
 def test_hidden_is_logits_before_head(tmp_path):
     hf_model("qwen2", tied=True).save_pretrained(tmp_path)
     m = M.load(tmp_path, dtype=torch.float32)

@@ -1,0 +1,97 @@
+"""Exploration: would decode matmuls run faster with each weight stored transposed?
+
+    python bench/explore_weight_layout.py --configs .gpu/hf
+
+The model keeps each nn.Linear weight as Hugging Face stores it, W [N,K] (out, in), and multiplies x @ W.t():
+cuBLAS sees the weight transposed ("T"). Stored as Wt [K,N] contiguous, x @ Wt is the same product with the
+weight untransposed ("N"), for which cuBLAS has other kernels and another heuristic, perhaps one that skips
+split-K (the 7B o and down matmuls at batch 1 run split-K: a memset, the GEMM and a reduction). Each matmul of a
+decode step is timed both ways as the model calls it (qkv with its bias, o and down accumulated into the residual,
+gate/up plain), at 1 to 448 rows and for prefills of 4,096 and 16,384 tokens (gate and up also as the model's
+multi-token forward runs them: two GEMMs, one per half). Each figure: the call captured in one CUDA graph, cycling
+over enough copies of the weight that none is read from L2 twice, median of 5 replays, us per call.
+"""
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+import torch
+
+
+def per_call_us(fns, repeats=5):
+    """fns: calls that read different weights; one graph runs each in turn, twice over (us per call)."""
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for f in fns:
+            f()
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for _ in range(2):
+            for f in fns:
+                f()
+    times = []
+    for _ in range(repeats):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        g.replay()
+        b.record()
+        torch.cuda.synchronize()
+        times.append(a.elapsed_time(b) * 1e3 / (2 * len(fns)))
+    return statistics.median(times)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--configs", type=Path, default=Path(".gpu/hf"))
+    args = ap.parse_args()
+    print(torch.cuda.get_device_name(), "torch", torch.__version__, flush=True)
+    dev, dt = "cuda", torch.bfloat16
+    for d in sorted(args.configs.iterdir()):
+        c = json.loads((d / "config.json").read_text())
+        H, I = c["hidden_size"], c["intermediate_size"]
+        hd = H // c["num_attention_heads"]
+        qkv = (c["num_attention_heads"] + 2 * c["num_key_value_heads"]) * hd
+        print(f"\n{d.name}: us per call, W [N,K] as stored (x @ W.t()) | Wt [K,N] contiguous (x @ Wt)")
+        shapes = {"qkv+bias": (qkv, H), "o+residual": (H, H), "gate_up": (2 * I, H), "down+residual": (H, I),
+                  "gate, up (halves)": (2 * I, H)}
+        if not c.get("tie_word_embeddings"):
+            shapes["lm_head"] = (c["vocab_size"], H)
+        print(f"{'rows':>5} " + " ".join(f"{n:>17}" for n in shapes))
+        for B in (1, 2, 8, 16, 64, 128, 256, 448, 4096, 16384):
+            cells = []
+            for name, (N, K) in shapes.items():
+                if name == "lm_head" and B > 448:
+                    cells.append("-")
+                    continue
+                copies = max(2, -(-(256 << 20) // (N * K * 2)))  # 256 MiB of weights: more than any L2
+                ws = [torch.randn(N, K, device=dev, dtype=dt) * 0.02 for _ in range(copies)]
+                wts = [w.t().contiguous() for w in ws]
+                x = torch.randn(B, K, device=dev, dtype=dt)
+                bias = torch.randn(N, device=dev, dtype=dt)
+                res = torch.randn(B, N, device=dev, dtype=dt)
+                if name == "qkv+bias":
+                    call = lambda w, x=x, bias=bias: torch.addmm(bias, x, w)  # noqa: E731
+                elif name in ("gate_up", "lm_head"):
+                    call = lambda w, x=x: torch.mm(x, w)  # noqa: E731
+                elif name.startswith("gate, up"):  # as the model's multi-token forward: two GEMMs on the two halves
+                    call = lambda w, x=x, n=N // 2: (torch.mm(x, w[:, :n]), torch.mm(x, w[:, n:]))  # noqa: E731
+                else:
+                    call = lambda w, x=x, res=res: res.addmm_(x, w)  # noqa: E731
+                before = res.clone()
+                one = lambda w: torch.cat(call(w), 1) if name.startswith("gate, up") else call(w)  # noqa: E731
+                want = one(ws[0].t()).float()
+                res.copy_(before)  # the residual calls accumulate in place: the same start for both
+                torch.testing.assert_close(one(wts[0]).float(), want, atol=0.05, rtol=0.02)
+                t = [per_call_us([lambda w=w: call(w.t()) for w in ws]),
+                     per_call_us([lambda w=w: call(w) for w in wts])]
+                cells.append(f"{t[0]:7.1f} | {t[1]:7.1f}")
+                del ws, wts
+            print(f"{B:>5} " + " ".join(f"{c:>17}" for c in cells), flush=True)
+
+
+if __name__ == "__main__":
+    main()
