@@ -10,6 +10,12 @@ decode step is timed both ways as the model calls it (qkv with its bias, o and d
 gate/up plain), at 1 to 448 rows and for prefills of 4,096 and 16,384 tokens (gate and up also as the model's
 multi-token forward runs them: two GEMMs, one per half). Each figure: the call captured in one CUDA graph, cycling
 over enough copies of the weight that none is read from L2 twice, median of 5 replays, us per call.
+
+Found (2026-11-24, bench/results/2026-11-24-h{100,200}-explore-weight-layout.log, BENCHMARKS.md): at batch 1 the
+untransposed kernels are faster for every 7B matrix on the H100 and most on the H200 (the output projection by
+14-22 us); the 1.5B down matmul at 256-448 rows is slower on both, and prefills move by up to 10% either way.
+End to end the H100 gains (7B batch 1 +2.7-4.2%) and the H200 does not move, so model.py stores matrices
+column-major.
 """
 
 import argparse
