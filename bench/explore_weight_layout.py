@@ -20,34 +20,18 @@ column-major.
 
 import argparse
 import json
-import statistics
+import sys
 from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import explore_attention  # noqa: E402
 
-def per_call_us(fns, repeats=5):
+
+def per_call_us(fns):
     """fns: calls that read different weights; one graph runs each in turn, twice over (us per call)."""
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for f in fns:
-            f()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for _ in range(2):
-            for f in fns:
-                f()
-    times = []
-    for _ in range(repeats):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        g.replay()
-        b.record()
-        torch.cuda.synchronize()
-        times.append(a.elapsed_time(b) * 1e3 / (2 * len(fns)))
-    return statistics.median(times)
+    return explore_attention.per_call_us(lambda: [f() for f in fns], calls=2) / len(fns)
 
 
 def main():
