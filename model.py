@@ -539,9 +539,9 @@ class Transformer(nn.Module):
         # cuBLAS multiplies x @ W.t() with its untransposed kernels. A 7B batch-1 decode step runs 3-4% faster
         # on an H100 and the same on an H200 (BENCHMARKS.md, "Why column-major matrices"). `load` keeps each
         # parameter's layout. FSDP2 shards only contiguous parameters, so sft.py passes column_major=False.
-        for mod in self.modules():
-            if column_major and isinstance(mod, nn.Linear):
-                mod.weight = nn.Parameter(mod.weight.detach().t().contiguous().t())
+        linears = [mod for mod in self.modules() if isinstance(mod, nn.Linear)] if column_major else []
+        for mod in linears:
+            mod.weight = nn.Parameter(mod.weight.detach().t().contiguous().t())
 
     @property
     def output_weight(self) -> torch.Tensor:  # [V, H]
