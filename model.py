@@ -536,7 +536,7 @@ class Transformer(nn.Module):
         self.lm_head = None if cfg.tie_word_embeddings else nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         self.checkpoint_blocks = False  # training: recompute each block in backward instead of storing it
         # Every matrix column-major: the same [out, in] shape and values, but W.t() is the contiguous one, so
-        # cuBLAS multiplies x @ W.t() with its untransposed kernels. A 7B batch-1 decode step runs 3-4% faster
+        # cuBLAS multiplies x @ W.t() with its untransposed kernels. A 7B batch-1 decode step runs 2.7-4.2% faster
         # on an H100 and the same on an H200 (BENCHMARKS.md, "Why column-major matrices"). `load` keeps each
         # parameter's layout. FSDP2 shards only contiguous parameters, so sft.py passes column_major=False.
         linears = [mod for mod in self.modules() if isinstance(mod, nn.Linear)] if column_major else []
