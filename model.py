@@ -808,8 +808,9 @@ def local_gpu(local_rank: int) -> torch.device:
 def load(path, device="cpu", dtype: torch.dtype | None = torch.bfloat16) -> Transformer:
     """Load a Hugging Face Qwen2/Qwen3 folder. dtype None keeps the checkpoint's own dtype.
 
-    The model is built on the meta device (no memory), then each tensor is read from the memory-mapped
-    file, converted, and assigned in place: peak memory is one copy of the weights plus one tensor.
+    The model is built on the meta device (no memory), then each tensor is copied from the memory-mapped file
+    into one laid out as its parameter is (matrices column-major), converting its dtype on the way: peak memory
+    is one copy of the weights plus one tensor.
     """
     device = checked_device(device)
     if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):

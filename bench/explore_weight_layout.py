@@ -5,7 +5,7 @@
 The model keeps each nn.Linear weight as Hugging Face stores it, W [N,K] (out, in), and multiplies x @ W.t():
 cuBLAS sees the weight transposed ("T"). Stored as Wt [K,N] contiguous, x @ Wt is the same product with the
 weight untransposed ("N"), for which cuBLAS has other kernels and another heuristic, perhaps one that skips
-split-K (the 7B o and down matmuls at batch 1 run split-K: a memset, the GEMM and a reduction). Each matmul of a
+split-K (the 7B o and down matmuls at batch 1 run split-K: the GEMM, then a reduction kernel). Each matmul of a
 decode step is timed both ways as the model calls it (qkv with its bias, o and down accumulated into the residual,
 gate/up plain), at 1 to 448 rows and for prefills of 4,096 and 16,384 tokens (gate and up also as the model's
 multi-token forward runs them: two GEMMs, one per half). Each figure: the call captured in one CUDA graph, cycling
