@@ -254,6 +254,26 @@ def step_batches(n_rows: int, cfg: SFTConfig) -> list[list[int]]:
     return steps
 
 
+def describe_steps(steps: list[list[int]], global_batch: int) -> str:
+    """How many optimizer steps `step_batches` made, and of what size, for the run's summary line.
+
+    >>> describe_steps(step_batches(16, SFTConfig(global_batch=6)), 6)
+    '3 steps of 6 (the last of 4)'
+    >>> describe_steps(step_batches(16, SFTConfig(global_batch=6, epochs=2)), 6)
+    "6 steps of 6 (each epoch's last of 4)"
+    >>> describe_steps(step_batches(16, SFTConfig(global_batch=16)), 16)
+    '1 step of 16'
+    >>> describe_steps(step_batches(16, SFTConfig(global_batch=32, epochs=2)), 32)
+    '2 steps of all 16 rows (fewer than --global-batch 32)'
+    """
+    short = [len(b) for b in steps if len(b) < global_batch]  # each epoch's last step takes the rest
+    says = f"{len(steps)} step{'s' if len(steps) > 1 else ''} of"
+    if len(short) == len(steps):  # fewer rows than --global-batch: each epoch is one step of all of them
+        return says + f" all {short[0]} rows (fewer than --global-batch {global_batch})"
+    which = "the" if len(short) == 1 else "each epoch's"
+    return says + f" {global_batch}" + (f" ({which} last of {short[0]})" if short else "")
+
+
 def micro_batches(idx: list[int], lengths: list[int], budget: int) -> list[list[int]]:
     """Pack rows into micro-batches of similar length whose padded size (rows x longest) fits the budget.
 
@@ -506,14 +526,7 @@ def train(cfg: SFTConfig):
                 print(f"{cfg.data}: {len(rows_named)} {what} (rows {rows_named[:10]}"
                       f"{', ...' if len(rows_named) > 10 else ''}; all in {out / 'data_stats.json'})", file=sys.stderr)
         sizes = {k: v for k, v in counts.items() if isinstance(v, int)}
-        short = [len(b) for b in steps if len(b) < cfg.global_batch]  # each epoch's last step takes the rest
-        batches = f"{len(steps)} step{'s' if len(steps) > 1 else ''} of"
-        if len(short) == len(steps):  # fewer rows than --global-batch: each epoch is one step of all of them
-            batches += f" all {short[0]} rows (fewer than --global-batch {cfg.global_batch})"
-        else:
-            which = "the" if len(short) == 1 else "each epoch's"
-            batches += f" {cfg.global_batch}" + (f" ({which} last of {short[0]})" if short else "")
-        print(f"{sizes} | {batches} | {n_params / 1e6:.1f}M params | world {world}")
+        print(f"{sizes} | {describe_steps(steps, cfg.global_batch)} | {n_params / 1e6:.1f}M params | world {world}")
     log = open(out / "metrics.jsonl", "a") if rank == 0 else None
     bar = tqdm(total=stop, initial=start, disable=rank != 0, desc="sft")
     model.train()

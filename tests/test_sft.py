@@ -348,17 +348,27 @@ def test_loss_goes_down(straight):
     assert all(0 <= m["padding_waste"] < 0.5 for m in straight)
 
 
-def test_the_run_says_how_its_rows_make_steps(run_dir):
-    """The summary line counts the steps the run takes and their sizes: 16 rows in steps of 6 are 6, 6, 4, in steps
-    of 16 one step; a --global-batch over the 16 rows gives one step of all of them per epoch, and says so, not "1
-    steps of 32"."""
-    for batch, epochs, says, steps in (("6", "1", "3 steps of 6 (the last of 4)", 3),
-                                       ("16", "1", "1 step of 16", 1),
-                                       ("32", "1", "1 step of all 16 rows (fewer than --global-batch 32)", 1),
-                                       ("32", "2", "2 steps of all 16 rows (fewer than --global-batch 32)", 2)):
-        metrics, r = run(run_dir, run_dir / f"batch{batch}x{epochs}", "--global-batch", batch, "--epochs", epochs)
-        assert f"| {says} |" in r.stdout, r.stdout
-        assert len(metrics) == steps
+@pytest.mark.parametrize("batch,epochs,says", [(6, 1, "3 steps of 6 (the last of 4)"),
+                                                (6, 2, "6 steps of 6 (each epoch's last of 4)"),
+                                                (16, 1, "1 step of 16"),
+                                                (32, 1, "1 step of all 16 rows (fewer than --global-batch 32)"),
+                                                (32, 2, "2 steps of all 16 rows (fewer than --global-batch 32)")])
+def test_the_summary_says_how_the_rows_make_steps(batch, epochs, says):
+    """16 rows in steps of 6 are 6, 6, 4 (per epoch); in steps of 16 one step; a --global-batch over the 16 rows
+    gives one step of all of them per epoch, and says so, not "1 steps of 32". Checked against the steps'
+    own sizes, counted here."""
+    steps = sft.step_batches(16, sft.SFTConfig(global_batch=batch, epochs=epochs))
+    sizes = [len(s) for s in steps]
+    assert sum(sizes) == 16 * epochs and all(0 < n <= batch for n in sizes)
+    assert says.startswith(f"{len(steps)} step")  # the count the line gives is the steps' count
+    assert sft.describe_steps(steps, batch) == says
+
+
+def test_the_run_prints_its_steps_and_takes_them(run_dir):
+    """The run prints that summary and takes as many steps as it says: 2 epochs of 16 rows under --global-batch 32."""
+    metrics, r = run(run_dir, run_dir / "batch32x2", "--global-batch", "32", "--epochs", "2")
+    assert "| 2 steps of all 16 rows (fewer than --global-batch 32) |" in r.stdout, r.stdout
+    assert len(metrics) == 2
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
