@@ -19,14 +19,15 @@ column-major.
 """
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import explore_attention  # noqa: E402
+import model as M  # noqa: E402
 
 
 def per_call_us(fns):
@@ -41,15 +42,16 @@ def main():
     print(torch.cuda.get_device_name(), "torch", torch.__version__, flush=True)
     dev, dt = "cuda", torch.bfloat16
     for d in sorted(args.configs.iterdir()):
-        c = json.loads((d / "config.json").read_text())
-        H, I = c["hidden_size"], c["intermediate_size"]
-        hd = H // c["num_attention_heads"]
-        qkv = (c["num_attention_heads"] + 2 * c["num_key_value_heads"]) * hd
+        cfg = M.load_config(d)
+        with torch.device("meta"):  # the model's own matrices, [N,K] each (no memory)
+            m = M.Transformer(cfg)
+        attn, mlp = m.layers[0].attn, m.layers[0].mlp
         print(f"\n{d.name}: us per call, W [N,K] as stored (x @ W.t()) | Wt [K,N] contiguous (x @ Wt)")
-        shapes = {"qkv+bias": (qkv, H), "o+residual": (H, H), "gate_up": (2 * I, H), "down+residual": (H, I),
-                  "gate, up (halves)": (2 * I, H)}
-        if not c.get("tie_word_embeddings"):
-            shapes["lm_head"] = (c["vocab_size"], H)
+        shapes = {"qkv+bias": attn.qkv.weight.shape, "o+residual": attn.o.weight.shape,
+                  "gate_up": mlp.gate_up.weight.shape, "down+residual": mlp.down.weight.shape,
+                  "gate, up (halves)": mlp.gate_up.weight.shape}
+        if m.lm_head is not None:  # a tied output projection is the embedding, row-major whatever the layout
+            shapes["lm_head"] = m.lm_head.weight.shape
         print(f"{'rows':>5} " + " ".join(f"{n:>17}" for n in shapes))
         for B in (1, 2, 8, 16, 64, 128, 256, 448, 4096, 16384):
             cells = []
