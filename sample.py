@@ -555,10 +555,16 @@ def _is_count(x) -> bool:
 
 
 def check_settings(cfg: Config, n, temperature, top_k, top_p, eos_ids, seed, slots, sync_every,
-                   prefill_tokens) -> tuple:
+                   prefill_tokens, return_logprobs=False, cuda_graph=True, on_tokens=None, progress=None) -> tuple:
     """Reject bad generate() settings by name before any work (a sync interval of 0 would never return, an eos id
-    outside the vocabulary never stop a row). Returns eos_ids as a tuple (read once: a generator of ids is not
-    silently used up)."""
+    outside the vocabulary never stop a row, a switch given as the string "False" turn on). Returns eos_ids as a
+    tuple (read once: a generator of ids is not silently used up)."""
+    for name, v in dict(return_logprobs=return_logprobs, cuda_graph=cuda_graph).items():
+        if not isinstance(v, bool):
+            raise TypeError(f"generate: {name} must be True or False, got {v!r}")
+    for name, v in dict(on_tokens=on_tokens, progress=progress).items():
+        if v is not None and not callable(v):
+            raise TypeError(f"generate: {name} must be a function or None, got {v!r}")
     counts = dict(n=n, sync_every=sync_every, prefill_tokens=prefill_tokens)
     if slots is not None:  # None: the default count
         counts["slots"] = slots
@@ -608,7 +614,8 @@ def generate(model: Transformer, prompts, max_new_tokens, n: int = 1, temperatur
     """
     global _engine
     prompts, limits = check_prompts(model.cfg, prompts, max_new_tokens)
-    eos_ids = check_settings(model.cfg, n, temperature, top_k, top_p, eos_ids, seed, slots, sync_every, prefill_tokens)
+    eos_ids = check_settings(model.cfg, n, temperature, top_k, top_p, eos_ids, seed, slots, sync_every, prefill_tokens,
+                             return_logprobs, cuda_graph, on_tokens, progress)
     longest = max(len(p) + m for p, m in zip(prompts, limits))
     max_len, max_new = round_len(longest), round_len(max(limits))
     slots = min(slots or _slots_that_fit(model, max_len, max_new, prefill_tokens), len(prompts) * n)

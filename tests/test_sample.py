@@ -421,7 +421,11 @@ def test_bad_input_is_refused_before_work(models):
                     (dict(eos_ids=7), "eos_ids must be a collection of token ids, got 7"),
                     (dict(eos_ids=[7, 2.0]), r"eos_ids must be integer token ids, got \(7, 2.0\)"),
                     # an eos id the model cannot emit would never stop a row (a tokenizer of another model's)
-                    (dict(eos_ids=[7, 512]), r"eos id 512 is outside the vocabulary \[0, 512\)")]:
+                    (dict(eos_ids=[7, 512]), r"eos id 512 is outside the vocabulary \[0, 512\)"),
+                    # switches: the string "False" is truthy, and a 0/1 flag is as likely a slip as a choice
+                    (dict(return_logprobs="False"), "return_logprobs must be True or False, got 'False'"),
+                    (dict(cuda_graph=0), "cuda_graph must be True or False, got 0"),
+                    (dict(on_tokens=print, progress=[]), r"progress must be a function or None, got \[\]")]:
         kw = {"max_new_tokens": 4} | kw
         with pytest.raises((ValueError, TypeError), match=msg):
             generate(ours, [[1, 2], [3]], **kw)
