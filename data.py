@@ -25,7 +25,8 @@ from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime
 from pathlib import Path
 
-from model import InputError, MissingInput, read_generation_config, read_json, read_text, run_folder_hint
+from model import DuplicateKey, InputError, MissingInput, json_loads, read_generation_config, read_json, read_text, \
+    run_folder_hint
 
 # ----------------------------------------------------------------------------------------------
 # Chat templates
@@ -355,12 +356,14 @@ def read_rows(path) -> list[tuple[str, dict]]:
             if not line.strip():
                 continue
             try:
-                out.append((f"{path}:{k + 1}", json.loads(line.decode("utf-8"))))
+                out.append((f"{path}:{k + 1}", json_loads(line.decode("utf-8"))))
             except UnicodeDecodeError as e:
                 raise InputError(f"{path}:{k + 1}: not UTF-8 text (byte offset {e.start} in the line: "
                                  f"{e.reason})") from None
             except json.JSONDecodeError as e:
                 raise InputError(f"{path}:{k + 1}: not valid JSON ({e})") from None
+            except DuplicateKey as e:
+                raise InputError(f"{path}:{k + 1}: {e}") from None
         return out
     if suffix == ".json":
         return [(f"{path}:{k + 1}", r) for k, r in enumerate(read_json(path, list))]

@@ -640,6 +640,24 @@ def read_text(path) -> str:
         raise InputError(f"{path}: not UTF-8 text (byte offset {e.start}: {e.reason})") from None
 
 
+class DuplicateKey(ValueError):
+    """A JSON object that names a key twice (json.loads alone keeps the last value and drops the others unsaid)."""
+
+
+def _one_value_per_key(pairs: list) -> dict:
+    obj = {}
+    for key, value in pairs:
+        if key in obj:
+            raise DuplicateKey(f"key {key!r} appears twice in one object; which value was meant is unclear")
+        obj[key] = value
+    return obj
+
+
+def json_loads(text):
+    """json.loads, with a key given twice in one object an error (DuplicateKey) instead of a silent last-one-wins."""
+    return json.loads(text, object_pairs_hook=_one_value_per_key)
+
+
 def read_json(path, kind: type = dict):
     """The JSON value of file `path`, which must be a `kind` (dict: an object, list: an array); a file that is
     not UTF-8, not JSON or not a `kind` is an error naming it (json's own errors name no file).
@@ -647,9 +665,11 @@ def read_json(path, kind: type = dict):
     Example: a config.json cut short -> InputError("MODEL/config.json: not valid JSON (Expecting value: line 2 ...)")
     """
     try:
-        value = json.loads(read_text(path))
+        value = json_loads(read_text(path))
     except json.JSONDecodeError as e:
         raise InputError(f"{path}: not valid JSON ({e})") from None
+    except DuplicateKey as e:
+        raise InputError(f"{path}: {e}") from None
     if not isinstance(value, kind):
         raise InputError(f"{path}: expected a JSON {_JSON_TYPES[kind]}, got a JSON {_JSON_TYPES[type(value)]}")
     return value

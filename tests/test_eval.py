@@ -112,6 +112,9 @@ def test_hand_made_formats(tmp_path):
     ('{"prompt": "q", "chosen": "a", "subset": "s", "id": 1}', r"rb.jsonl:2: missing field 'rejected'"),
     ('{"prompt": "q", "chosen": 7, "rejected": "b", "subset": "s", "id": 1}', r"rb.jsonl:2: field 'chosen' should be str"),
     ("{not json", r"rb.jsonl:2: not valid JSON"),
+    # json.loads alone would keep the second 'chosen' and drop the first unsaid
+    ('{"prompt": "q", "chosen": "a", "rejected": "b", "chosen": "c", "subset": "s", "id": 1}',
+     r"rb.jsonl:2: key 'chosen' appears twice in one object; which value was meant is unclear$"),
     ('{"prompt": "q", "chosen": "a", "rejected": "b", "subset": "s", "id": 0}',
      r"rb.jsonl:2: pair id '0' again \(first at \S*rb.jsonl:1\); ids must be unique$"),
 ])
@@ -170,6 +173,8 @@ def test_rows_that_are_not_utf8_name_file_and_line(tmp_path):
 @pytest.mark.parametrize("name,text,read,match", [
     ("x.json", '{"prompt": "q"}', data.read_rows, r"x.json: expected a JSON array, got a JSON object"),
     ("x.json", "[{", data.read_rows, r"x.json: not valid JSON"),
+    ("x.json", '[{"prompt": "q"}, {"chosen": [{"role": "user", "content": "q", "role": "assistant"}]}]', data.read_rows,
+     r"x.json: key 'role' appears twice in one object"),
     ("x.csv", "a,b", data.read_rows, r"x.csv: unknown format '.csv'"),
     ("x.jsonl", '{"question": "q", "answer": "a"}', data.read_pairs, r"x.jsonl:1: unknown pair format .*'answer'"),
     ("x.jsonl", '{"chosen": [{"role": "system", "content": "s"}, {"role": "user", "content": "q"}, '

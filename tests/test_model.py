@@ -345,6 +345,8 @@ def test_broken_index_or_folder(tmp_path):
 @pytest.mark.parametrize("name,content,match", [
     ("config.json", '{"architectures": ["Qwen2ForCausalLM"], ', r"config.json: not valid JSON \(Expecting"),
     ("config.json", '["Qwen2ForCausalLM"]', r"config.json: expected a JSON object, got a JSON array"),
+    ("generation_config.json", '{"eos_token_id": 1, "eos_token_id": 2}',
+     r"generation_config.json: key 'eos_token_id' appears twice in one object"),
     ("generation_config.json", '{"eos_token_id": [1, 2', r"generation_config.json: not valid JSON"),
     ("model.safetensors.index.json", "", r"model.safetensors.index.json: not valid JSON"),
 ])
