@@ -529,7 +529,13 @@ class Transformer(nn.Module):
     def __init__(self, cfg: Config, column_major: bool = True):
         super().__init__()
         self.cfg = cfg
-        self.embed = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        # nn.Embedding's own init (normal_) on the meta device, where `load` and sft.py build the model, first
+        # imports torch._dynamo: about a second of every process that loads a model (BENCHMARKS.md). So the table
+        # is made here, and drawn (as nn.Embedding draws it) only where it has storage.
+        table = torch.empty(cfg.vocab_size, cfg.hidden_size)
+        if not table.is_meta:
+            nn.init.normal_(table)
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.hidden_size, _weight=table)
         self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         # Tied checkpoints (Qwen2.5 <= 3B, Qwen3 <= 4B) reuse the embedding as the output projection.

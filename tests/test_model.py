@@ -1,7 +1,11 @@
 """model.py against transformers: logits, checkpoint round trips, and every refusal."""
 
 import json
+import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -104,6 +108,27 @@ def test_matrices_load_column_major_and_row_major_ones_give_the_same_logits(tmp_
     ids = torch.randint(0, 512, (2, 9))
     with torch.no_grad():
         torch.testing.assert_close(rows(ids), cols(ids), atol=1e-5, rtol=1e-5)
+
+
+def test_the_embedding_is_drawn_where_the_model_has_storage(tmp_path):
+    """Transformer makes its embedding table itself (nn.Embedding's own init on the meta device first imports
+    torch._dynamo): on a real device the table is nn.Embedding's own draw, on the meta device only a shape."""
+    hf_model("qwen2", 8, 2, 16, seed=6).save_pretrained(tmp_path)
+    cfg = M.load_config(tmp_path)
+    torch.manual_seed(0)
+    w = M.Transformer(cfg).embed.weight
+    torch.manual_seed(0)
+    want = torch.nn.Embedding(cfg.vocab_size, cfg.hidden_size).weight
+    assert torch.equal(w, want) and w.requires_grad and w.std() > 0.5  # the same N(0, 1) draw, trained
+    with torch.device("meta"):
+        assert M.Transformer(cfg).embed.weight.is_meta
+    # what the table is made by hand for: a process that builds the model on the meta device, as `load` does,
+    # does not import torch's compiler (about a second of every CLI's start on a CPU)
+    code = (f"import sys, torch; before = 'torch._dynamo' in sys.modules; import model; "
+            f"model.load({str(tmp_path)!r}, dtype=torch.float32); print(before, 'torch._dynamo' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=Path(M.__file__).parent, capture_output=True, text=True,
+                         check=True, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""}).stdout.split()
+    assert out in (["False", "False"], ["True", "True"]), out  # (a torch that imports it itself: nothing to check)
 
 
 def test_hidden_is_logits_before_head(tmp_path):
