@@ -530,8 +530,8 @@ class Transformer(nn.Module):
         super().__init__()
         self.cfg = cfg
         # nn.Embedding's own init (normal_) on the meta device, where `load` and sft.py build the model, first
-        # imports torch._dynamo: about a second of every process that loads a model (BENCHMARKS.md). So the table
-        # is made here, and drawn (as nn.Embedding draws it) only where it has storage.
+        # imports torch._dynamo in torch 2.13: about a second of every CPU process that loads a model
+        # (BENCHMARKS.md). So the table is made here, and drawn (as nn.Embedding draws it) only where it has storage.
         table = torch.empty(cfg.vocab_size, cfg.hidden_size)
         if not table.is_meta:
             nn.init.normal_(table)
