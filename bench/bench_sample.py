@@ -86,11 +86,16 @@ def weight_bytes(m: Transformer):
     return total
 
 
+def random_prompts(batch, prompt_len, seed=1) -> list[list[int]]:
+    """batch prompts of prompt_len token ids, the same for a seed (speed does not depend on the ids)."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 150000, (batch, prompt_len), generator=g).tolist()
+
+
 def bench_ours(m, batch, prompt_len, new, repeats, engine_len=None, **kw):
     """engine_len: first install an engine whose cache holds engine_len tokens per row (what a call for
     long generations leaves behind; generate reuses it for shorter calls)."""
-    g = torch.Generator().manual_seed(1)
-    prompts = torch.randint(0, 150000, (batch, prompt_len), generator=g).tolist()
+    prompts = random_prompts(batch, prompt_len)
     if engine_len:
         sample._engine = None
         sample._engine = Engine(m, slots=batch, max_len=engine_len, max_new=engine_len, temperature=0)
@@ -196,8 +201,7 @@ def ragged_workload():
     and with it its own length, while prompts repeat in groups of 7 as in GRPO."""
     rng = np.random.default_rng(0)
     lengths = np.clip(rng.lognormal(np.log(450), 0.75, 64 * 7), 128, 2048).astype(int).tolist()
-    g = torch.Generator().manual_seed(2)
-    prompts = torch.randint(0, 150000, (64, 1024), generator=g).tolist()
+    prompts = random_prompts(64, 1024, seed=2)
     return prompts, [prompts[i // 7] for i in range(64 * 7)], lengths
 
 
@@ -227,8 +231,7 @@ def long_rollouts(m, repeats, n_prompts):
     decode at positions 2,048-3,072, where reading the cache costs more than reading the weights; 8 prompts
     make 56 rows, what an 80 GB GPU holds of a 7B GRPO run at the recipe's lengths (about 9,000 positions
     each)."""
-    g = torch.Generator().manual_seed(3)
-    prompts = torch.randint(0, 150000, (n_prompts, 2048), generator=g).tolist()
+    prompts = random_prompts(n_prompts, 2048, seed=3)
     kw = dict(n=7, temperature=1.0, return_logprobs=True)
     generate(m, prompts, 1024, **kw)  # warm-up: sizes the engine, captures its graphs
     t = timed(lambda: generate(m, prompts, 1024, **kw), repeats)

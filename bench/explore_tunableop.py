@@ -31,16 +31,10 @@ import torch.cuda.tunable as tunable
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import sample  # noqa: E402
-from bench_sample import bench_ours, ceilings, our_model, weight_bytes  # noqa: E402
+from bench_sample import bench_ours, ceilings, our_model, random_prompts, weight_bytes  # noqa: E402
 from sample import generate  # noqa: E402
 
 SHAPES = {"qwen2.5-1.5b-instruct": [(1, 128)], "qwen2.5-7b-instruct": [(1, 128), (64, 512)]}
-
-
-def greedy_tokens(m, batch, prompt_len, new):
-    g = torch.Generator().manual_seed(1)
-    prompts = torch.randint(0, 150000, (batch, prompt_len), generator=g).tolist()
-    return [o.tokens for o in generate(m, prompts, new, temperature=0)]
 
 
 def main():
@@ -62,9 +56,7 @@ def main():
         tunable.set_rotating_buffer_size(-1)  # time each candidate with its inputs out of L2, as decoding reads them
         sample.release()
         for batch, plen in cases:
-            g = torch.Generator().manual_seed(1)
-            prompts = torch.randint(0, 150000, (batch, plen), generator=g).tolist()
-            generate(m, prompts, 4, temperature=0, cuda_graph=False)
+            generate(m, random_prompts(batch, plen), 4, temperature=0, cuda_graph=False)
         tunable.tuning_enable(False)
         results = tunable.get_results()
         print(f"\n{name}: {len(results)} GEMM shapes tuned; kept (op, shape, algorithm, ms):", flush=True)
@@ -81,7 +73,7 @@ def main():
             for way in ("default", "tuned"):
                 tunable.enable(way == "tuned")
                 sample.release()
-                same.append(greedy_tokens(m, batch, plen, 64))
+                same.append([o.tokens for o in generate(m, random_prompts(batch, plen), 64, temperature=0)])
             agree = sum(a == b for a, b in zip(*same))
             cells = "  ".join(f"{w} " + " / ".join(f"{t:.1f}" for t in v) for w, v in figures.items())
             note = f" = {statistics.median(figures['tuned']) / roof:.1%} of roofline" if batch == 1 else ""
