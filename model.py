@@ -664,18 +664,43 @@ def json_loads(text):
     return json.loads(text, object_pairs_hook=_one_value_per_key)
 
 
+_JSON_SPACE = re.compile(r"[ \t\n\r]*")
+
+
+def _duplicate_row(text: str) -> str:
+    """The ":k" of "file:k" when the key json_loads(text) found twice lies in the k-th element (from 1) of a
+    top-level array, as in a .json file of rows; "" when the top level is an object. The hook that finds the key
+    cannot see which element it is in, so this parses the elements one by one again (only on that error).
+
+    >>> _duplicate_row('[{"a": 1},\\n {"b": [{"c": 2, "c": 3}]}]'), _duplicate_row('{"a": 1, "a": 2}')
+    (':2', '')
+    """
+    i = _JSON_SPACE.match(text).end()
+    if not text.startswith("[", i):
+        return ""
+    decoder = json.JSONDecoder(object_pairs_hook=_one_value_per_key)
+    for k in itertools.count(1):
+        i = _JSON_SPACE.match(text, i + 1).end()  # past the "[" or the "," before element k
+        try:
+            _, i = decoder.raw_decode(text, i)
+        except DuplicateKey:
+            return f":{k}"
+        i = _JSON_SPACE.match(text, i).end()
+
+
 def read_json(path, kind: type = dict):
     """The JSON value of file `path`, which must be a `kind` (dict: an object, list: an array); a file that is
     not UTF-8, not JSON or not a `kind` is an error naming it (json's own errors name no file).
 
     Example: a config.json cut short -> InputError("MODEL/config.json: not valid JSON (Expecting value: line 2 ...)")
     """
+    text = read_text(path)
     try:
-        value = json_loads(read_text(path))
+        value = json_loads(text)
     except json.JSONDecodeError as e:
         raise InputError(f"{path}: not valid JSON ({e})") from None
-    except DuplicateKey as e:
-        raise InputError(f"{path}: {e}") from None
+    except DuplicateKey as e:  # in an array of rows, named by its row as read_rows names rows
+        raise InputError(f"{path}{_duplicate_row(text)}: {e}") from None
     if not isinstance(value, kind):
         raise InputError(f"{path}: expected a JSON {_JSON_TYPES[kind]}, got a JSON {_JSON_TYPES[type(value)]}")
     return value

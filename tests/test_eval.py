@@ -174,7 +174,9 @@ def test_rows_that_are_not_utf8_name_file_and_line(tmp_path):
     ("x.json", '{"prompt": "q"}', data.read_rows, r"x.json: expected a JSON array, got a JSON object"),
     ("x.json", "[{", data.read_rows, r"x.json: not valid JSON"),
     ("x.json", '[{"prompt": "q"}, {"chosen": [{"role": "user", "content": "q", "role": "assistant"}]}]', data.read_rows,
-     r"x.json: key 'role' appears twice in one object"),
+     r"x.json:2: key 'role' appears twice in one object"),
+    ("x.json", '[\n  {"prompt": "q"},\n  {"prompt": "q", "id": 2},\n  {"prompt": "q", "id": 3, "id": 4}\n]\n',
+     data.read_rows, r"x.json:3: key 'id' appears twice in one object"),
     ("x.csv", "a,b", data.read_rows, r"x.csv: unknown format '.csv'"),
     ("x.jsonl", '{"question": "q", "answer": "a"}', data.read_pairs, r"x.jsonl:1: unknown pair format .*'answer'"),
     ("x.jsonl", '{"chosen": [{"role": "system", "content": "s"}, {"role": "user", "content": "q"}, '
