@@ -131,10 +131,16 @@ class Tokenizer:
             self.full = HFTokenizer.from_str(json.dumps(spec, ensure_ascii=False))  # the official tokenizer, as is
         except Exception as e:  # the library raises a bare Exception naming no file
             raise InputError(f"{where}: tokenizer.json is not a tokenizer the tokenizers library reads ({e})") from None
+        # A truncation or padding saved in the file would cut prompts or append pad ids to them without a word;
+        # transformers turns both off unless a call asks for them, and so does this loader.
+        self.full.no_truncation()
+        self.full.no_padding()
         self.added = {t["content"]: t["id"] for t in spec.get("added_tokens", [])}
         self.special_ids = {t["id"] for t in spec.get("added_tokens", []) if t.get("special")}
         # The same BPE with no added tokens: every string becomes ordinary text pieces.
         self.plain = HFTokenizer.from_str(json.dumps({**spec, "added_tokens": []}, ensure_ascii=False))
+        self.plain.no_truncation()
+        self.plain.no_padding()
         # Longest first, so "<|im_end|>" is never matched as a prefix of a longer token (leftmost-longest).
         names = sorted(self.added, key=len, reverse=True)
         self._added_re = re.compile("|".join(re.escape(n) for n in names)) if names else None

@@ -347,3 +347,32 @@ def test_messages_that_are_not_text_turns_are_refused(pair):
             ours.encode_chat(messages, True)
     turns = ({"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"})  # a tuple is a sequence too
     assert ours.encode_chat(turns) == ref.apply_chat_template(list(turns), tokenize=True, return_dict=False)
+
+
+def test_truncation_and_padding_saved_in_tokenizer_json_cut_and_pad_nothing(tmp_path):
+    """A tokenizer.json may carry a truncation and a padding setting (a tokenizer saved after a call that enabled
+    them). transformers turns both off unless a call asks for them; so does this loader: it never cuts a prompt or
+    appends pad ids to it. Both tokenizers inside Tokenizer are checked: encode(special=True) uses the official one,
+    encode and encode_chats the one that reads added-token strings as text."""
+    from transformers import AutoTokenizer
+
+    for f in QWEN25.iterdir():
+        (tmp_path / f.name).write_bytes(f.read_bytes())
+    spec = json.loads((QWEN25 / "tokenizer.json").read_text())
+    spec["truncation"] = {"direction": "Right", "max_length": 3, "strategy": "LongestFirst", "stride": 0}
+    spec["padding"] = {"strategy": {"Fixed": 40}, "direction": "Right", "pad_to_multiple_of": None,
+                       "pad_id": 151643, "pad_type_id": 0, "pad_token": "<|endoftext|>"}
+    (tmp_path / "tokenizer.json").write_text(json.dumps(spec, ensure_ascii=False))
+    tok, ref, hf = Tokenizer.load(tmp_path), Tokenizer.load(QWEN25), AutoTokenizer.from_pretrained(tmp_path)
+    text = "Which answer is right, A or B? <|im_end|> Neither."
+    assert 3 < len(ref.encode(text)) < 40
+    for special in (False, True):
+        assert tok.encode(text, special=special) == ref.encode(text, special=special)
+        assert tok.encode(text, special=special) == hf.encode(text, add_special_tokens=False,
+                                                              split_special_tokens=not special)
+    msgs = [{"role": "user", "content": text}]
+    assert tok.encode_chats([msgs, msgs[:1]]) == [ref.encode_chat(msgs)] * 2
+    plain = [{"role": "user", "content": text.replace("<|im_end|> ", "")}]  # transformers would read the token
+    ids = hf.apply_chat_template(plain, tokenize=True, add_generation_prompt=True)
+    assert tok.encode_chat(plain, add_generation_prompt=True) == (ids if isinstance(ids, list) else ids["input_ids"])
+
