@@ -137,10 +137,11 @@ class Tokenizer:
         self.full.no_padding()
         self.added = {t["content"]: t["id"] for t in spec.get("added_tokens", [])}
         self.special_ids = {t["id"] for t in spec.get("added_tokens", []) if t.get("special")}
-        # The same BPE with no added tokens: every string becomes ordinary text pieces.
-        self.plain = HFTokenizer.from_str(json.dumps({**spec, "added_tokens": []}, ensure_ascii=False))
-        self.plain.no_truncation()
-        self.plain.no_padding()
+        # The same tokenizer without the added tokens, so every string becomes ordinary text pieces: its parts are
+        # the official one's, shared rather than parsed a second time from the file (0.7 s on a 2-core host).
+        self.plain = HFTokenizer(self.full.model)
+        for part in ("normalizer", "pre_tokenizer", "post_processor", "decoder"):
+            setattr(self.plain, part, getattr(self.full, part))
         # Longest first, so "<|im_end|>" is never matched as a prefix of a longer token (leftmost-longest).
         names = sorted(self.added, key=len, reverse=True)
         self._added_re = re.compile("|".join(re.escape(n) for n in names)) if names else None

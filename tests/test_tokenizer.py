@@ -376,3 +376,13 @@ def test_truncation_and_padding_saved_in_tokenizer_json_cut_and_pad_nothing(tmp_
     ids = hf.apply_chat_template(plain, tokenize=True, add_generation_prompt=True)
     assert tok.encode_chat(plain, add_generation_prompt=True) == (ids if isinstance(ids, list) else ids["input_ids"])
 
+
+@pytest.mark.parametrize("folder", [QWEN25, QWEN3], ids=["qwen2.5", "qwen3"])
+def test_the_plain_tokenizer_is_the_file_without_its_added_tokens(folder):
+    """Tokenizer.plain, which encodes message text, is assembled from the official tokenizer's parts; serialised,
+    it is exactly the tokenizer the file describes with its added tokens removed."""
+    from tokenizers import Tokenizer as HFTokenizer
+
+    spec = json.loads((folder / "tokenizer.json").read_text())
+    expected = HFTokenizer.from_str(json.dumps({**spec, "added_tokens": []}))
+    assert json.loads(Tokenizer.load(folder).plain.to_str()) == json.loads(expected.to_str())
