@@ -25,15 +25,16 @@ in two interleaved rounds (2026-11-22-h100-mlp-transposed-ab.log), so it was not
 
 import argparse
 import functools
-import json
 import sys
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import explore_attention  # noqa: E402
+import model as M  # noqa: E402
 
 per_call_us = functools.partial(explore_attention.per_call_us, calls=100)
 
@@ -60,11 +61,13 @@ def main():
     print(torch.cuda.get_device_name(), "torch", torch.__version__, flush=True)
     dev, dt = "cuda", torch.bfloat16
     for d in sorted(args.configs.iterdir()):
-        c = json.loads((d / "config.json").read_text())
-        H, I, V = c["hidden_size"], c["intermediate_size"], c["vocab_size"]
-        hd = H // c["num_attention_heads"]
-        qkv = (c["num_attention_heads"] + 2 * c["num_key_value_heads"]) * hd
-        shapes = {"qkv": (qkv, H), "o": (H, H), "gate_up": (2 * I, H), "down": (H, I), "lm_head": (V, H)}
+        cfg = M.load_config(d)
+        H, I = cfg.hidden_size, cfg.intermediate_size
+        with torch.device("meta"):  # the model's own matrices, [N,K] each (no memory)
+            layer = M.Transformer(cfg).layers[0]
+        shapes = {"qkv": layer.attn.qkv.weight.shape, "o": layer.attn.o.weight.shape,
+                  "gate_up": layer.mlp.gate_up.weight.shape, "down": layer.mlp.down.weight.shape,
+                  "lm_head": (cfg.vocab_size, H)}
         print(f"\n{d.name}: one matmul, us per call (weight-read TB/s)")
         print(f"{'batch':>5} {'matmul':>8} {'F.linear [B,N]':>20} {'mm(W, x.t()) [N,B]':>20} {'mv':>20}")
         for B in (1, 64, 256):
