@@ -694,7 +694,11 @@ def read_json(path, kind: type = dict):
 
     Example: a config.json cut short -> InputError("MODEL/config.json: not valid JSON (Expecting value: line 2 ...)")
     """
-    text = read_text(path)
+    return parse_json(read_text(path), path, kind)
+
+
+def parse_json(text: str, path, kind: type = dict):
+    """read_json of `text`, the contents of file `path` as read_text read them."""
     try:
         value = json_loads(text)
     except json.JSONDecodeError as e:

@@ -226,6 +226,8 @@ def test_missing_tokenizer_json(tmp_path):
     ("tokenizer.json", b'{"version": "1.0", ', r"tokenizer.json: not valid JSON \(Expecting"),
     ("tokenizer.json", b'{"added_tokens": [{"id": 151645, "content": "<|im_end|>"}], "model": 3}',
      r"m: tokenizer.json is not a tokenizer the tokenizers library reads \("),
+    ("tokenizer.json", b'{"added_tokens": [{"id": 151645}]}', r"m: tokenizer.json is not a tokenizer the tokenizers "
+                                                               r"library reads \(.*missing field `content`"),
     ("tokenizer_config.json", b"[]", r"tokenizer_config.json: expected a JSON object, got a JSON array"),
     ("generation_config.json", b'{"eos_token_id": ', r"generation_config.json: not valid JSON"),
     ("generation_config.json", b'{"eos_token_id": "<|im_end|>"}', r"generation_config.json: eos_token_id should be a "
