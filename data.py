@@ -90,10 +90,18 @@ class ChatTemplate:
             source, where = read_text(jinja_file), jinja_file
         else:
             source, where = cfg.get("chat_template"), f"{cfg_file}: chat_template"
-            if isinstance(source, list):  # [{"name": "default", "template": ...}, ...]
-                source = {t["name"]: t["template"] for t in source}.get("default")
+            if isinstance(source, list):  # [{"name": "default", "template": ...}, {"name": "tool_use", ...}]
+                if not all(isinstance(t, dict) and isinstance(t.get("name"), str) for t in source):
+                    raise InputError(f"{where}: a list of templates should hold {{name, template}} objects")
+                named = {t["name"]: t.get("template") for t in source}
+                if "default" not in named:  # transformers, too, renders none of them unless told which
+                    raise InputError(f"{where}: templates named {', '.join(map(repr, named))} and none 'default', "
+                                     "the one this loader renders")
+                source, where = named["default"], f"{where}: default"
             if not source:
                 return None
+            if not isinstance(source, str):
+                raise InputError(f"{where}: should be a Jinja template (a string), got {type(source).__name__}")
         try:
             return cls(source, special_tokens_from_config(cfg))
         except jinja2.TemplateSyntaxError as e:  # its message names no file

@@ -388,3 +388,30 @@ def test_the_plain_tokenizer_is_the_file_without_its_added_tokens(folder):
     spec = json.loads((folder / "tokenizer.json").read_text())
     expected = HFTokenizer.from_str(json.dumps({**spec, "added_tokens": []}))
     assert json.loads(Tokenizer.load(folder).plain.to_str()) == json.loads(expected.to_str())
+
+
+def test_templates_listed_by_name_in_tokenizer_config(tmp_path):
+    """tokenizer_config.json may list templates by name, as transformers writes several. The 'default' one is
+    rendered (as transformers renders it); a list without one, an entry that is not {name, template}, or a template
+    that is not a string is an error naming the file (transformers raises a ValueError, KeyError or TypeError)."""
+    from transformers import AutoTokenizer
+
+    qwen = (QWEN25 / "chat_template.jinja").read_text()
+    msgs = [{"role": "user", "content": "hi"}]
+    folder = qwen25_without_jinja_file(tmp_path / "a", [{"name": "tool_use", "template": "x"},
+                                                        {"name": "default", "template": qwen}])
+    ref = AutoTokenizer.from_pretrained(folder).apply_chat_template(msgs, tokenize=True, add_generation_prompt=True)
+    assert Tokenizer.load(folder).encode_chat(msgs, True) == (ref if isinstance(ref, list) else ref["input_ids"])
+    assert Tokenizer.load(folder).encode_chat(msgs, True) == Tokenizer.load(QWEN25).encode_chat(msgs, True)
+    for k, (template, match) in enumerate([
+        ([{"name": "tool_use", "template": qwen}, {"name": "rag", "template": qwen}],
+         r"chat_template: templates named 'tool_use', 'rag' and none 'default', the one this loader renders"),
+        ([{"template": qwen}], r"chat_template: a list of templates should hold \{name, template\} objects"),
+        (["x"], r"chat_template: a list of templates should hold \{name, template\} objects"),
+        ([{"name": "default", "template": 5}], r"chat_template: default: should be a Jinja template \(a string\), "
+                                               r"got int"),
+        (5, r"chat_template: should be a Jinja template \(a string\), got int"),
+    ]):
+        folder = qwen25_without_jinja_file(tmp_path / str(k), template)
+        with pytest.raises(InputError, match=r"tokenizer_config.json: " + match):
+            Tokenizer.load(folder)
