@@ -103,18 +103,21 @@ class ChatTemplate:
             if not isinstance(source, str):
                 raise InputError(f"{where}: should be a Jinja template (a string), got {type(source).__name__}")
         try:
-            return cls(source, special_tokens_from_config(cfg))
+            return cls(source, special_tokens_from_config(cfg, cfg_file))
         except jinja2.TemplateSyntaxError as e:  # its message names no file
             raise InputError(f"{where}: not a Jinja template (line {e.lineno}: {e.message})") from None
 
 
-def special_tokens_from_config(cfg: dict) -> dict[str, str]:
-    """{'bos_token': '<｜begin▁of▁sentence｜>', ...} from tokenizer_config.json (strings or AddedToken dicts)."""
+def special_tokens_from_config(cfg: dict, where="tokenizer_config.json") -> dict[str, str]:
+    """{'bos_token': '<｜begin▁of▁sentence｜>', ...} from tokenizer_config.json (strings or AddedToken dicts);
+    where: the file, named by an error."""
     out = {}
     for key in ("bos_token", "eos_token", "pad_token", "unk_token"):
         v = cfg.get(key)
         if isinstance(v, dict):
             v = v.get("content")
+        if v is not None and not isinstance(v, str):
+            raise InputError(f"{where}: {key} should be a token (a string, or an object with its content), got {v!r}")
         if v is not None:
             out[key] = v
     return out
@@ -160,7 +163,7 @@ class Tokenizer:
         self.config = config
         self.eos_ids = eos_ids
         self.vocab_size = self.full.get_vocab_size(with_added_tokens=True)
-        pad = special_tokens_from_config(config).get("pad_token")
+        pad = special_tokens_from_config(config, f"{where}/tokenizer_config.json").get("pad_token")
         self.pad_id = self.added.get(pad, eos_ids[0]) if pad else eos_ids[0]
 
     @classmethod
@@ -191,7 +194,7 @@ class Tokenizer:
         if not isinstance(e, (int, list, type(None))) or not all(type(i) is int for i in eos_ids):
             raise InputError(f"{path / 'generation_config.json'}: eos_token_id should be a token id or a list of "
                              f"them, got {e!r}")
-        eos = special_tokens_from_config(cfg).get("eos_token")
+        eos = special_tokens_from_config(cfg, cfg_file).get("eos_token")
         if eos is not None:
             if eos not in added:
                 raise InputError(f"{cfg_file}: eos_token {eos!r} is not a token of {tj}")
