@@ -131,10 +131,8 @@ _ESC = "\U000F0000"
 
 
 class Tokenizer:
-    def __init__(self, full, config: dict, template: ChatTemplate | None, eos_ids: list[int],
-                 where: str = "tokenizer"):
-        """full: the tokenizers library's Tokenizer of tokenizer.json, the official one; config:
-        tokenizer_config.json's contents (see `load`)."""
+    def __init__(self, full, template: ChatTemplate | None, eos_ids: list[int], where: str = "tokenizer"):
+        """full: the tokenizers library's Tokenizer of tokenizer.json, the official one (see `load`)."""
         from tokenizers import Tokenizer as HFTokenizer
 
         self.where = where
@@ -143,9 +141,7 @@ class Tokenizer:
         # transformers turns both off unless a call asks for them, and so does this loader.
         self.full.no_truncation()
         self.full.no_padding()
-        added = full.get_added_tokens_decoder()  # {id: AddedToken}
-        self.added = {t.content: i for i, t in added.items()}
-        self.special_ids = {i for i, t in added.items() if t.special}
+        self.added = {t.content: i for i, t in full.get_added_tokens_decoder().items()}  # "<|im_end|>" -> 151645
         # The same tokenizer without the added tokens, so every string becomes ordinary text pieces: its parts are
         # the official one's, shared rather than parsed a second time from the file (0.7 s on a 2-core host).
         self.plain = HFTokenizer(self.full.model)
@@ -160,11 +156,7 @@ class Tokenizer:
         self._escape_of = {_ESC: _ESC + _ESC} | {n: _ESC + chr(0xF0001 + k) for k, n in enumerate(names)}
         self._unescape_of = {v[1]: k for k, v in self._escape_of.items()}
         self.template = template
-        self.config = config
         self.eos_ids = eos_ids
-        self.vocab_size = self.full.get_vocab_size(with_added_tokens=True)
-        pad = special_tokens_from_config(config, f"{where}/tokenizer_config.json").get("pad_token")
-        self.pad_id = self.added.get(pad, eos_ids[0]) if pad else eos_ids[0]
 
     @classmethod
     def load(cls, path) -> "Tokenizer":
@@ -188,7 +180,6 @@ class Tokenizer:
             full = HFTokenizer.from_str(text)
         except Exception as e:  # the library raises a bare Exception naming no file
             raise InputError(f"{path}: tokenizer.json is not a tokenizer the tokenizers library reads ({e})") from None
-        added = {t.content: i for i, t in full.get_added_tokens_decoder().items()}
         e = (read_generation_config(path) or {}).get("eos_token_id")
         eos_ids = [e] if isinstance(e, int) else list(e or [])
         if not isinstance(e, (int, list, type(None))) or not all(type(i) is int for i in eos_ids):
@@ -196,13 +187,13 @@ class Tokenizer:
                              f"them, got {e!r}")
         eos = special_tokens_from_config(cfg, cfg_file).get("eos_token")
         if eos is not None:
-            if eos not in added:
+            if (eos_id := full.token_to_id(eos)) is None:
                 raise InputError(f"{cfg_file}: eos_token {eos!r} is not a token of {tj}")
-            if added[eos] not in eos_ids:
-                eos_ids.append(added[eos])
+            if eos_id not in eos_ids:
+                eos_ids.append(eos_id)
         if not eos_ids:
             raise InputError(f"{path}: no EOS token in generation_config.json or tokenizer_config.json")
-        return cls(full, cfg, template, eos_ids, where=str(path))
+        return cls(full, template, eos_ids, where=str(path))
 
     # -- plain text ---------------------------------------------------------------------------
 

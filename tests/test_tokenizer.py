@@ -232,6 +232,8 @@ def test_missing_tokenizer_json(tmp_path):
     ("tokenizer_config.json", b'{"eos_token": ["<|im_end|>"]}', r"tokenizer_config.json: eos_token should be a "
                                                                 r"token \(a string, or an object with its content\)"),
     ("tokenizer_config.json", b'{"pad_token": {"content": 7}}', r"tokenizer_config.json: pad_token should be a token"),
+    ("tokenizer_config.json", b'{"eos_token": "<|im_stop|>"}', r"tokenizer_config.json: eos_token '<\|im_stop\|>' is "
+                                                               r"not a token of \S*m/tokenizer.json$"),
     ("generation_config.json", b'{"eos_token_id": ', r"generation_config.json: not valid JSON"),
     ("generation_config.json", b'{"eos_token_id": "<|im_end|>"}', r"generation_config.json: eos_token_id should be a "
                                                                    r"token id or a list of them, got '<\|im_end\|>'"),
