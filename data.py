@@ -90,7 +90,7 @@ class ChatTemplate:
             source, where = read_text(jinja_file), jinja_file
         else:
             source, where = cfg.get("chat_template"), f"{cfg_file}: chat_template"
-            if isinstance(source, list):  # [{"name": "default", "template": ...}, {"name": "tool_use", ...}]
+            if isinstance(source, list) and source:  # [{"name": "default", "template": ...}, {"name": "tool_use", ...}]
                 if not all(isinstance(t, dict) and isinstance(t.get("name"), str) for t in source):
                     raise InputError(f"{where}: a list of templates should hold {{name, template}} objects")
                 named = {t["name"]: t.get("template") for t in source}

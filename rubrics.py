@@ -129,6 +129,7 @@ REASONING_USER_MULTI = (
     "Output your final verdict at last by strictly following this format: '<answer>[[A]]</answer>' if Chatbot A is better, or '<answer>[[B]]</answer>' if Chatbot B is better."
 )
 
+
 def flatten(conversation: list[dict], chatbot: str) -> str:
     """A whole conversation as lines "{Role}: {content}" joined by newlines.
 

@@ -408,6 +408,7 @@ def test_templates_listed_by_name_in_tokenizer_config(tmp_path):
     ref = AutoTokenizer.from_pretrained(folder).apply_chat_template(msgs, tokenize=True, add_generation_prompt=True)
     assert Tokenizer.load(folder).encode_chat(msgs, True) == (ref if isinstance(ref, list) else ref["input_ids"])
     assert Tokenizer.load(folder).encode_chat(msgs, True) == Tokenizer.load(QWEN25).encode_chat(msgs, True)
+    assert Tokenizer.load(qwen25_without_jinja_file(tmp_path / "none", [])).template is None  # an empty list: none
     for k, (template, match) in enumerate([
         ([{"name": "tool_use", "template": qwen}, {"name": "rag", "template": qwen}],
          r"chat_template: templates named 'tool_use', 'rag' and none 'default', the one this loader renders"),
