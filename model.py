@@ -748,6 +748,9 @@ def checkpoint_files(path) -> dict[str, Path]:
         weight_map = read_json(index).get("weight_map")
         if not isinstance(weight_map, dict):
             raise InputError(f"{index}: no 'weight_map'")
+        if bad := [k for k, v in weight_map.items() if not (isinstance(v, str) and v)]:
+            raise InputError(f"{index}: weight_map should give each tensor a shard file name, got "
+                             f"{weight_map[bad[0]]!r} for {bad[0]!r}")
         files = {name: path / shard for name, shard in weight_map.items()}
         for shard in sorted(set(files.values())):
             if not shard.is_file():

@@ -374,6 +374,8 @@ def test_broken_index_or_folder(tmp_path):
      r"generation_config.json: key 'eos_token_id' appears twice in one object"),
     ("generation_config.json", '{"eos_token_id": [1, 2', r"generation_config.json: not valid JSON"),
     ("model.safetensors.index.json", "", r"model.safetensors.index.json: not valid JSON"),
+    ("model.safetensors.index.json", '{"weight_map": {"lm_head.weight": 5}}',
+     r"model.safetensors.index.json: weight_map should give each tensor a shard file name, got 5 for 'lm_head.weight'"),
 ])
 def test_a_json_file_of_the_folder_that_is_not_json_is_named(tmp_path, name, content, match):
     ref = hf_model("qwen2", seed=2)
