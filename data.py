@@ -360,7 +360,10 @@ def read_rows(path) -> list[tuple[str, dict]]:
         except ImportError:
             raise ImportError(f"{path}: reading Parquet needs pyarrow (pip install pyarrow), "
                               "or convert to JSONL") from None
-        rows = pq.read_table(path).to_pylist()
+        try:
+            rows = pq.read_table(path).to_pylist()
+        except Exception as e:  # pyarrow's ArrowInvalid and kin: a traceback otherwise
+            raise InputError(f"{path}: not a Parquet file pyarrow reads ({e})") from None
         return [(f"{path}:{k + 1}", r) for k, r in enumerate(rows)]
     if suffix == ".jsonl":
         out = []

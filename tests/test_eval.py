@@ -279,6 +279,32 @@ def test_parquet_without_pyarrow_is_a_clear_error(tmp_path, monkeypatch):
         data.read_rows(tmp_path / "x.parquet")
 
 
+def test_parquet_rows_are_the_rows_of_the_same_jsonl(tmp_path):
+    """RewardBench and RM-Bench come as Parquet files too (RM-Bench's lists become Parquet list columns): read
+    through pyarrow they give the same pairs, and the same errors by row, as the JSONL rows they were written from.
+    A file pyarrow cannot read is an error naming it."""
+    pa, pq = pytest.importorskip("pyarrow"), pytest.importorskip("pyarrow.parquet")
+
+    def both(rows, name):
+        jsonl = write(tmp_path / f"{name}.jsonl", rows)
+        pq.write_table(pa.Table.from_pylist(rows), tmp_path / f"{name}.parquet")
+        return jsonl, tmp_path / f"{name}.parquet"
+
+    rb = [{"prompt": f"q{k}", "chosen": "a", "rejected": "b", "subset": "hep-go", "id": k} for k in range(3)]
+    jsonl, parquet = both(rb, "rb")
+    assert data.read_rewardbench(parquet) == data.read_rewardbench(jsonl) and len(data.read_rewardbench(parquet)) == 3
+    rm = [{"id": 7, "prompt": "q", "chosen": ["a1", "a2", "a3"], "rejected": ["b1", "b2", "b3"], "domain": "chat"}]
+    jsonl, parquet = both(rm, "chat")
+    assert data.read_rmbench(parquet) == data.read_rmbench(jsonl) and len(data.read_rmbench(parquet)) == 9
+    rb[2]["chosen"] = None
+    _, parquet = both(rb, "broken")
+    with pytest.raises(InputError, match=r"broken.parquet:3: field 'chosen' should be str"):
+        data.read_rewardbench(parquet)
+    (tmp_path / "x.parquet").write_bytes(b"PAR1 and then no Parquet")
+    with pytest.raises(InputError, match=r"x.parquet: not a Parquet file pyarrow reads \("):
+        data.read_rows(tmp_path / "x.parquet")
+
+
 def test_placement():
     pairs = [data.Pair(str(k), [], "c", "r") for k in range(1000)]
     rnd = data.place(pairs, "random", seed=1)
