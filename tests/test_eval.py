@@ -280,9 +280,9 @@ def test_parquet_without_pyarrow_is_a_clear_error(tmp_path, monkeypatch):
 
 
 def test_parquet_rows_are_the_rows_of_the_same_jsonl(tmp_path):
-    """RewardBench and RM-Bench come as Parquet files too (RM-Bench's lists become Parquet list columns): read
-    through pyarrow they give the same pairs, and the same errors by row, as the JSONL rows they were written from.
-    A file pyarrow cannot read is an error naming it."""
+    """RewardBench is published as Parquet, and the hub converts RM-Bench to Parquet too (its lists become list
+    columns): read through pyarrow, such files give the same pairs, and the same errors by row, as the JSONL rows
+    they were written from. A file pyarrow cannot read is an error naming it."""
     pa, pq = pytest.importorskip("pyarrow"), pytest.importorskip("pyarrow.parquet")
 
     def both(rows, name):
