@@ -357,9 +357,9 @@ def read_rows(path) -> list[tuple[str, dict]]:
     if suffix == ".parquet":
         try:
             import pyarrow.parquet as pq
-        except ImportError:
-            raise ImportError(f"{path}: reading Parquet needs pyarrow (pip install pyarrow), "
-                              "or convert to JSONL") from None
+        except ImportError:  # an InputError, so that the command lines end with this one line, not a traceback
+            raise InputError(f"{path}: reading Parquet needs pyarrow (pip install pyarrow), "
+                             "or convert to JSONL") from None
         try:
             rows = pq.read_table(path).to_pylist()
         except Exception as e:  # pyarrow's ArrowInvalid and kin: a traceback otherwise

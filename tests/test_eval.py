@@ -275,7 +275,8 @@ def test_parquet_without_pyarrow_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(builtins, "__import__", lambda name, *a, **k: (_ for _ in ()).throw(ImportError())
                         if name.startswith("pyarrow") else real(name, *a, **k))
     (tmp_path / "x.parquet").write_bytes(b"PAR1")
-    with pytest.raises(ImportError, match="needs pyarrow"):
+    with pytest.raises(InputError, match=r"x.parquet: reading Parquet needs pyarrow \(pip install pyarrow\), or "
+                                         r"convert to JSONL$"):
         data.read_rows(tmp_path / "x.parquet")
 
 
