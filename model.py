@@ -80,7 +80,7 @@ class Config:
 
         archs = d.get("architectures") or []
         known = {"Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3"}
-        if len(archs) != 1 or archs[0] not in known:
+        if not (isinstance(archs, list) and len(archs) == 1 and isinstance(archs[0], str) and archs[0] in known):
             refuse("architectures", archs, "only Qwen2ForCausalLM and Qwen3ForCausalLM are implemented")
         arch = known[archs[0]]
         if d.get("model_type", arch) != arch:
@@ -89,6 +89,8 @@ class Config:
             refuse("hidden_act", d["hidden_act"], "the SwiGLU MLP here uses silu")
         if d.get("use_sliding_window", False):
             refuse("use_sliding_window", d["use_sliding_window"], "sliding-window attention is not implemented")
+        if not isinstance(d.get("layer_types") or [], list):
+            refuse("layer_types", d["layer_types"], "should be a list of each layer's attention")
         for i, kind in enumerate(d.get("layer_types") or []):
             if kind != "full_attention":
                 refuse(f"layer_types[{i}]", kind, "only full attention is implemented")
@@ -96,15 +98,17 @@ class Config:
             refuse("rope_scaling", d["rope_scaling"], "only plain RoPE is implemented")
         # transformers >= 5 writes rope_theta inside rope_parameters; older configs write it at the top.
         rope = d.get("rope_parameters") or {}
+        if not isinstance(rope, dict):
+            refuse("rope_parameters", rope, "should be an object of RoPE settings")
         if rope.get("rope_type", "default") != "default":
             refuse("rope_parameters.rope_type", rope["rope_type"], "only plain RoPE is implemented")
         extra = set(rope) - {"rope_type", "rope_theta"}
         if extra:
             refuse("rope_parameters", rope, f"keys {sorted(extra)} imply a RoPE variant not implemented")
         theta = rope.get("rope_theta", d.get("rope_theta", 10000.0))
-        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-                     "num_key_value_heads", "head_dim", "max_position_embeddings"):
-            if d.get(name) is not None and (type(d[name]) is not int or d[name] < 1):
+        required = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
+        for name in required + ("num_key_value_heads", "head_dim", "max_position_embeddings"):  # (null: the default)
+            if name in d and (d[name] is not None or name in required) and (type(d[name]) is not int or d[name] < 1):
                 refuse(name, d[name], "should be an integer >= 1")
         for name, v in (("rope_theta", theta), ("rms_norm_eps", d.get("rms_norm_eps", 1.0))):  # (missing: below)
             if type(v) not in (int, float) or not 0 < v < math.inf:
@@ -115,8 +119,8 @@ class Config:
             refuse("attention_bias", d["attention_bias"], "no official Qwen3 checkpoint uses it")
         if d.get("attention_dropout", 0.0) != 0.0:
             refuse("attention_dropout", d["attention_dropout"], "dropout is not implemented")
-        if "quantization_config" in d:
-            refuse("quantization_config", d["quantization_config"].get("quant_method", "?"), "quantized weights")
+        if (q := d.get("quantization_config")) is not None:
+            refuse("quantization_config", q.get("quant_method", "?") if isinstance(q, dict) else q, "quantized weights")
         try:
             n_heads = d["num_attention_heads"]
             cfg = cls(

@@ -281,6 +281,14 @@ def base_config(**over):
     ({"rope_theta": 0}, "rope_theta"),
     ({"rope_parameters": {"rope_type": "default", "rope_theta": None}}, "rope_theta"),
     ({"tie_word_embeddings": "false"}, "tie_word_embeddings"),
+    # shapes json allows and the checks once indexed, divided or called .get on (a traceback before)
+    ({"architectures": "Qwen2ForCausalLM"}, "architectures"),
+    ({"architectures": [["Qwen2ForCausalLM"]]}, "architectures"),
+    ({"hidden_size": None}, "hidden_size"),
+    ({"num_attention_heads": None}, "num_attention_heads"),
+    ({"layer_types": "full_attention"}, "layer_types"),
+    ({"quantization_config": "awq"}, "quantization_config"),
+    ({"rope_parameters": 1e6}, "rope_parameters"),
 ])
 def test_config_refusals_name_the_field(tmp_path, over, field):
     (tmp_path / "config.json").write_text(json.dumps(base_config(**over)))
