@@ -181,10 +181,10 @@ class Tokenizer:
         except Exception as e:  # the library raises a bare Exception naming no file
             raise InputError(f"{path}: tokenizer.json is not a tokenizer the tokenizers library reads ({e})") from None
         e = (read_generation_config(path) or {}).get("eos_token_id")
-        eos_ids = [e] if isinstance(e, int) else list(e or [])
-        if not isinstance(e, (int, list, type(None))) or not all(type(i) is int for i in eos_ids):
+        if not (e is None or type(e) is int or isinstance(e, list) and all(type(i) is int for i in e)):
             raise InputError(f"{path / 'generation_config.json'}: eos_token_id should be a token id or a list of "
                              f"them, got {e!r}")
+        eos_ids = [e] if type(e) is int else list(e or [])
         eos = special_tokens_from_config(cfg, cfg_file).get("eos_token")
         if eos is not None:
             if (eos_id := full.token_to_id(eos)) is None:

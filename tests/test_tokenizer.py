@@ -238,6 +238,8 @@ def test_missing_tokenizer_json(tmp_path):
     ("generation_config.json", b'{"eos_token_id": "<|im_end|>"}', r"generation_config.json: eos_token_id should be a "
                                                                    r"token id or a list of them, got '<\|im_end\|>'"),
     ("generation_config.json", b'{"eos_token_id": [151645, 1.5]}', r"generation_config.json: eos_token_id should"),
+    ("generation_config.json", b'{"eos_token_id": 1.5}', r"generation_config.json: eos_token_id should be a token "
+                                                          r"id or a list of them, got 1.5$"),
     ("chat_template.jinja", b"{% for m in messages %}\n{{ m.content }", r"chat_template.jinja: not a Jinja template "
                                                                       r"\(line 2: unexpected '}'\)"),
     ("chat_template.jinja", b"{{ caf\xe9 }}", r"chat_template.jinja: not UTF-8 text \(byte offset 6: invalid"),
