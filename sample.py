@@ -488,6 +488,8 @@ def check_prompts(cfg: Config, prompts, max_new_tokens):
             raise TypeError(f"generate: prompts is a {prompts.ndim}-d array; give a 2-d [prompts, length] array or a "
                             "list of token-id lists")
         prompts = prompts.tolist()
+    if not isinstance(prompts, (list, tuple)):
+        raise TypeError(f"generate: prompts is {prompts!r}; give a list of token-id lists or a 2-d array")
     if not prompts:
         raise ValueError("generate: no prompts")
     limits = max_new_tokens if isinstance(max_new_tokens, (list, tuple)) else [max_new_tokens] * len(prompts)
@@ -509,7 +511,7 @@ def check_prompts(cfg: Config, prompts, max_new_tokens):
             raise ValueError(f"generate: prompt {i} has {len(p)} tokens + max_new_tokens {m} = {len(p) + m}, over the "
                              f"model's limit of {cfg.max_position_embeddings} (max_position_embeddings)")
         checked.append(ids)
-    return checked, limits
+    return checked, [operator.index(m) for m in limits]  # numpy or torch integers as ints
 
 
 def _token_ids(i: int, p) -> list[int]:
@@ -616,6 +618,10 @@ def generate(model: Transformer, prompts, max_new_tokens, n: int = 1, temperatur
     prompts, limits = check_prompts(model.cfg, prompts, max_new_tokens)
     eos_ids = check_settings(model.cfg, n, temperature, top_k, top_p, eos_ids, seed, slots, sync_every, prefill_tokens,
                              return_logprobs, cuda_graph, on_tokens, progress)
+    # integer settings given as numpy or torch integers (the checks accept them) as ints: round_size and the
+    # engine's schedule do Python integer arithmetic on them
+    n, top_k, seed, sync_every, prefill_tokens = map(operator.index, (n, top_k, seed, sync_every, prefill_tokens))
+    slots = None if slots is None else operator.index(slots)
     longest = max(len(p) + m for p, m in zip(prompts, limits))
     max_len, max_new = round_len(longest), round_len(max(limits))
     slots = min(slots or _slots_that_fit(model, max_len, max_new, prefill_tokens), len(prompts) * n)

@@ -402,6 +402,12 @@ def test_bad_input_is_refused_before_work(models):
         generate(ours, [1, 2], 4)
     with pytest.raises(TypeError, match="prompt 0 is 'hi', not a list of token ids"):
         generate(ours, ["hi"], 4)
+    with pytest.raises(TypeError, match="generate: prompts is 5; give a list of token-id lists or a 2-d array"):
+        generate(ours, 5, 4)
+    # integer settings of numpy or torch types run as their ints do
+    want = [o.tokens for o in generate(ours, [[1, 2], [3]], [3, 4], n=2, sync_every=3, slots=3, temperature=0)]
+    assert [o.tokens for o in generate(ours, [[1, 2], [3]], [np.int64(3), torch.tensor(4)], n=np.int32(2),
+                                       sync_every=np.int64(3), slots=torch.tensor(3), temperature=0)] == want
     for kw, msg in [(dict(max_new_tokens=4.0), "prompt 0: max_new_tokens must be an integer >= 1, got 4.0"),
                     (dict(max_new_tokens=[4, True]), "prompt 1: max_new_tokens must be an integer >= 1, got True"),
                     (dict(n=0), "n must be an integer >= 1, got 0"),
