@@ -25,8 +25,7 @@ from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime
 from pathlib import Path
 
-from model import DuplicateKey, InputError, MissingInput, json_loads, parse_json, read_generation_config, read_json, \
-    read_text, run_folder_hint
+from model import InputError, MissingInput, parse_json, read_generation_config, read_json, read_text, run_folder_hint
 
 # ----------------------------------------------------------------------------------------------
 # Chat templates
@@ -373,14 +372,13 @@ def read_rows(path) -> list[tuple[str, dict]]:
             if not line.strip():
                 continue
             try:
-                out.append((f"{path}:{k + 1}", json_loads(line.decode("utf-8"))))
+                text = line.decode("utf-8")
             except UnicodeDecodeError as e:
                 raise InputError(f"{path}:{k + 1}: not UTF-8 text (byte offset {e.start} in the line: "
                                  f"{e.reason})") from None
-            except json.JSONDecodeError as e:
-                raise InputError(f"{path}:{k + 1}: not valid JSON ({e})") from None
-            except DuplicateKey as e:
-                raise InputError(f"{path}:{k + 1}: {e}") from None
+            # any JSON value (`require` names a row that is not an object); invalid JSON or a key given twice is
+            # named by its line, as read_json names a file
+            out.append((f"{path}:{k + 1}", parse_json(text, f"{path}:{k + 1}", object)))
         return out
     if suffix == ".json":
         return [(f"{path}:{k + 1}", r) for k, r in enumerate(read_json(path, list))]

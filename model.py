@@ -702,7 +702,8 @@ def read_json(path, kind: type = dict):
 
 
 def parse_json(text: str, path, kind: type = dict):
-    """read_json of `text`, the contents of file `path` as read_text read them."""
+    """read_json of `text`, the contents of file `path` as read_text read them (or of one JSONL line, `path` then
+    naming the line; kind=object takes any JSON value)."""
     try:
         value = json_loads(text)
     except json.JSONDecodeError as e:
