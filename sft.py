@@ -363,17 +363,18 @@ class LogProbs(torch.nn.Module):
 
 
 def setup_distributed():
-    """Process group from torchrun's environment; a one-process group otherwise. NCCL on GPU, gloo on CPU."""
-    if "RANK" not in os.environ:
-        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(29500 + os.getpid() % 1000))
+    """Process group from torchrun's environment; a one-process group otherwise, whose store is in memory (no port
+    to take, and nothing written to the environment that a process started from this one would inherit). NCCL on
+    GPU, gloo on CPU."""
     cuda = torch.cuda.is_available()
     device = torch.device("cpu")
     if cuda:  # one GPU per process: cuda:LOCAL_RANK
-        device = M.local_gpu(int(os.environ["LOCAL_RANK"]))
+        device = M.local_gpu(int(os.environ.get("LOCAL_RANK", 0)))
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if cuda else "gloo", device_id=device if cuda else None)  # (barriers use it)
+        alone = {} if "RANK" in os.environ else {"store": dist.HashStore(), "rank": 0, "world_size": 1}
+        # device_id: the GPU this rank's barriers run on
+        dist.init_process_group("nccl" if cuda else "gloo", device_id=device if cuda else None, **alone)
     return dist.get_rank(), dist.get_world_size(), device
 
 

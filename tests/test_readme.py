@@ -2,6 +2,7 @@
 (and, on a machine without a GPU, "cuda" becomes "cpu"), so an example that stops working fails here. And its
 first command, the demo."""
 
+import os
 import re
 
 import pytest
@@ -53,7 +54,12 @@ def test_readme_demo_runs_end_to_end(tmp_path, monkeypatch, capsys):
     assert e.value.code == 0 and "python demo.py" in capsys.readouterr().out
     monkeypatch.undo()
     monkeypatch.setattr(demo, "ROOT", tmp_path)
+    group_env = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+    before = {k: os.environ.get(k) for k in group_env}
     demo.main([])
+    # its one-process SFT group writes nothing to the environment: a command started from this process inherits no
+    # MASTER_PORT of a group gone (it once did, and a second one-process run then found that port in use)
+    assert {k: os.environ.get(k) for k in group_env} == before
     out = tmp_path / "runs" / "demo"
     losses = [json.loads(line)["loss"] for line in (out / "sft" / "metrics.jsonl").read_text().splitlines()]
     assert len(losses) == 2 and losses[1] < losses[0]  # two steps of 4 rows, lr 1e-3
