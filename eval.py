@@ -119,7 +119,14 @@ def score_rmbench(records: list[dict]) -> dict:
     cells = defaultdict(dict)
     domain_of = {}
     for r in records:
-        cells[r["group"]][(r["extra"]["i"], r["extra"]["j"])] = r["correct"]
+        cell = r["extra"].get("i"), r["extra"].get("j")
+        if not all(type(x) is int and 0 <= x < 3 for x in cell):
+            raise InputError(f"RM-Bench judgment {r.get('id')}: its extra field should hold the styles i and j "
+                             f"(0, 1 or 2) of its chosen and rejected answers, got {r['extra']!r}")
+        if cell in cells[r["group"]]:
+            raise InputError(f"RM-Bench judgment {r.get('id')}: item {r['group']} has another judgment of styles "
+                             f"{cell}")
+        cells[r["group"]][cell] = r["correct"]
         domain_of[r["group"]] = r["subset"]
     per_domain = defaultdict(list)
     incomplete = []
@@ -175,8 +182,17 @@ def score_rmb(records: list[dict]) -> dict:
                 raise InputError(f"RMB Best-of-N judgment {r.get('id')}: its extra field lacks the loser's index and "
                                  "the item's loser count (a log from before they were recorded: rescore it with "
                                  "--score-only --data)")
-            bon[aspect][r["group"]][extra["loser"]] = r["correct"]
-            losers[r["group"]] = extra["losers"]
+            loser, count = extra["loser"], extra["losers"]
+            if not (type(loser) is int and type(count) is int and 0 <= loser < count):
+                raise InputError(f"RMB Best-of-N judgment {r.get('id')}: its extra field should hold the loser's index "
+                                 f"(0 to losers - 1) and the item's loser count, got {extra!r}")
+            if loser in bon[aspect][r["group"]]:
+                raise InputError(f"RMB Best-of-N judgment {r.get('id')}: item {r['group']} has another judgment of "
+                                 f"loser {loser}")
+            if losers.setdefault(r["group"], count) != count:
+                raise InputError(f"RMB Best-of-N judgment {r.get('id')}: item {r['group']} has {count} losers here and "
+                                 f"{losers[r['group']]} in another of its judgments")
+            bon[aspect][r["group"]][loser] = r["correct"]
     whole = {a: [all(v.values()) for g, v in items.items() if len(v) == losers[g]] for a, items in bon.items()}
     figures = {
         "pairwise_helpfulness": _mean(pair["helpfulness"]),
@@ -302,13 +318,14 @@ def read_log(path: Path, required=None, repair: bool = True) -> list[dict]:
     """Judgments already written. A last line cut short by a crash is removed (and said so) if `repair`, else
     skipped (another process may be writing it); any other malformed line, one lacking a `required` field
     (default: every Judgment field), or one whose chosen_at is not "A" / "B" or output not a string, is an error
-    naming it."""
+    naming it. A whole judgment (no `required` given) is checked field by field (`check_judgment`)."""
     return _read_judgments(path, required, repair, seen={})
 
 
 def _read_judgments(path: Path, required, repair: bool, seen: dict) -> list[dict]:
     """read_log's work. seen: key -> (file, line) of the judgments read so far, from this file or other ranks'
     logs, updated here; a key met again would count twice in the scores, an error naming both places."""
+    whole = not required  # every field of a Judgment, as judge() writes them
     required = required or [f.name for f in fields(Judgment)]
     if not path.exists():
         return []
@@ -322,7 +339,9 @@ def _read_judgments(path: Path, required, repair: bool, seen: dict) -> list[dict
             raise InputError(f"{path}:{k}: chosen_at should be 'A' or 'B', got {rec['chosen_at']!r}")
         if "output" in rec and not isinstance(rec["output"], str):
             raise InputError(f"{path}:{k}: output should be a string, got {type(rec['output']).__name__}")
-        key = _key(rec)
+        if whole:
+            check_judgment(rec, f"{path}:{k}")
+        key = item_key(rec.get("id"), rec.get("chosen_at"))
         if key in seen:
             file, line = seen[key]
             raise InputError(f"{path}:{k}: judgment {key} is already "
@@ -337,8 +356,23 @@ def item_key(pair_id, chosen_at) -> str:
     return f"{pair_id}|{chosen_at}"
 
 
-def _key(rec: dict) -> str:
-    return rec.get("key", item_key(rec.get("id"), rec.get("chosen_at")))
+def check_judgment(rec: dict, where: str):
+    """A judgment as judge() writes it: each field of its type, and key, verdict and correct what id, chosen_at and
+    output give. Scores are computed from those fields, so a line edited by hand or written by other code would
+    otherwise count as it says (or end in a traceback)."""
+    for name, kind in (("key", str), ("id", str), ("subset", str), ("group", str), ("finish", str), ("extra", dict)):
+        if not isinstance(rec[name], kind):
+            a = "an object" if kind is dict else "a string"
+            raise InputError(f"{where}: judgment field {name!r} should be {a}, got {rec[name]!r}")
+    verdict = parse_verdict(rec["output"])
+    derived = (("key", item_key(rec["id"], rec["chosen_at"]), "its id and chosen_at give"),
+               ("verdict", verdict, "its output gives"),
+               ("correct", int(verdict == rec["chosen_at"]), "its output and chosen_at give"))
+    for name, value, source in derived:
+        if rec[name] != value or type(rec[name]) is not type(value):  # type: a JSON true is not the 1 it equals
+            raise InputError(f"{where}: judgment field {name!r} is {rec[name]!r}, but {source} {value!r}: a line "
+                             "edited or written elsewhere (rescore such lines with --score-only --data, which "
+                             "needs only id, chosen_at and output)")
 
 
 def log_path(out: Path, rank: int = 0) -> Path:
@@ -365,7 +399,7 @@ def read_logs(out: Path, own: Path | None = None, required=None) -> dict[Path, l
 
 def judged_by_key(out: Path, own: Path) -> dict[str, dict]:
     """Every rank's judgments in out by key (id|chosen_at); see read_logs."""
-    return {_key(r): r for lines in read_logs(out, own=own).values() for r in lines}
+    return {r["key"]: r for lines in read_logs(out, own=own).values() for r in lines}
 
 
 def rescore(lines: list[dict], pairs: list[data.Pair], where: str) -> list[dict]:
@@ -612,11 +646,18 @@ def check_same(out: Path, saved: dict | None, key: str, now: str, what: str):
                          f"{now[:12]} now); judging on would mix two in one score: use another --out")
 
 
-def check_no_strays(out: Path, done: dict, items: list[tuple[data.Pair, str]]):
+def check_logged(out: Path, done: dict, items: list[tuple[data.Pair, str]]):
     """A rerun may judge more (a higher --limit, --both-orders added) but not leave judgments in the logs that it
     does not score: --score-only would count them, and its scores would differ from the run's. Such judgments
     come from another --seed (other placements), a lower --limit or --both-orders dropped (or, in a run saved
-    before data_sha256 was, pairs no longer in the data)."""
+    before data_sha256 was, pairs no longer in the data). The scores read each judgment's subset, group and extra
+    fields from the log, so those must be its pair's (they differ only in a log edited since it was written)."""
+    for p, at in items:
+        r = done.get(item_key(p.id, at))
+        if r is not None and (r["subset"], r["group"], r["extra"]) != (p.subset, p.group, p.extra):
+            raise SystemExit(f"{out}: the judgment {r['key']} in its logs has subset {r['subset']!r}, group "
+                             f"{r['group']!r}, extra {r['extra']!r}; its pair in the data has {p.subset!r}, "
+                             f"{p.group!r}, {p.extra!r}")
     keys = {item_key(p.id, at) for p, at in items}
     strays = [r for k, r in done.items() if k not in keys]
     if strays:
@@ -688,7 +729,7 @@ def main(argv=None):
         items = data.place(pairs, "both" if cfg.both_orders else "random", cfg.seed)
         log = log_path(out, rank)
         done = judged_by_key(out, log)
-        check_no_strays(out, done, items)
+        check_logged(out, done, items)
         # pairs: how many --score-only expects; model_stamp and data_sha256: what a rerun must read
         saved = {**asdict(cfg), "variant": variant, "pairs": len(pairs), "model_stamp": stamp,
                  "data_sha256": data_sha256}

@@ -379,6 +379,15 @@ def test_rmb_best_of_n_needs_every_pair():
     with pytest.raises(ValueError, match="bon/9.*loser.*--score-only --data"):
         ev.score_rmb([{"id": "bon/9/0", "subset": "BoN_set/Harmlessness/S1", "group": "bon/9", "correct": 1,
                        "extra": {}}])
+    # a loser index or count that is not one, a loser judged twice in an item, items' judgments disagreeing on the count
+    item = bon("BoN_set/Harmlessness/S1", "bon/9", (1, 1, 1))
+    for extra, match in (({"loser": 3, "losers": 3}, r"should hold the loser's index \(0 to losers - 1\) and the "
+                                                     r"item's loser count, got \{'loser': 3, 'losers': 3\}"),
+                         ({"loser": 0, "losers": "3"}, "should hold the loser's index"),
+                         ({"loser": 1, "losers": 3}, "item bon/9 has another judgment of loser 1"),
+                         ({"loser": 2, "losers": 4}, "item bon/9 has 4 losers here and 3 in another of its judgments")):
+        with pytest.raises(InputError, match=match):
+            ev.score_rmb(item[:2] + [{**item[2], "extra": extra}])
     # a judgment from no scored part of RMB (a hand-made or renamed file) is an error, not left out of every figure
     for subset in ("Pairwise_set/Helpfullness/x", "BoN_set", "Helpfulness/Chat"):
         with pytest.raises(ValueError, match=f"pair/7: category '{subset}' should start with Pairwise_set/"):
@@ -503,6 +512,64 @@ def test_score_outputs_made_elsewhere(tmp_path):
         (tmp_path / "judgments.jsonl").write_text("\n" + json.dumps(lines[0]) + "\n\n" + json.dumps(line) + "\n")
         with pytest.raises(ValueError, match=match):
             ev.main(["--bench", "rm-bench", "--data", str(data_file), "--out", str(tmp_path), "--score-only"])
+
+
+def own_log(pairs, letters):
+    """Judgment lines as a run of ours logs them (every field), pair k judged with chosen at "AB"[k % 2] and
+    answering letters[k]."""
+    lines = [{"id": p.id, "chosen_at": "AB"[k % 2], "output": f"<answer>[[{x}]]</answer>"}
+             for k, (p, x) in enumerate(zip(pairs, letters))]
+    return [json.dumps(r) + "\n" for r in ev.rescore(lines, pairs, "lines")]
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("correct", 5, r"judgments.jsonl:2: judgment field 'correct' is 5, but its output and chosen_at give 1: a line "
+                   r"edited or written elsewhere \(rescore such lines with --score-only --data"),
+    ("correct", True, "'correct' is True, but its output and chosen_at give 1"),  # a JSON true, not the int
+    ("verdict", "A", "'verdict' is 'A', but its output gives 'B'"),
+    ("key", "chat/8/00|B", r"'key' is 'chat/8/00\|B', but its id and chosen_at give 'chat/8/01\|B'"),
+    ("group", None, "judgment field 'group' should be a string, got None"),
+    ("extra", [], r"judgment field 'extra' should be an object, got \[\]"),
+    ("extra", {"i": 3, "j": 0}, r"RM-Bench judgment chat/8/01: its extra field should hold the styles i and j "
+                                r"\(0, 1 or 2\) of its chosen and rejected answers, got \{'i': 3, 'j': 0\}"),
+    ("extra", {"i": 0, "j": 0}, r"RM-Bench judgment chat/8/01: item chat/8 has another judgment of styles \(0, 0\)"),
+])
+def test_a_logged_judgment_that_disagrees_with_itself_is_an_error(tmp_path, field, value, match):
+    """--score-only scores a run's own log as its lines say: a field of the wrong type, or a key, verdict or
+    correct other than what the line's id, chosen_at and output give, is an error naming the line, before
+    scores.json is written (before this check, correct 5 counted as five right answers)."""
+    pairs = data.read_rmbench(BENCH / "rm-bench" / "chat_filtered.json")[:4]
+    lines = own_log(pairs, "AAAB")  # line 2: chat/8/01 chosen at B, answered A (wrong)
+    rec = json.loads(lines[1])
+    assert (rec["id"], rec["verdict"], rec["correct"]) == ("chat/8/01", "A", 0)
+    if field in ("correct", "verdict"):  # the line as it would be had the judge said B: right
+        rec.update(output="<answer>[[B]]</answer>", verdict="B")
+    rec[field] = value
+    (tmp_path / "judgments.jsonl").write_text(lines[0] + json.dumps(rec) + "\n" + "".join(lines[2:]))
+    with pytest.raises(InputError, match=match):
+        ev.main(["--bench", "rm-bench", "--out", str(tmp_path), "--score-only"])
+    assert not (tmp_path / "scores.json").exists()
+
+
+def test_a_resumed_judgment_whose_pair_fields_were_edited_is_refused(tiny, tmp_path):
+    """A rerun scores the judgments already in its logs with the subset, group and extra written there; they must
+    be the pair's (the data is the same: its fingerprint is checked). Refused before anything is written."""
+    run = tmp_path / "run"
+    args = ["--model", str(tiny), "--bench", "rm-bench", "--data", str(BENCH / "rm-bench" / "chat_filtered.json"),
+            "--max-new-tokens", "3", "--device", "cpu", "--out", str(run), "--limit", "2"]
+    ev.main(args)
+    lines = (run / "judgments.jsonl").read_text().splitlines(keepends=True)
+    rec = json.loads(lines[0])
+    for field, value in (("group", "chat/9"), ("subset", "code"), ("extra", {"i": 2, "j": 2})):
+        edited = lines[0].replace(json.dumps({field: rec[field]})[1:-1], json.dumps({field: value})[1:-1])
+        assert edited != lines[0]
+        (run / "judgments.jsonl").write_text(edited + "".join(lines[1:]))
+        scores = (run / "scores.json").read_text()
+        with pytest.raises(SystemExit, match=rf"run: the judgment {re.escape(rec['key'])} in its logs has .*; its pair "
+                                             "in the data has 'chat', 'chat/8', "):
+            ev.main(args)
+        assert (run / "judgments.jsonl").read_text() == edited + "".join(lines[1:])
+        assert (run / "scores.json").read_text() == scores
 
 
 def test_a_best_of_n_item_judged_in_part_is_reported_not_scored(tmp_path, capsys):
