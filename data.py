@@ -646,15 +646,21 @@ def run_folder(out) -> Path:
     return out
 
 
-def run_config(out: Path, marks: set[str], what: str) -> dict | None:
+def run_config(out: Path, marks: set[str], what: str, kinds: dict[str, type]) -> dict | None:
     """The config.json a run saved in folder `out`, None without one. A file that cannot be read, or that lacks
-    the `marks` every such run writes (a model folder's config.json?), is an InputError naming it."""
+    the `marks` every such run writes (a model folder's config.json?), is an InputError naming it, as is a field of
+    `kinds` (those the caller reads as paths, fingerprints or counts: str or int) of another type."""
     path = out / "config.json"
     if not path.is_file():
         return None
     saved = read_json(path)
     if not marks <= set(saved):
         raise InputError(f"{path} is not {what}'s config (a model folder?); use another --out")
+    for k, kind in kinds.items():
+        if k in saved and type(saved[k]) is not kind:  # type, not isinstance: a JSON true is not a count
+            a = "a string" if kind is str else "a whole number"
+            raise InputError(f"{path}: {k!r} should be {a}, got {saved[k]!r} (the file was edited since the run wrote "
+                             "it?)")
     return saved
 
 

@@ -601,7 +601,13 @@ SAME_ON_RESUME = ("model", "bench", "data", "variant", "max_new_tokens")
 def saved_config(out: Path) -> dict | None:
     """The config.json an eval run saved in `out` (its settings, and "pairs": how many it judges), None without
     one; a file that is not an eval run's config (a model folder's?) is an error."""
-    return data.run_config(out, {"bench", "variant"}, "an eval run")
+    saved = data.run_config(out, {"bench", "variant"}, "an eval run", {
+        "bench": str, "model": str, "data": str, "model_stamp": str, "data_sha256": str, "pairs": int})
+    if saved is not None and saved["bench"] not in BENCHES:
+        raise InputError(f"{out / 'config.json'}: 'bench' should be one of {sorted(BENCHES)}, got {saved['bench']!r}")
+    if saved is not None and saved.get("pairs", 0) < 0:
+        raise InputError(f"{out / 'config.json'}: 'pairs' should be >= 0, got {saved['pairs']}")
+    return saved
 
 
 def model_stamp(folder) -> str:

@@ -106,7 +106,7 @@ def check_out(cfg: SFTConfig, data_sha256: str) -> int:
     """A new run needs a folder without one; --resume needs the settings (and data) the run was started with, and
     its saved state. Returns the step to start from (0 for a new run)."""
     out = data.run_folder(cfg.out)
-    saved = data.run_config(out, {"global_batch"}, "an SFT run")
+    saved = data.run_config(out, {"global_batch"}, "an SFT run", {"model": str, "data": str, "data_sha256": str})
     there = [p.name for p in (out / "state", out / "metrics.jsonl") if p.exists()]
     if not cfg.resume:
         if there:
@@ -483,8 +483,8 @@ def metrics_up_to(path: Path, step: int) -> list[dict]:
     error naming it."""
     kept = []
     for k, m in data.read_jsonl_log(path, True, "metrics"):
-        if not isinstance(m.get("step"), int):
-            raise M.InputError(f"{path}:{k}: not a metrics line (a JSON object with a step)")
+        if type(m.get("step")) is not int or m["step"] < 1:
+            raise M.InputError(f"{path}:{k}: not a metrics line (a JSON object with a step, a whole number from 1)")
         if m["step"] <= step:
             kept.append(m)
     return kept
@@ -504,6 +504,8 @@ def train(cfg: SFTConfig):
     lengths = [len(r[0]) for r in rows]
     steps = step_batches(len(rows), cfg)
     total = len(steps)  # the schedule always spans the whole run, so stopping early never changes it
+    if start > total:  # the settings and rows are the saved ones (check_out), and so is the number of steps
+        raise M.InputError(f"{out / 'state' / 'progress.json'}: step {start} is past the run's last, {total}")
     stop = min(cfg.max_steps, total) if cfg.max_steps else total
     model = build_model(cfg, device)
     n_params = sum(p.numel() for p in model.parameters())

@@ -743,6 +743,21 @@ def test_a_run_folder_whose_config_is_missing_or_broken_is_refused(tiny, tmp_pat
     with pytest.raises(InputError, match=r"config.json: not valid JSON \(Expecting"):
         ev.main(args)
     assert (run / "judgments.jsonl").read_text() == log and (run / "config.json").read_text() == "{not json"
+    # a field the checks read (a path, a fingerprint, the benchmark, a count) of another type or value: named, on a
+    # rerun and in --score-only alike (they were TypeError and KeyError tracebacks)
+    ev.main(args[:-1] + [str(tmp_path / "again")])
+    saved = json.loads((tmp_path / "again" / "config.json").read_text())
+    for field, value, match in (("model_stamp", 5, "'model_stamp' should be a string, got 5"),
+                                ("data", None, "'data' should be a string, got None"),
+                                ("pairs", True, "'pairs' should be a whole number, got True"),
+                                ("pairs", -1, "'pairs' should be >= 0, got -1"),
+                                ("bench", "rmbench", r"'bench' should be one of \[.*'rm-bench'.*\], got 'rmbench'")):
+        edited = json.dumps({**saved, field: value})
+        (tmp_path / "again" / "config.json").write_text(edited)
+        for argv in (args[:-1] + [str(tmp_path / "again")], ["--score-only", "--out", str(tmp_path / "again")]):
+            with pytest.raises(InputError, match=rf"again/config.json: {match}"):
+                ev.main(argv)
+            assert (tmp_path / "again" / "config.json").read_text() == edited
 
 
 def test_a_rerun_with_the_model_rewritten_at_its_path_is_refused(tmp_path):

@@ -108,9 +108,11 @@ def test_metrics_up_to_the_saved_step(tmp_path, capsys):
     log.write_text("\n".join(lines) + "\n" + lines[2][:9])
     assert sft.metrics_up_to(log, 2) == [json.loads(x) for x in lines[:2]]
     assert "dropping the unfinished last line 4" in capsys.readouterr().err
-    log.write_text(lines[0] + "\n{\"loss\": 1}\n" + lines[2] + "\n")
-    with pytest.raises(ValueError, match="metrics.jsonl:2: not a metrics line"):
-        sft.metrics_up_to(log, 3)
+    for bad in ('{"loss": 1}', '{"step": true}', '{"step": 0}'):  # no step; a JSON true is not step 1
+        log.write_text(lines[0] + "\n" + bad + "\n" + lines[2] + "\n")
+        with pytest.raises(ValueError, match=r"metrics.jsonl:2: not a metrics line \(a JSON object with a step, a "
+                                             r"whole number from 1\)"):
+            sft.metrics_up_to(log, 3)
 
 
 def test_lr_schedule():
@@ -484,3 +486,11 @@ def test_a_damaged_state_is_named_in_one_line(run_dir, straight):
                                              r"got None\n$"):
         run(run_dir, out, "--resume")
     assert (out / "config.json").read_bytes() == before  # refused before anything was written
+    (out / "state" / "progress.json").write_text('{"step": 9}')  # the run has 3 steps: the file was edited
+    with pytest.raises(AssertionError, match=r"sft.py: \S*progress.json: step 9 is past the run's last, 3\n$"):
+        run(run_dir, out, "--resume")
+    assert (out / "config.json").read_bytes() == before
+    (out / "state" / "progress.json").write_text('{"step": 3}')
+    (out / "config.json").write_text(json.dumps({**saved, "data": 5}))  # the checks read it as a path
+    with pytest.raises(AssertionError, match=r"sft.py: \S*damaged/config.json: 'data' should be a string, got 5 "):
+        run(run_dir, out, "--resume")
