@@ -582,8 +582,8 @@ def check_settings(cfg: Config, n, temperature, top_k, top_p, eos_ids, seed, slo
     if temperature == 0 and (top_k or top_p < 1):  # greedy takes the most likely token, which both filters keep
         raise ValueError(f"generate: top_k and top_p filter sampling and greedy decoding (temperature 0) ignores "
                          f"them: set temperature > 0 to sample, got top_k={top_k}, top_p={top_p}")
-    if not _is_int(seed):
-        raise ValueError(f"generate: seed must be an integer, got {seed!r}")
+    if not (_is_int(seed) and 0 <= seed < 2**31):  # sequence_key reads 31 bits: 2**31 would draw what 0 draws
+        raise ValueError(f"generate: seed must be an integer in [0, 2**31), got {seed!r}")
     if _is_index(eos_ids) or isinstance(eos_ids, (str, bytes)):
         raise TypeError(f"generate: eos_ids must be a collection of token ids, got {eos_ids!r}")
     eos = tuple(eos_ids)

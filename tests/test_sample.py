@@ -421,8 +421,11 @@ def test_bad_input_is_refused_before_work(models):
                     (dict(temperature=0, top_k=5), r"top_k and top_p filter sampling and greedy decoding"),
                     (dict(temperature=0, top_p=0.9), r"ignores them: set temperature > 0 to sample, got top_k=0, "
                                                      r"top_p=0.9"),
-                    (dict(seed=1.5), "seed must be an integer, got 1.5"),
-                    (dict(seed=True), "seed must be an integer, got True"),
+                    (dict(seed=1.5), r"seed must be an integer in \[0, 2\*\*31\), got 1.5"),
+                    (dict(seed=True), "seed must be an integer in .*, got True"),
+                    # the hash reads 31 bits of the seed: these would draw what 2**31 - 1 and 0 draw
+                    (dict(seed=-1, temperature=1), r"seed must be an integer in \[0, 2\*\*31\), got -1"),
+                    (dict(seed=2**31, temperature=1), r"seed must be an integer in \[0, 2\*\*31\), got 2147483648"),
                     (dict(eos_ids="7"), "eos_ids must be a collection of token ids, got '7'"),
                     (dict(eos_ids=7), "eos_ids must be a collection of token ids, got 7"),
                     (dict(eos_ids=[7, 2.0]), r"eos_ids must be integer token ids, got \(7, 2.0\)"),
