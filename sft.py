@@ -74,7 +74,7 @@ def check_config(cfg: SFTConfig):
     files present, before any work."""
     bounds = {"max_len": (1, None), "global_batch": (1, None), "micro_tokens": (1, None), "epochs": (1, None),
               "loss_chunk": (1, None), "save_every": (0, None), "max_steps": (0, None), "min_lr_ratio": (0, 1),
-              "warmup_ratio": (0, 1), "weight_decay": (0, None)}
+              "warmup_ratio": (0, 1), "weight_decay": (0, None), "seed": (0, 2**63 - 1)}  # (torch.manual_seed's)
     for name, (lo, hi) in bounds.items():
         v = getattr(cfg, name)
         if not math.isfinite(v) or v < lo or (hi is not None and v > hi):

@@ -288,7 +288,10 @@ def test_a_run_folder_is_never_mixed_with_another_run(run_dir, straight):
                                               ("--weight-decay", "inf", "--weight-decay must be a finite number >= 0"),
                                               ("--compute-dtype", "float16", "--compute-dtype must be bfloat16 or"),
                                               ("--beta2", "1", r"--beta2 must be in \[0, 1\), got 1.0"),  # AdamW's
-                                              ("--beta1", "nan", r"--beta1 must be in \[0, 1\), got nan")])
+                                              ("--beta1", "nan", r"--beta1 must be in \[0, 1\), got nan"),
+                                              # torch.manual_seed's range (an OverflowError traceback after the
+                                              # process group started)
+                                              ("--seed", str(2**64), r"--seed must be in \[0, 9223372036854775807\]")])
 def test_bad_settings_are_refused_before_any_work(tmp_path, flag, value, match):
     with pytest.raises(SystemExit, match=match):
         sft.main(["--model", "m", "--data", "d", "--out", str(tmp_path / "o"), flag, value])
