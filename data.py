@@ -559,7 +559,8 @@ def read_pairs(path) -> list[Pair]:
             if c[:-1] != rj[:-1]:
                 raise InputError(f"{where}: chosen and rejected conversations differ before their last message")
             context = _context(where, c[:-1], "the conversation before chosen's and rejected's last message")
-            pairs.append(Pair(rid, context, c[-1]["content"], rj[-1]["content"], r.get("source", "skywork")))
+            source = require(where, r, "source") if "source" in r else "skywork"  # its subset in the judgments
+            pairs.append(Pair(rid, context, c[-1]["content"], rj[-1]["content"], source))
         elif "accepted" in r:  # Code-Preference-Pairs
             pairs.append(Pair(rid, [{"role": "user", "content": require(where, r, "input")}],
                               require(where, r, "accepted"), require(where, r, "rejected"), "code"))
@@ -569,7 +570,8 @@ def read_pairs(path) -> list[Pair]:
                               require(where, r, "full_chosen"), require(where, r, "full_rejected"), "math"))
         elif "prompt" in r:
             pairs.append(Pair(rid, [{"role": "user", "content": require(where, r, "prompt")}],
-                              require(where, r, "chosen"), require(where, r, "rejected"), str(r.get("subset", ""))))
+                              require(where, r, "chosen"), require(where, r, "rejected"),
+                              require(where, r, "subset") if "subset" in r else ""))
         else:
             raise InputError(f"{where}: unknown pair format (fields {sorted(r)})")
     return _unique(pairs, wheres)

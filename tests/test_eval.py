@@ -217,6 +217,13 @@ def test_rows_that_are_not_utf8_name_file_and_line(tmp_path):
                 '"content": "a"}, {"role": "assistant", "content": "5"}]}', data.read_pairs,
      r"x.jsonl:1: the conversation before chosen's and rejected's last message should end with a user turn, not an "
      r"assistant message"),
+    # a Skywork source is its pairs' subset, which a judgment log holds as a string (a null one was logged as such,
+    # and the run could then not resume: the log's subset is checked)
+    ("x.jsonl", '{"chosen": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "4"}], "rejected": '
+                '[{"role": "user", "content": "q"}, {"role": "assistant", "content": "5"}], "source": null}',
+     data.read_pairs, r"x.jsonl:1: field 'source' should be str, got NoneType"),
+    ("x.jsonl", '{"prompt": "q", "chosen": "a", "rejected": "b", "subset": ["s"]}', data.read_pairs,
+     r"x.jsonl:1: field 'subset' should be str, got list"),  # it was subset "['s']"
     # ids name judgments: a string or an integer, never an object, list, boolean or null turned into a name
     ("x.jsonl", '{"id": {"n": 1}, "prompt": "q", "chosen": "a", "rejected": "b"}', data.read_pairs,
      r"x.jsonl:1: field 'id' should be a string or an integer, got dict"),
