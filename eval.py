@@ -126,8 +126,10 @@ def score_rmbench(records: list[dict]) -> dict:
         if cell in cells[r["group"]]:
             raise InputError(f"RM-Bench judgment {r.get('id')}: item {r['group']} has another judgment of styles "
                              f"{cell}")
+        if domain_of.setdefault(r["group"], r["subset"]) != r["subset"]:
+            raise InputError(f"RM-Bench judgment {r.get('id')}: item {r['group']} is in domain {r['subset']!r} here "
+                             f"and {domain_of[r['group']]!r} in another of its judgments")
         cells[r["group"]][cell] = r["correct"]
-        domain_of[r["group"]] = r["subset"]
     per_domain = defaultdict(list)
     incomplete = []
     for g, m in cells.items():

@@ -360,6 +360,10 @@ def test_rmbench_matrix_by_hand():
     assert chat["score"] == pytest.approx((3 + 3 + 1) / 9)
     assert out["hard"] == pytest.approx((1 / 3 + 1) / 2) and out["total"] == pytest.approx((7 / 9 + 1) / 2)
     assert out["incomplete_items"] == ["code/10"] and out["missing_domains"] == ["math", "safety"]
+    # an item's nine judgments are scored in one domain: one of them in another is an error, not a silent choice
+    recs[1] = {**recs[1], "id": "chat/1/01", "subset": "code"}
+    with pytest.raises(InputError, match="chat/1/01: item chat/1 is in domain 'code' here and 'chat' in another"):
+        ev.score_rmbench(recs)
 
 
 def test_rmb_best_of_n_needs_every_pair():
