@@ -363,9 +363,7 @@ def check_judgment(rec: dict, where: str):
     output give. Scores are computed from those fields, so a line edited by hand or written by other code would
     otherwise count as it says (or end in a traceback)."""
     for name, kind in (("key", str), ("id", str), ("subset", str), ("group", str), ("finish", str), ("extra", dict)):
-        if not isinstance(rec[name], kind):
-            a = "an object" if kind is dict else "a string"
-            raise InputError(f"{where}: judgment field {name!r} should be {a}, got {rec[name]!r}")
+        data.require(where, rec, name, kind)
     verdict = parse_verdict(rec["output"])
     derived = (("key", item_key(rec["id"], rec["chosen_at"]), "its id and chosen_at give"),
                ("verdict", verdict, "its output gives"),
@@ -605,9 +603,11 @@ def saved_config(out: Path) -> dict | None:
     one; a file that is not an eval run's config (a model folder's?) is an error."""
     saved = data.run_config(out, {"bench", "variant"}, "an eval run", {
         "bench": str, "model": str, "data": str, "model_stamp": str, "data_sha256": str, "pairs": int})
-    if saved is not None and saved["bench"] not in BENCHES:
+    if saved is None:
+        return None
+    if saved["bench"] not in BENCHES:
         raise InputError(f"{out / 'config.json'}: 'bench' should be one of {sorted(BENCHES)}, got {saved['bench']!r}")
-    if saved is not None and saved.get("pairs", 0) < 0:
+    if saved.get("pairs", 0) < 0:
         raise InputError(f"{out / 'config.json'}: 'pairs' should be >= 0, got {saved['pairs']}")
     return saved
 

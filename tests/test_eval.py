@@ -539,8 +539,8 @@ def own_log(pairs, letters):
     ("correct", True, "'correct' is True, but its output and chosen_at give 1"),  # a JSON true, not the int
     ("verdict", "A", "'verdict' is 'A', but its output gives 'B'"),
     ("key", "chat/8/00|B", r"'key' is 'chat/8/00\|B', but its id and chosen_at give 'chat/8/01\|B'"),
-    ("group", None, "judgment field 'group' should be a string, got None"),
-    ("extra", [], r"judgment field 'extra' should be an object, got \[\]"),
+    ("group", None, r"judgments.jsonl:2: field 'group' should be str, got NoneType"),  # (data.require's words)
+    ("extra", [], r"judgments.jsonl:2: field 'extra' should be dict, got list"),
     ("extra", {"i": 3, "j": 0}, r"RM-Bench judgment chat/8/01: its extra field should hold the styles i and j "
                                 r"\(0, 1 or 2\) of its chosen and rejected answers, got \{'i': 3, 'j': 0\}"),
     ("extra", {"i": 0, "j": 0}, r"RM-Bench judgment chat/8/01: item chat/8 has another judgment of styles \(0, 0\)"),
